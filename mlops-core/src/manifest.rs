@@ -1,0 +1,164 @@
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{sha256_file, Error, Result};
+
+/// File name of every stage's manifest inside its output directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// One file a stage consumed or produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Outputs: relative to the stage's output directory. Inputs: as given to the stage.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// For arrays: the shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
+    /// For arrays: numpy's name of the element type (`float32`, `int64`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// For directories recorded as one input: how many files the digest covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
+}
+
+impl FileEntry {
+    /// Records an input file by path and content hash.
+    pub fn input_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        Ok(FileEntry {
+            path: path.display().to_string(),
+            sha256: sha256_file(path)?,
+            bytes,
+            shape: None,
+            dtype: None,
+            files: None,
+        })
+    }
+
+    /// Records an input directory by its tree digest (see [`crate::sha256_tree`]).
+    pub fn input_tree(path: &Path) -> Result<Self> {
+        let (sha256, files) = crate::sha256_tree(path)?;
+        Ok(FileEntry {
+            path: path.display().to_string(),
+            sha256,
+            bytes: 0,
+            shape: None,
+            dtype: None,
+            files: Some(files),
+        })
+    }
+}
+
+/// What a stage did: its parameters, every input and output with checksums, and timings.
+///
+/// Written last into the output directory, so its presence means the stage finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub crate_version: String,
+    pub parameters: serde_json::Value,
+    pub inputs: Vec<FileEntry>,
+    pub outputs: Vec<FileEntry>,
+    /// Stage-specific results (class names, split sizes, metrics, ...).
+    #[serde(default)]
+    pub summary: serde_json::Value,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub duration_s: f64,
+}
+
+impl Manifest {
+    /// Starts a manifest, stamping the start time.
+    pub fn begin(stage: &str, crate_version: &str, parameters: &impl Serialize) -> Self {
+        Manifest {
+            stage: stage.to_string(),
+            crate_version: crate_version.to_string(),
+            parameters: serde_json::to_value(parameters).unwrap_or(serde_json::Value::Null),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            summary: serde_json::Value::Null,
+            started_at: Utc::now(),
+            finished_at: None,
+            duration_s: 0.0,
+        }
+    }
+
+    /// Stamps the end time and duration.
+    pub fn finish(&mut self) {
+        let now = Utc::now();
+        self.duration_s = (now - self.started_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        self.finished_at = Some(now);
+    }
+
+    /// Reads `dir/manifest.json`. A missing manifest means the stage never finished there.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::invalid(
+                    &path,
+                    "no manifest: the directory is not the output of a finished stage",
+                )
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+    }
+
+    /// Like [`Manifest::load`], and checks the manifest was written by `stage`.
+    pub fn load_stage(dir: &Path, stage: &str) -> Result<Self> {
+        let manifest = Self::load(dir)?;
+        if manifest.stage != stage {
+            return Err(Error::invalid(
+                dir.join(MANIFEST_FILE),
+                format!(
+                    "written by stage '{}', expected the output of stage '{stage}'",
+                    manifest.stage
+                ),
+            ));
+        }
+        Ok(manifest)
+    }
+
+    /// Finds an output entry by its relative path.
+    pub fn output(&self, path: &str) -> Option<&FileEntry> {
+        self.outputs.iter().find(|e| e.path == path)
+    }
+
+    /// Recomputes the sha256 of one output (relative to `dir`) and compares it with the manifest.
+    pub fn verify_output(&self, dir: &Path, entry: &FileEntry) -> Result<()> {
+        let path = dir.join(&entry.path);
+        let actual = sha256_file(&path)?;
+        if actual != entry.sha256 {
+            return Err(Error::Checksum {
+                path,
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies every output's checksum, stopping at the first mismatch.
+    pub fn verify_outputs(&self, dir: &Path) -> Result<()> {
+        self.outputs
+            .iter()
+            .try_for_each(|entry| self.verify_output(dir, entry))
+    }
+
+    /// Reads this manifest's summary as a typed struct.
+    pub fn summary_as<T: serde::de::DeserializeOwned>(&self, dir: &Path) -> Result<T> {
+        serde_json::from_value(self.summary.clone()).map_err(|source| Error::Json {
+            path: dir.join(MANIFEST_FILE),
+            source,
+        })
+    }
+}

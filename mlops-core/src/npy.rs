@@ -1,0 +1,194 @@
+//! Typed `.npy` I/O (via `ndarray-npy`) with errors that name the file, plus a header reader
+//! that reports an array's dtype and shape without loading its data.
+
+use std::io::{Read, Write as _};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// Element types stored in our arrays, with numpy's names for them.
+pub trait NpyElement: ndarray_npy::WritableElement + ndarray_npy::ReadableElement {
+    /// numpy's dtype name, as recorded in manifests.
+    const NAME: &'static str;
+    /// The little-endian `descr` string in an `.npy` header.
+    const DESCR: &'static str;
+}
+
+macro_rules! npy_element {
+    ($t:ty, $name:literal, $descr:literal) => {
+        impl NpyElement for $t {
+            const NAME: &'static str = $name;
+            const DESCR: &'static str = $descr;
+        }
+    };
+}
+npy_element!(f32, "float32", "<f4");
+npy_element!(f64, "float64", "<f8");
+npy_element!(i64, "int64", "<i8");
+npy_element!(i32, "int32", "<i4");
+npy_element!(u8, "uint8", "|u1");
+
+/// Reads a whole `.npy` file as an array of the given element type and dimensionality.
+pub fn read<A: NpyElement, D: ndarray::Dimension>(path: &Path) -> Result<ndarray::Array<A, D>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    <ndarray::Array<A, D> as ndarray_npy::ReadNpyExt>::read_npy(reader).map_err(|source| {
+        Error::ReadNpy {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The parts of an `.npy` header that say what the array is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyHeader {
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+}
+
+impl NpyHeader {
+    /// numpy's dtype name for the header's `descr`, or the raw `descr` for types we do not name.
+    pub fn dtype_name(&self) -> String {
+        match self.descr.as_str() {
+            "<f4" => "float32",
+            "<f8" => "float64",
+            "<i8" => "int64",
+            "<i4" => "int32",
+            "|u1" => "uint8",
+            other => other,
+        }
+        .to_string()
+    }
+}
+
+/// Reads only the header of an `.npy` file (format versions 1-3).
+pub fn read_header(path: &Path) -> Result<NpyHeader> {
+    let bad = |message: &str| Error::invalid(path, format!("not a valid .npy file: {message}"));
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad("shorter than the 8-byte preamble"))?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let header_len = match prefix[6] {
+        1 => {
+            let mut len = [0u8; 2];
+            file.read_exact(&mut len).map_err(|_| bad("truncated header"))?;
+            u16::from_le_bytes(len) as usize
+        }
+        2 | 3 => {
+            let mut len = [0u8; 4];
+            file.read_exact(&mut len).map_err(|_| bad("truncated header"))?;
+            u32::from_le_bytes(len) as usize
+        }
+        v => return Err(bad(&format!("unsupported format version {v}"))),
+    };
+    if header_len > 1 << 20 {
+        return Err(bad("header longer than 1 MiB"));
+    }
+    let mut text = vec![0u8; header_len];
+    file.read_exact(&mut text).map_err(|_| bad("truncated header"))?;
+    let text = String::from_utf8_lossy(&text);
+    parse_header_dict(&text).ok_or_else(|| bad(&format!("unparseable header {:?}", text.trim())))
+}
+
+fn parse_header_dict(text: &str) -> Option<NpyHeader> {
+    let value_after = |key: &str| -> Option<&str> {
+        let at = text.find(&format!("'{key}'"))? + key.len() + 2;
+        Some(text[at..].trim_start().strip_prefix(':')?.trim_start())
+    };
+    let descr = value_after("descr")?;
+    let quote = descr.chars().next()?;
+    let descr = descr[1..].split(quote).next()?.to_string();
+    let fortran_order = value_after("fortran_order")?.starts_with("True");
+    let shape_text = value_after("shape")?.strip_prefix('(')?;
+    let shape_text = &shape_text[..shape_text.find(')')?];
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('L').parse().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    Some(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+    })
+}
+
+/// A writer that hashes and counts what passes through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Flushes and returns the hex sha256 and byte count of everything written.
+    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+        self.inner.flush()?;
+        Ok((hex::encode(self.hasher.finalize()), self.bytes))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_numpy_headers() {
+        let h = parse_header_dict(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (5000, 1, 28, 28), }",
+        )
+        .unwrap();
+        assert_eq!(h.descr, "<f4");
+        assert!(!h.fortran_order);
+        assert_eq!(h.shape, vec![5000, 1, 28, 28]);
+        let h = parse_header_dict("{'descr': '<i8', 'fortran_order': True, 'shape': (7,), }")
+            .unwrap();
+        assert_eq!(h.shape, vec![7]);
+        assert!(h.fortran_order);
+        assert_eq!(h.dtype_name(), "int64");
+        assert!(parse_header_dict("{'descr': '<i8'}").is_none());
+    }
+
+    #[test]
+    fn header_of_written_file_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = crate::OutputDir::create(dir.path()).unwrap();
+        let a = ndarray::Array4::<f32>::zeros((3, 1, 4, 5));
+        let entry = out.write_npy("a.npy", &a).unwrap();
+        let h = read_header(&out.staged_path("a.npy")).unwrap();
+        assert_eq!(h.shape, vec![3, 1, 4, 5]);
+        assert_eq!(h.dtype_name(), entry.dtype.unwrap());
+        let back: ndarray::Array4<f32> = read(&out.staged_path("a.npy")).unwrap();
+        assert_eq!(back, a);
+        assert!(read::<i64, ndarray::Ix1>(&out.staged_path("a.npy")).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! `mlops-deploy`: Version, register, package and serve models.
+//!
+//! Not implemented yet: this crate is an empty placeholder in the workspace so that the layout
+//! and CI are in place; it exposes no API and ships no binary until its issue lands.

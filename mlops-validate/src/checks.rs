@@ -1,0 +1,374 @@
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use mlops_core::{npy, sha256_file, FileEntry, MANIFEST_FILE};
+use mlops_data::{DataSummary, Role, ShardPair};
+use ndarray::{Array1, Array4, Axis};
+use sha2::Digest;
+
+use crate::{Check, Finding, ValidateConfig, ValidationReport};
+
+/// Collects the problems of one check, keeping at most `limit` of them in detail.
+struct Tally {
+    name: &'static str,
+    problems: usize,
+    findings: Vec<Finding>,
+    limit: usize,
+}
+
+impl Tally {
+    fn new(name: &'static str, limit: usize) -> Self {
+        Tally {
+            name,
+            problems: 0,
+            findings: Vec::new(),
+            limit,
+        }
+    }
+
+    fn fail(&mut self, file: Option<&str>, message: impl Into<String>) {
+        self.problems += 1;
+        if self.findings.len() < self.limit {
+            self.findings.push(Finding {
+                file: file.map(str::to_string),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn done(self) -> Check {
+        Check {
+            name: self.name.to_string(),
+            passed: self.problems == 0,
+            skipped: false,
+            problems: self.problems,
+            findings: self.findings,
+        }
+    }
+
+    fn skipped(self, why: &str) -> Check {
+        Check {
+            name: self.name.to_string(),
+            passed: false,
+            skipped: true,
+            problems: 0,
+            findings: vec![Finding {
+                file: None,
+                message: format!("not run: {why}"),
+            }],
+        }
+    }
+}
+
+type Digest = [u8; 32];
+
+/// Where an image was seen: shard file and row.
+type Seen = (String, usize);
+
+/// Runs every check on the data-stage output in `data`. Never fails: problems are findings.
+pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
+    let limit = config.max_findings.max(1);
+    let mut checks = Vec::new();
+    let mut inputs = Vec::new();
+    let finish = |checks: Vec<Check>, inputs| ValidationReport {
+        data: data.display().to_string(),
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        inputs,
+    };
+
+    let mut manifest_check = Tally::new("manifest", limit);
+    let (manifest, summary) = match DataSummary::load(data) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            manifest_check.fail(Some(MANIFEST_FILE), e.to_string());
+            checks.push(manifest_check.done());
+            return finish(checks, inputs);
+        }
+    };
+    if summary.classes.is_empty() {
+        manifest_check.fail(Some(MANIFEST_FILE), "the manifest lists no classes");
+    }
+    checks.push(manifest_check.done());
+    if let Ok(entry) = FileEntry::input_file(&data.join(MANIFEST_FILE)) {
+        inputs.push(entry);
+    }
+
+    let mut checksums = Tally::new("checksums", limit);
+    for entry in &manifest.outputs {
+        let path = data.join(&entry.path);
+        match sha256_file(&path) {
+            Ok(actual) if actual == entry.sha256 => {}
+            Ok(actual) => checksums.fail(
+                Some(&entry.path),
+                format!(
+                    "sha256 {actual} differs from the manifest's {}: the file was modified or corrupted",
+                    entry.sha256
+                ),
+            ),
+            Err(e) => checksums.fail(Some(&entry.path), format!("cannot read: {e}")),
+        }
+        if let Ok(mut input) = FileEntry::input_file(&path) {
+            input.path = path.display().to_string();
+            inputs.push(input);
+        }
+    }
+    checks.push(checksums.done());
+
+    let mut pairing = Tally::new("shard_pairing", limit);
+    let listed: BTreeSet<&str> = manifest.outputs.iter().map(|e| e.path.as_str()).collect();
+    let mut pairs: Vec<(Role, &ShardPair)> = Vec::new();
+    for role in Role::ALL {
+        let Some(rs) = summary.role(role) else {
+            pairing.fail(Some(MANIFEST_FILE), format!("the manifest has no {role} role"));
+            continue;
+        };
+        for (i, pair) in rs.shards.iter().enumerate() {
+            for (name, expected) in [(&pair.images, role.images_file(i)), (&pair.labels, role.labels_file(i))] {
+                if *name != expected {
+                    pairing.fail(Some(name), format!("expected shard {i} of {role} to be {expected}"));
+                }
+                if !data.join(name).is_file() {
+                    pairing.fail(Some(name), "shard file is missing");
+                } else if !listed.contains(name.as_str()) {
+                    pairing.fail(Some(name), "shard file has no checksum in the manifest");
+                }
+            }
+            pairs.push((role, pair));
+        }
+    }
+    let paired: BTreeSet<&str> = pairs
+        .iter()
+        .flat_map(|(_, p)| [p.images.as_str(), p.labels.as_str()])
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(data) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_shard = name.ends_with(".npy")
+                && Role::ALL.iter().any(|r| name.starts_with(&format!("{r}_")));
+            if is_shard && !paired.contains(name.as_str()) {
+                pairing.fail(Some(&name), "shard file not listed in the manifest (left over or injected)");
+            }
+        }
+    }
+    checks.push(pairing.done());
+
+    let mut dtype_shape = Tally::new("dtype_shape", limit);
+    let mut value_range = Tally::new("value_range", limit);
+    let mut label_range = Tally::new("label_range", limit);
+    let n_classes = summary.classes.len();
+    let [lo, hi] = summary.value_range;
+    let (lo, hi) = (lo - config.range_tolerance, hi + config.range_tolerance);
+    let mut complete = true;
+    let mut counts: HashMap<Role, Vec<usize>> = HashMap::new();
+    let mut rows: HashMap<Role, usize> = HashMap::new();
+    let mut digests: HashMap<Role, Vec<(Digest, Seen)>> = HashMap::new();
+
+    let bar = mlops_core::telemetry::progress(pairs.len() as u64, "validate");
+    for &(role, pair) in &pairs {
+        bar.inc(1);
+        let images_ok = check_header(data, &pair.images, "<f4", &shard_shape(&summary, pair.rows), &mut dtype_shape);
+        let labels_ok = check_header(data, &pair.labels, "<i8", &[pair.rows], &mut dtype_shape);
+        if pair.rows == 0 || pair.rows > summary.npy_interval {
+            dtype_shape.fail(
+                Some(&pair.images),
+                format!("{} rows, expected 1..={} (npy_interval)", pair.rows, summary.npy_interval),
+            );
+        }
+        if !(images_ok && labels_ok) {
+            complete = false;
+            continue;
+        }
+        let (images, labels) = match (
+            npy::read::<f32, ndarray::Ix4>(&data.join(&pair.images)),
+            npy::read::<i64, ndarray::Ix1>(&data.join(&pair.labels)),
+        ) {
+            (Ok(images), Ok(labels)) => (images, labels),
+            (Err(e), _) | (_, Err(e)) => {
+                dtype_shape.fail(None, e.to_string());
+                complete = false;
+                continue;
+            }
+        };
+        check_values(&images, &pair.images, lo, hi, &mut value_range);
+        let role_counts = counts.entry(role).or_insert_with(|| vec![0; n_classes]);
+        check_labels(&labels, &pair.labels, n_classes, role_counts, &mut label_range);
+        *rows.entry(role).or_default() += labels.len();
+        let seen = digests.entry(role).or_default();
+        for (row, image) in images.axis_iter(Axis(0)).enumerate() {
+            let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
+            seen.push((sha2::Sha256::digest(&bytes).into(), (pair.images.clone(), row)));
+        }
+    }
+    bar.finish_and_clear();
+    checks.extend([dtype_shape.done(), value_range.done(), label_range.done()]);
+
+    let coverage = Tally::new("class_coverage", limit);
+    let leakage = Tally::new("leakage", limit);
+    let totals = Tally::new("totals", limit);
+    if !complete {
+        let why = "some shards could not be read (see dtype_shape)";
+        checks.extend([coverage.skipped(why), leakage.skipped(why), totals.skipped(why)]);
+        return finish(checks, inputs);
+    }
+    checks.push(check_coverage(&summary, &counts, config.min_per_class, coverage));
+    checks.push(check_leakage(&digests, leakage));
+    checks.push(check_totals(&summary, &counts, &rows, totals));
+    finish(checks, inputs)
+}
+
+fn shard_shape(summary: &DataSummary, rows: usize) -> Vec<usize> {
+    let [c, h, w] = summary.image_shape;
+    vec![rows, c, h, w]
+}
+
+fn check_header(data: &Path, name: &str, descr: &str, shape: &[usize], tally: &mut Tally) -> bool {
+    let header = match npy::read_header(&data.join(name)) {
+        Ok(header) => header,
+        Err(e) => {
+            tally.fail(Some(name), e.to_string());
+            return false;
+        }
+    };
+    let mut ok = true;
+    if header.descr != descr {
+        let expected = if descr == "<f4" { "float32" } else { "int64" };
+        tally.fail(Some(name), format!("dtype is {}, expected {expected}", header.dtype_name()));
+        ok = false;
+    }
+    if header.shape != shape {
+        tally.fail(Some(name), format!("shape is {:?}, expected {shape:?}", header.shape));
+        ok = false;
+    }
+    if header.fortran_order {
+        tally.fail(Some(name), "array is in Fortran order, expected C order");
+        ok = false;
+    }
+    ok
+}
+
+fn check_values(images: &Array4<f32>, name: &str, lo: f32, hi: f32, tally: &mut Tally) {
+    let (mut non_finite, mut outside) = (0usize, 0usize);
+    let mut first = None;
+    for (row, image) in images.axis_iter(Axis(0)).enumerate() {
+        for &v in image.iter() {
+            if !v.is_finite() {
+                non_finite += 1;
+                first.get_or_insert((row, v));
+            } else if v < lo || v > hi {
+                outside += 1;
+                first.get_or_insert((row, v));
+            }
+        }
+    }
+    if let Some((row, v)) = first {
+        tally.fail(
+            Some(name),
+            format!(
+                "{non_finite} non-finite and {outside} out-of-range values (allowed [{lo}, {hi}]); first at row {row}: {v}"
+            ),
+        );
+    }
+}
+
+fn check_labels(labels: &Array1<i64>, name: &str, n_classes: usize, counts: &mut [usize], tally: &mut Tally) {
+    let mut bad = Vec::new();
+    for (row, &label) in labels.iter().enumerate() {
+        match usize::try_from(label) {
+            Ok(l) if l < n_classes => counts[l] += 1,
+            _ => bad.push((row, label)),
+        }
+    }
+    if let Some((row, label)) = bad.first() {
+        tally.fail(
+            Some(name),
+            format!(
+                "{} labels outside 0..{n_classes}; first at row {row}: {label}",
+                bad.len()
+            ),
+        );
+    }
+}
+
+fn check_coverage(
+    summary: &DataSummary,
+    counts: &HashMap<Role, Vec<usize>>,
+    min_per_class: usize,
+    mut tally: Tally,
+) -> Check {
+    let empty = vec![0; summary.classes.len()];
+    for role in Role::ALL {
+        let role_counts = counts.get(&role).unwrap_or(&empty);
+        for (class, &n) in role_counts.iter().enumerate() {
+            if n < min_per_class.max(1) {
+                tally.fail(
+                    None,
+                    format!(
+                        "class {class} ({}) has {n} images in {role}, fewer than {}",
+                        summary.classes[class],
+                        min_per_class.max(1)
+                    ),
+                );
+            }
+        }
+    }
+    tally.done()
+}
+
+fn check_leakage(digests: &HashMap<Role, Vec<(Digest, Seen)>>, mut tally: Tally) -> Check {
+    let index = |role: Role| -> HashMap<Digest, &Seen> {
+        digests
+            .get(&role)
+            .map(|v| v.iter().map(|(d, s)| (*d, s)).collect())
+            .unwrap_or_default()
+    };
+    let pairs = [
+        (Role::Test, vec![Role::Train, Role::Val, Role::Gallery]),
+        (Role::Train, vec![Role::Val]),
+    ];
+    for (held, others) in pairs {
+        let held_index = index(held);
+        for other in others {
+            for (digest, (file, row)) in digests.get(&other).into_iter().flatten() {
+                if let Some((held_file, held_row)) = held_index.get(digest) {
+                    tally.fail(
+                        Some(file),
+                        format!("row {row} ({other}) is identical to {held_file} row {held_row} ({held})"),
+                    );
+                }
+            }
+        }
+    }
+    tally.done()
+}
+
+fn check_totals(
+    summary: &DataSummary,
+    counts: &HashMap<Role, Vec<usize>>,
+    rows: &HashMap<Role, usize>,
+    mut tally: Tally,
+) -> Check {
+    for role in Role::ALL {
+        let Some(rs) = summary.role(role) else { continue };
+        let actual = rows.get(&role).copied().unwrap_or(0);
+        let listed: usize = rs.shards.iter().map(|s| s.rows).sum();
+        if actual != rs.rows || listed != rs.rows {
+            tally.fail(
+                Some(MANIFEST_FILE),
+                format!("{role} has {actual} rows in its shards, the manifest says {}", rs.rows),
+            );
+        }
+        let empty = vec![0; summary.classes.len()];
+        let actual_counts = counts.get(&role).unwrap_or(&empty);
+        if *actual_counts != rs.class_counts {
+            tally.fail(
+                Some(MANIFEST_FILE),
+                format!(
+                    "{role} per-class counts {actual_counts:?} differ from the manifest's {:?}",
+                    rs.class_counts
+                ),
+            );
+        }
+    }
+    tally.done()
+}

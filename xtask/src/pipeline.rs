@@ -1,0 +1,98 @@
+//! `cargo xtask pipeline`: the stages chained on one machine, into `runs/<name>/<stage>/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{cargo, root, run_cmd, setup};
+
+/// Fashion-MNIST as Debian's `dataset-fashion-mnist` installs it.
+pub const DEFAULT_SOURCE: &str = "/usr/share/datasets/fashion-mnist";
+
+#[derive(clap::Args)]
+pub struct PipelineArgs {
+    /// Run name: outputs go to runs/<name>/.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Data sources for mlops-data (repeatable).
+    #[arg(long, default_value = DEFAULT_SOURCE)]
+    source: Vec<PathBuf>,
+    /// Seed passed to every stage.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Skip set-up (apt, libtorch, venv) when it is known to be done.
+    #[arg(long)]
+    no_setup: bool,
+}
+
+const BINARIES: &[&str] = &["mlops-data", "mlops-validate"];
+
+pub fn run(args: &PipelineArgs) -> Result<()> {
+    if !args.no_setup {
+        setup::run(&setup::SetupArgs::default())?;
+    }
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    for bin in BINARIES {
+        build.args(["-p", bin]);
+    }
+    run_cmd(&mut build, "cargo build")?;
+
+    let run_dir = root().join("runs").join(&args.name);
+    let data = run_dir.join("data");
+    let validate = run_dir.join("validate");
+    let mut data_cmd = stage("mlops-data");
+    for source in &args.source {
+        data_cmd.arg("--source").arg(source);
+    }
+    data_cmd.arg("--out").arg(&data).arg("--seed").arg(args.seed.to_string());
+    run_stage(&mut data_cmd, "data")?;
+    run_stage(
+        stage("mlops-validate").arg("--data").arg(&data).arg("--out").arg(&validate),
+        "validate",
+    )?;
+    summary(&data, &validate)
+}
+
+fn stage(name: &str) -> Command {
+    let mut cmd = Command::new(root().join("target/release").join(name));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run_stage(cmd: &mut Command, name: &str) -> Result<()> {
+    eprintln!("==> {name}");
+    let started = std::time::Instant::now();
+    run_cmd(cmd, &format!("stage {name}"))?;
+    eprintln!("    {name} done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn summary(data: &Path, validate: &Path) -> Result<()> {
+    let manifest = read_json(&data.join("manifest.json"))?;
+    let summary = &manifest["summary"];
+    println!("\npipeline finished: {}", data.parent().unwrap_or(data).display());
+    println!("  classes: {}", summary["classes"].as_array().map_or(0, Vec::len));
+    for role in ["train", "val", "gallery", "test"] {
+        let r = &summary["roles"][role];
+        println!(
+            "  {role:<8} {:>6} images in {} shards",
+            r["rows"],
+            r["shards"].as_array().map_or(0, Vec::len)
+        );
+    }
+    let report = read_json(&validate.join("validation.json"))?;
+    let checks = report["checks"].as_array().map_or(0, Vec::len);
+    println!(
+        "  validation: {} ({checks} checks), report {}",
+        if report["passed"] == true { "passed" } else { "FAILED" },
+        validate.join("validation.json").display()
+    );
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid json", path.display()))
+}

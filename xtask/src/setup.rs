@@ -1,0 +1,250 @@
+//! `cargo xtask setup`: everything a fresh Debian machine needs, idempotently.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{root, run_cmd};
+
+/// Debian packages: C/C++ build tools and cmake for FAISS, OpenMP OpenBLAS, the default dataset.
+const APT_PACKAGES: &[&str] = &[
+    "build-essential",
+    "cmake",
+    "pkg-config",
+    "libopenblas-openmp-dev",
+    "dataset-fashion-mnist",
+];
+
+const TORCH_VERSION: &str = "2.13.0";
+/// Wheels whose CPU libraries make up libtorch for tch 0.26 (see shared/ENVIRONMENT.md).
+const WHEELS: &[&str] = &[
+    "torch==2.13.0",
+    "nvidia-cuda-runtime==13.0.96.*",
+    "nvidia-cuda-cupti==13.0.85.*",
+];
+/// Python packages for interop checks (numpy reads our .npy).
+const PY_PACKAGES: &[&str] = &["numpy"];
+
+#[derive(clap::Args, Default)]
+pub struct SetupArgs {
+    /// Skip apt-get (for machines where system packages are managed elsewhere).
+    #[arg(long)]
+    pub skip_apt: bool,
+}
+
+/// What later commands need to know about the installed environment.
+pub struct Env {
+    pub libtorch: PathBuf,
+    pub python: PathBuf,
+}
+
+impl Env {
+    /// Environment variables for commands that build or test the workspace.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![("MLOPS_PYTHON", self.python.display().to_string())]
+    }
+}
+
+pub fn run(args: &SetupArgs) -> Result<Env> {
+    if !args.skip_apt {
+        apt()?;
+        prefer_openmp_openblas()?;
+    }
+    let cache = cache_dir()?;
+    let libtorch = libtorch(&cache)?;
+    link(&libtorch, &root().join(".libtorch"))?;
+    let python = python_venv(&cache)?;
+    Ok(Env { libtorch, python })
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let dir = if let Some(dir) = std::env::var_os("MLOPS_CACHE") {
+        PathBuf::from(dir)
+    } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(dir).join("mlops-rs")
+    } else {
+        let home = std::env::var_os("HOME").context("HOME is not set; set MLOPS_CACHE")?;
+        PathBuf::from(home).join(".cache/mlops-rs")
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt_get = |args: &[&str]| {
+        let mut cmd = if root_user {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "apt-get"]);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run_cmd(&mut apt_get(&["update", "-qq"]), "apt-get update")?;
+    let mut install = apt_get(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run_cmd(&mut install, "apt-get install")
+}
+
+/// FAISS's OpenMP threads fight pthread-OpenBLAS threads; use the OpenMP build if both exist.
+fn prefer_openmp_openblas() -> Result<()> {
+    let arch = "/usr/lib/x86_64-linux-gnu";
+    if !Path::new(&format!("{arch}/openblas-pthread")).exists() {
+        return Ok(());
+    }
+    for lib in ["libblas.so.3", "liblapack.so.3"] {
+        let target = format!("{arch}/openblas-openmp/{lib}");
+        let link = format!("{arch}/{lib}");
+        if Path::new(&target).exists() && fs::canonicalize(&link).ok() != fs::canonicalize(&target).ok() {
+            let name = format!("{lib}-x86_64-linux-gnu");
+            run_cmd(
+                Command::new("update-alternatives").args(["--set", &name, &target]),
+                "update-alternatives",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Extracts libtorch (CPU) from PyPI wheels into `cache/libtorch-<version>-cpu`, once.
+fn libtorch(cache: &Path) -> Result<PathBuf> {
+    let prefix = cache.join(format!("libtorch-{TORCH_VERSION}-cpu"));
+    if prefix.join(".complete").exists() {
+        return Ok(prefix);
+    }
+    let wheels = cache.join("wheels");
+    eprintln!("setup: fetching libtorch {TORCH_VERSION} from PyPI wheels (about 540 MB, once)");
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(&wheels)
+            .args(WHEELS),
+        "pip download",
+    )?;
+    let staging = cache.join(format!("libtorch-{TORCH_VERSION}-cpu.partial"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    fs::create_dir_all(staging.join("lib"))?;
+    let mut found = 0usize;
+    for wheel in fs::read_dir(&wheels)? {
+        let wheel = wheel?.path();
+        let name = wheel.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let keep: fn(&str) -> Option<String> = if name.starts_with(&format!("torch-{TORCH_VERSION}-")) {
+            |member| {
+                if let Some(rest) = member.strip_prefix("torch/include/") {
+                    return Some(format!("include/{rest}"));
+                }
+                let lib = member.strip_prefix("torch/lib/")?;
+                ["libtorch_cpu.so", "libc10.so", "libtorch.so", "libgomp.so.1"]
+                    .contains(&lib)
+                    .then(|| format!("lib/{lib}"))
+            }
+        } else if name.starts_with("nvidia_cuda_runtime-") || name.starts_with("nvidia_cuda_cupti-") {
+            |member| {
+                let lib = member.strip_prefix("nvidia/cu13/lib/")?;
+                ["libcudart.so.13", "libcupti.so.13"]
+                    .contains(&lib)
+                    .then(|| format!("lib/{lib}"))
+            }
+        } else {
+            continue;
+        };
+        found += extract(&wheel, &staging, keep)?;
+    }
+    for lib in ["libtorch_cpu.so", "libc10.so", "libtorch.so", "libcudart.so.13", "libcupti.so.13"] {
+        if !staging.join("lib").join(lib).exists() {
+            bail!("{lib} not found in the wheels in {}", wheels.display());
+        }
+    }
+    fs::write(staging.join(".complete"), format!("torch {TORCH_VERSION}, {found} files\n"))?;
+    if prefix.exists() {
+        fs::remove_dir_all(&prefix)?;
+    }
+    fs::rename(&staging, &prefix)?;
+    // The extracted prefix is all we need; the wheels are half a gigabyte.
+    fs::remove_dir_all(&wheels)?;
+    Ok(prefix)
+}
+
+fn extract(wheel: &Path, to: &Path, keep: fn(&str) -> Option<String>) -> Result<usize> {
+    let file = fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+    let mut count = 0;
+    for i in 0..archive.len() {
+        let mut member = archive.by_index(i)?;
+        if member.is_dir() {
+            continue;
+        }
+        let Some(rel) = keep(member.name()) else { continue };
+        if rel.contains("..") {
+            continue;
+        }
+        let dest = to.join(rel);
+        fs::create_dir_all(dest.parent().expect("joined path has a parent"))?;
+        let mut bytes = Vec::with_capacity(member.size() as usize);
+        member.read_to_end(&mut bytes)?;
+        fs::write(&dest, bytes).with_context(|| format!("cannot write {}", dest.display()))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn link(target: &Path, link: &Path) -> Result<()> {
+    if fs::read_link(link).ok().as_deref() == Some(target) {
+        return Ok(());
+    }
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link).with_context(|| format!("cannot replace {}", link.display()))?;
+    }
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))
+}
+
+/// A venv with the Python readers our artifacts must satisfy.
+fn python_venv(cache: &Path) -> Result<PathBuf> {
+    let venv = cache.join("venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(format!(".packages-{}", PY_PACKAGES.join("-").replace(['=', '<', '>'], "")));
+    if stamp.exists() {
+        return Ok(python);
+    }
+    if !python.exists() {
+        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
+    }
+    run_cmd(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(PY_PACKAGES),
+        "pip install",
+    )?;
+    fs::write(&stamp, "")?;
+    Ok(python)
+}
