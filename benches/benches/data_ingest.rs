@@ -35,7 +35,9 @@ fn ingest(c: &mut Criterion) {
         ..Default::default()
     };
     let mut group = c.benchmark_group("data_ingest");
-    group.sample_size(10).measurement_time(Duration::from_secs(40));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(40));
     group.throughput(Throughput::Elements(images));
     group.bench_function("fashion_mnist_or_synthetic", |b| {
         b.iter(|| mlops_data::run(&config).expect("ingest"))

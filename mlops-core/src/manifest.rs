@@ -29,7 +29,9 @@ pub struct FileEntry {
 impl FileEntry {
     /// Records an input file by path and content hash.
     pub fn input_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
         Ok(FileEntry {
             path: path.display().to_string(),
             sha256: sha256_file(path)?,

@@ -1,7 +1,7 @@
 //! Typed `.npy` I/O (via `ndarray-npy`) with errors that name the file, plus a header reader
 //! that reports an array's dtype and shape without loading its data.
 
-use std::io::{Read, Write as _};
+use std::io::Read;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -78,12 +78,14 @@ pub fn read_header(path: &Path) -> Result<NpyHeader> {
     let header_len = match prefix[6] {
         1 => {
             let mut len = [0u8; 2];
-            file.read_exact(&mut len).map_err(|_| bad("truncated header"))?;
+            file.read_exact(&mut len)
+                .map_err(|_| bad("truncated header"))?;
             u16::from_le_bytes(len) as usize
         }
         2 | 3 => {
             let mut len = [0u8; 4];
-            file.read_exact(&mut len).map_err(|_| bad("truncated header"))?;
+            file.read_exact(&mut len)
+                .map_err(|_| bad("truncated header"))?;
             u32::from_le_bytes(len) as usize
         }
         v => return Err(bad(&format!("unsupported format version {v}"))),
@@ -92,7 +94,8 @@ pub fn read_header(path: &Path) -> Result<NpyHeader> {
         return Err(bad("header longer than 1 MiB"));
     }
     let mut text = vec![0u8; header_len];
-    file.read_exact(&mut text).map_err(|_| bad("truncated header"))?;
+    file.read_exact(&mut text)
+        .map_err(|_| bad("truncated header"))?;
     let text = String::from_utf8_lossy(&text);
     parse_header_dict(&text).ok_or_else(|| bad(&format!("unparseable header {:?}", text.trim())))
 }
@@ -170,8 +173,8 @@ mod tests {
         assert_eq!(h.descr, "<f4");
         assert!(!h.fortran_order);
         assert_eq!(h.shape, vec![5000, 1, 28, 28]);
-        let h = parse_header_dict("{'descr': '<i8', 'fortran_order': True, 'shape': (7,), }")
-            .unwrap();
+        let h =
+            parse_header_dict("{'descr': '<i8', 'fortran_order': True, 'shape': (7,), }").unwrap();
         assert_eq!(h.shape, vec![7]);
         assert!(h.fortran_order);
         assert_eq!(h.dtype_name(), "int64");

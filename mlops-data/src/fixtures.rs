@@ -73,7 +73,8 @@ pub fn write_idx(dir: &Path, f: &IdxFixture) -> std::io::Result<[PathBuf; 4]> {
     let (mut test_images, mut test_labels) = make(f.test_per_class);
     let frame = f.height * f.width;
     for i in 0..f.duplicates {
-        test_images[i * frame..(i + 1) * frame].copy_from_slice(&train_images[i * frame..(i + 1) * frame]);
+        test_images[i * frame..(i + 1) * frame]
+            .copy_from_slice(&train_images[i * frame..(i + 1) * frame]);
         test_labels[i] = train_labels[i];
     }
     let ext = if f.gzip { ".gz" } else { "" };
@@ -112,7 +113,13 @@ pub fn write_maybe_gz(path: &Path, bytes: &[u8], gzip: bool) -> std::io::Result<
 
 /// Writes an image folder `dir/<class>/<i>.png|jpg` with `per_class` images of `size x size`
 /// per class name, alternating PNG and JPEG, in RGB so that conversion to grayscale is exercised.
-pub fn write_folder(dir: &Path, classes: &[&str], per_class: usize, size: u32, seed: u64) -> image::ImageResult<()> {
+pub fn write_folder(
+    dir: &Path,
+    classes: &[&str],
+    per_class: usize,
+    size: u32,
+    seed: u64,
+) -> image::ImageResult<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for (c, name) in classes.iter().enumerate() {
         let class_dir = dir.join(name);

@@ -37,9 +37,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mlops_core::{Manifest, OutputDir};
-use source::Loaded;
 use ndarray::{Array1, Array4};
 use serde::{Deserialize, Serialize};
+use source::Loaded;
 
 pub use error::{Error, Result};
 pub use source::{SourceSummary, FASHION_MNIST_CLASSES};
@@ -250,7 +250,10 @@ pub fn run(config: &DataConfig) -> Result<Manifest> {
         Dedup::default()
     };
     if dedup != Dedup::default() {
-        tracing::info!(?dedup, "dropped duplicate images that would leak across roles");
+        tracing::info!(
+            ?dedup,
+            "dropped duplicate images that would leak across roles"
+        );
     }
     for role in Role::ALL {
         if roles[role.index()].is_empty() {

@@ -156,7 +156,10 @@ fn load_source(
     if !idx_images.is_empty() {
         for images in idx_images {
             let labels = labels_for(images).ok_or_else(|| {
-                Error::source(images, "no matching labels-idx1 file beside this images file")
+                Error::source(
+                    images,
+                    "no matching labels-idx1 file beside this images file",
+                )
             })?;
             load_idx_pair(images, &labels, loaded, class_names)?;
         }
@@ -226,7 +229,10 @@ fn load_idx_pair(
         ));
     }
     if n == 0 || h == 0 || w == 0 {
-        return Err(Error::source(images_path, "empty source: the IDX file holds no images"));
+        return Err(Error::source(
+            images_path,
+            "empty source: the IDX file holds no images",
+        ));
     }
     let max_label = labels.data.iter().copied().max().unwrap_or(0) as usize;
     let names: Vec<String> = match class_names {
@@ -240,10 +246,16 @@ fn load_idx_pair(
                 ),
             ))
         }
-        None if images_path.to_string_lossy().to_lowercase().contains("fashion")
+        None if images_path
+            .to_string_lossy()
+            .to_lowercase()
+            .contains("fashion")
             && max_label < FASHION_MNIST_CLASSES.len() =>
         {
-            FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect()
+            FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
         }
         None => (0..=max_label).map(|i| i.to_string()).collect(),
     };
@@ -308,7 +320,13 @@ fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
             gray.into_raw()
         } else {
             let (w, h) = gray.dimensions();
-            resize(gray.into_raw(), w as usize, h as usize, loaded.width, loaded.height)
+            resize(
+                gray.into_raw(),
+                w as usize,
+                h as usize,
+                loaded.width,
+                loaded.height,
+            )
         };
         loaded.push(&pixels, *class, false);
         bar.inc(1);

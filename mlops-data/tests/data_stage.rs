@@ -31,10 +31,24 @@ fn idx_gzip_source_is_split_sharded_and_recorded() -> Result<()> {
     assert_eq!(summary.image_shape, [1, 28, 28]);
     // 120 training images: per class 40 -> val 4, gallery 8, train 28; test stays the t10k set.
     let rows = |r: Role| summary.role(r).unwrap().rows;
-    assert_eq!((rows(Role::Train), rows(Role::Val), rows(Role::Gallery), rows(Role::Test)), (84, 12, 24, 30));
-    assert_eq!(summary.role(Role::Train).unwrap().class_counts, vec![28, 28, 28]);
+    assert_eq!(
+        (
+            rows(Role::Train),
+            rows(Role::Val),
+            rows(Role::Gallery),
+            rows(Role::Test)
+        ),
+        (84, 12, 24, 30)
+    );
+    assert_eq!(
+        summary.role(Role::Train).unwrap().class_counts,
+        vec![28, 28, 28]
+    );
     let train = summary.role(Role::Train).unwrap();
-    assert_eq!(train.shards.iter().map(|s| s.rows).collect::<Vec<_>>(), vec![25, 25, 25, 9]);
+    assert_eq!(
+        train.shards.iter().map(|s| s.rows).collect::<Vec<_>>(),
+        vec![25, 25, 25, 9]
+    );
     for shard in &train.shards {
         let images: Array4<f32> = npy::read::<f32, Ix4>(&out.join(&shard.images))?;
         let labels: Array1<i64> = npy::read::<i64, Ix1>(&out.join(&shard.labels))?;
@@ -60,7 +74,11 @@ fn same_seed_same_shards_other_seed_other_split() -> Result<()> {
         let mut cfg = config(&[&src], out);
         cfg.seed = seed;
         let m = mlops_data::run(&cfg)?;
-        Ok(m.outputs.iter().filter(|e| e.path.ends_with(".npy")).map(|e| e.sha256.clone()).collect())
+        Ok(m.outputs
+            .iter()
+            .filter(|e| e.path.ends_with(".npy"))
+            .map(|e| e.sha256.clone())
+            .collect())
     };
     let a = hashes(&tmp.path().join("a"), 7)?;
     assert_eq!(a, hashes(&tmp.path().join("b"), 7)?);
@@ -86,7 +104,10 @@ fn folders_and_idx_merge_by_class_name_and_resize() -> Result<()> {
     // The new class has no IDX test images, so test holds only IDX classes.
     let test = summary.role(Role::Test).unwrap();
     assert_eq!(test.class_counts, vec![10, 10, 10, 0]);
-    let total: usize = Role::ALL.iter().map(|r| summary.role(*r).unwrap().class_counts[3]).sum();
+    let total: usize = Role::ALL
+        .iter()
+        .map(|r| summary.role(*r).unwrap().class_counts[3])
+        .sum();
     assert_eq!(total, 12);
     // Folders are recorded as tree digests.
     assert!(manifest.inputs.iter().any(|e| e.files == Some(12)));
@@ -103,7 +124,15 @@ fn folder_only_source_gets_a_test_split() -> Result<()> {
     let (_, summary) = DataSummary::load(&out)?;
     assert_eq!(summary.classes, vec!["cat", "dog"]);
     for role in Role::ALL {
-        assert!(summary.role(role).unwrap().class_counts.iter().all(|&n| n > 0), "{role}");
+        assert!(
+            summary
+                .role(role)
+                .unwrap()
+                .class_counts
+                .iter()
+                .all(|&n| n > 0),
+            "{role}"
+        );
     }
     assert_eq!(summary.role(Role::Test).unwrap().rows, 6);
     Ok(())
@@ -113,7 +142,13 @@ fn folder_only_source_gets_a_test_split() -> Result<()> {
 fn normalisation_uses_training_statistics() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("src");
-    fixtures::write_idx(&src, &IdxFixture { gzip: false, ..Default::default() })?;
+    fixtures::write_idx(
+        &src,
+        &IdxFixture {
+            gzip: false,
+            ..Default::default()
+        },
+    )?;
     let out = tmp.path().join("out");
     let mut cfg = config(&[&src], &out);
     cfg.normalize = true;
@@ -136,39 +171,78 @@ fn normalisation_uses_training_statistics() -> Result<()> {
 fn duplicates_of_test_images_are_removed() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let src = tmp.path().join("src");
-    fixtures::write_idx(&src, &IdxFixture { duplicates: 2, ..Default::default() })?;
+    fixtures::write_idx(
+        &src,
+        &IdxFixture {
+            duplicates: 2,
+            ..Default::default()
+        },
+    )?;
     let out = tmp.path().join("out");
     mlops_data::run(&config(&[&src], &out))?;
     let (_, summary) = DataSummary::load(&out)?;
     assert_eq!(summary.dedup.dropped_matching_test, 2);
-    let pool: usize = [Role::Train, Role::Val, Role::Gallery].iter().map(|r| summary.role(*r).unwrap().rows).sum();
+    let pool: usize = [Role::Train, Role::Val, Role::Gallery]
+        .iter()
+        .map(|r| summary.role(*r).unwrap().rows)
+        .sum();
     assert_eq!(pool, 118);
     Ok(())
 }
 
 /// Runs the binary and returns (exit code, stderr).
 fn run_bin(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops-data")).args(args).env("RUST_LOG", "off").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops-data"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Asserts the binary fails with exit 1, a message naming `names` and `problem`, and no manifest.
 fn assert_rejected(source: &Path, names: &str, problem: &str) {
-    let out = source.parent().unwrap().join(format!("out-{}", source.file_name().unwrap().to_string_lossy()));
-    let (code, stderr) = run_bin(&["--source".as_ref(), source.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+    let out = source.parent().unwrap().join(format!(
+        "out-{}",
+        source.file_name().unwrap().to_string_lossy()
+    ));
+    let (code, stderr) = run_bin(&[
+        "--source".as_ref(),
+        source.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
     assert_eq!(code, 1, "stderr: {stderr}");
     assert!(stderr.contains(names), "{stderr:?} should name {names:?}");
-    assert!(stderr.to_lowercase().contains(problem), "{stderr:?} should say {problem:?}");
+    assert!(
+        stderr.to_lowercase().contains(problem),
+        "{stderr:?} should say {problem:?}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!out.join("manifest.json").exists());
     if out.exists() {
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "partial output left in {}", out.display());
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            0,
+            "partial output left in {}",
+            out.display()
+        );
     }
 }
 
 fn idx_dir(tmp: &Path, name: &str, gzip: bool) -> std::path::PathBuf {
     let dir = tmp.join(name);
-    fixtures::write_idx(&dir, &IdxFixture { gzip, ..Default::default() }).unwrap();
+    fixtures::write_idx(
+        &dir,
+        &IdxFixture {
+            gzip,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     dir
 }
 
@@ -219,8 +293,16 @@ fn bad_idx_inputs_are_rejected_cleanly() {
 
     let empty_idx = t.join("empty-idx");
     std::fs::create_dir(&empty_idx).unwrap();
-    std::fs::write(empty_idx.join("train-images-idx3-ubyte"), mlops_data::idx::encode_idx(&[0, 28, 28], &[])).unwrap();
-    std::fs::write(empty_idx.join("train-labels-idx1-ubyte"), mlops_data::idx::encode_idx(&[0], &[])).unwrap();
+    std::fs::write(
+        empty_idx.join("train-images-idx3-ubyte"),
+        mlops_data::idx::encode_idx(&[0, 28, 28], &[]),
+    )
+    .unwrap();
+    std::fs::write(
+        empty_idx.join("train-labels-idx1-ubyte"),
+        mlops_data::idx::encode_idx(&[0], &[]),
+    )
+    .unwrap();
     assert_rejected(&empty_idx, "train-images-idx3-ubyte", "empty source");
 
     assert_rejected(&t.join("does-not-exist"), "does-not-exist", "no such file");
@@ -263,16 +345,29 @@ fn bad_config_values_are_rejected() {
     std::fs::write(&cfg_file, "val_fraction = 0.6\ngallery_fraction = 0.5\n").unwrap();
     let out = tmp.path().join("out");
     let (code, stderr) = run_bin(&[
-        "--config".as_ref(), cfg_file.as_os_str(), "--source".as_ref(), src.as_os_str(), "--out".as_ref(), out.as_os_str(),
+        "--config".as_ref(),
+        cfg_file.as_os_str(),
+        "--source".as_ref(),
+        src.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
     ]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("fractions"), "{stderr}");
     std::fs::write(&cfg_file, "no_such_option = 1\n").unwrap();
     let (code, stderr) = run_bin(&[
-        "--config".as_ref(), cfg_file.as_os_str(), "--source".as_ref(), src.as_os_str(), "--out".as_ref(), out.as_os_str(),
+        "--config".as_ref(),
+        cfg_file.as_os_str(),
+        "--source".as_ref(),
+        src.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
     ]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("data.toml") && stderr.contains("no_such_option"), "{stderr}");
+    assert!(
+        stderr.contains("data.toml") && stderr.contains("no_such_option"),
+        "{stderr}"
+    );
 }
 
 /// The real Fashion-MNIST files, when Debian's `dataset-fashion-mnist` is installed (set-up
@@ -292,8 +387,14 @@ fn real_fashion_mnist() -> Result<()> {
     let test = summary.role(Role::Test).unwrap();
     assert_eq!(test.rows, 10_000);
     assert_eq!(test.class_counts, vec![1000; 10]);
-    let pool: usize = [Role::Train, Role::Val, Role::Gallery].iter().map(|r| summary.role(*r).unwrap().rows).sum();
-    assert_eq!(pool + summary.dedup.dropped_matching_test + summary.dedup.dropped_val_matching_train, 60_000);
+    let pool: usize = [Role::Train, Role::Val, Role::Gallery]
+        .iter()
+        .map(|r| summary.role(*r).unwrap().rows)
+        .sum();
+    assert_eq!(
+        pool + summary.dedup.dropped_matching_test + summary.dedup.dropped_val_matching_train,
+        60_000
+    );
     assert!(test.shards.len() == 2 && test.shards.iter().all(|s| s.rows == 5000));
     manifest.verify_outputs(&out)?;
     numpy_reads(&out, &manifest)?;
@@ -319,9 +420,24 @@ for e in m["outputs"]:
         n += 1
 print(n)
 "#;
-    let out = Command::new(python).arg("-c").arg(script).arg(dir).output()?;
-    assert!(out.status.success(), "numpy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(dir)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "numpy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse()?;
-    assert_eq!(n, manifest.outputs.iter().filter(|e| e.path.ends_with(".npy")).count());
+    assert_eq!(
+        n,
+        manifest
+            .outputs
+            .iter()
+            .filter(|e| e.path.ends_with(".npy"))
+            .count()
+    );
     Ok(())
 }

@@ -60,7 +60,7 @@ impl Tally {
     }
 }
 
-type Digest = [u8; 32];
+type ImageDigest = [u8; 32];
 
 /// Where an image was seen: shard file and row.
 type Seen = (String, usize);
@@ -120,13 +120,22 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
     let mut pairs: Vec<(Role, &ShardPair)> = Vec::new();
     for role in Role::ALL {
         let Some(rs) = summary.role(role) else {
-            pairing.fail(Some(MANIFEST_FILE), format!("the manifest has no {role} role"));
+            pairing.fail(
+                Some(MANIFEST_FILE),
+                format!("the manifest has no {role} role"),
+            );
             continue;
         };
         for (i, pair) in rs.shards.iter().enumerate() {
-            for (name, expected) in [(&pair.images, role.images_file(i)), (&pair.labels, role.labels_file(i))] {
+            for (name, expected) in [
+                (&pair.images, role.images_file(i)),
+                (&pair.labels, role.labels_file(i)),
+            ] {
                 if *name != expected {
-                    pairing.fail(Some(name), format!("expected shard {i} of {role} to be {expected}"));
+                    pairing.fail(
+                        Some(name),
+                        format!("expected shard {i} of {role} to be {expected}"),
+                    );
                 }
                 if !data.join(name).is_file() {
                     pairing.fail(Some(name), "shard file is missing");
@@ -147,7 +156,10 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
             let is_shard = name.ends_with(".npy")
                 && Role::ALL.iter().any(|r| name.starts_with(&format!("{r}_")));
             if is_shard && !paired.contains(name.as_str()) {
-                pairing.fail(Some(&name), "shard file not listed in the manifest (left over or injected)");
+                pairing.fail(
+                    Some(&name),
+                    "shard file not listed in the manifest (left over or injected)",
+                );
             }
         }
     }
@@ -162,17 +174,26 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
     let mut complete = true;
     let mut counts: HashMap<Role, Vec<usize>> = HashMap::new();
     let mut rows: HashMap<Role, usize> = HashMap::new();
-    let mut digests: HashMap<Role, Vec<(Digest, Seen)>> = HashMap::new();
+    let mut digests: HashMap<Role, Vec<(ImageDigest, Seen)>> = HashMap::new();
 
     let bar = mlops_core::telemetry::progress(pairs.len() as u64, "validate");
     for &(role, pair) in &pairs {
         bar.inc(1);
-        let images_ok = check_header(data, &pair.images, "<f4", &shard_shape(&summary, pair.rows), &mut dtype_shape);
+        let images_ok = check_header(
+            data,
+            &pair.images,
+            "<f4",
+            &shard_shape(&summary, pair.rows),
+            &mut dtype_shape,
+        );
         let labels_ok = check_header(data, &pair.labels, "<i8", &[pair.rows], &mut dtype_shape);
         if pair.rows == 0 || pair.rows > summary.npy_interval {
             dtype_shape.fail(
                 Some(&pair.images),
-                format!("{} rows, expected 1..={} (npy_interval)", pair.rows, summary.npy_interval),
+                format!(
+                    "{} rows, expected 1..={} (npy_interval)",
+                    pair.rows, summary.npy_interval
+                ),
             );
         }
         if !(images_ok && labels_ok) {
@@ -192,12 +213,21 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
         };
         check_values(&images, &pair.images, lo, hi, &mut value_range);
         let role_counts = counts.entry(role).or_insert_with(|| vec![0; n_classes]);
-        check_labels(&labels, &pair.labels, n_classes, role_counts, &mut label_range);
+        check_labels(
+            &labels,
+            &pair.labels,
+            n_classes,
+            role_counts,
+            &mut label_range,
+        );
         *rows.entry(role).or_default() += labels.len();
         let seen = digests.entry(role).or_default();
         for (row, image) in images.axis_iter(Axis(0)).enumerate() {
             let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
-            seen.push((sha2::Sha256::digest(&bytes).into(), (pair.images.clone(), row)));
+            seen.push((
+                sha2::Sha256::digest(&bytes).into(),
+                (pair.images.clone(), row),
+            ));
         }
     }
     bar.finish_and_clear();
@@ -208,10 +238,19 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
     let totals = Tally::new("totals", limit);
     if !complete {
         let why = "some shards could not be read (see dtype_shape)";
-        checks.extend([coverage.skipped(why), leakage.skipped(why), totals.skipped(why)]);
+        checks.extend([
+            coverage.skipped(why),
+            leakage.skipped(why),
+            totals.skipped(why),
+        ]);
         return finish(checks, inputs);
     }
-    checks.push(check_coverage(&summary, &counts, config.min_per_class, coverage));
+    checks.push(check_coverage(
+        &summary,
+        &counts,
+        config.min_per_class,
+        coverage,
+    ));
     checks.push(check_leakage(&digests, leakage));
     checks.push(check_totals(&summary, &counts, &rows, totals));
     finish(checks, inputs)
@@ -233,11 +272,17 @@ fn check_header(data: &Path, name: &str, descr: &str, shape: &[usize], tally: &m
     let mut ok = true;
     if header.descr != descr {
         let expected = if descr == "<f4" { "float32" } else { "int64" };
-        tally.fail(Some(name), format!("dtype is {}, expected {expected}", header.dtype_name()));
+        tally.fail(
+            Some(name),
+            format!("dtype is {}, expected {expected}", header.dtype_name()),
+        );
         ok = false;
     }
     if header.shape != shape {
-        tally.fail(Some(name), format!("shape is {:?}, expected {shape:?}", header.shape));
+        tally.fail(
+            Some(name),
+            format!("shape is {:?}, expected {shape:?}", header.shape),
+        );
         ok = false;
     }
     if header.fortran_order {
@@ -271,7 +316,13 @@ fn check_values(images: &Array4<f32>, name: &str, lo: f32, hi: f32, tally: &mut 
     }
 }
 
-fn check_labels(labels: &Array1<i64>, name: &str, n_classes: usize, counts: &mut [usize], tally: &mut Tally) {
+fn check_labels(
+    labels: &Array1<i64>,
+    name: &str,
+    n_classes: usize,
+    counts: &mut [usize],
+    tally: &mut Tally,
+) {
     let mut bad = Vec::new();
     for (row, &label) in labels.iter().enumerate() {
         match usize::try_from(label) {
@@ -315,8 +366,8 @@ fn check_coverage(
     tally.done()
 }
 
-fn check_leakage(digests: &HashMap<Role, Vec<(Digest, Seen)>>, mut tally: Tally) -> Check {
-    let index = |role: Role| -> HashMap<Digest, &Seen> {
+fn check_leakage(digests: &HashMap<Role, Vec<(ImageDigest, Seen)>>, mut tally: Tally) -> Check {
+    let index = |role: Role| -> HashMap<ImageDigest, &Seen> {
         digests
             .get(&role)
             .map(|v| v.iter().map(|(d, s)| (*d, s)).collect())
@@ -349,13 +400,18 @@ fn check_totals(
     mut tally: Tally,
 ) -> Check {
     for role in Role::ALL {
-        let Some(rs) = summary.role(role) else { continue };
+        let Some(rs) = summary.role(role) else {
+            continue;
+        };
         let actual = rows.get(&role).copied().unwrap_or(0);
         let listed: usize = rs.shards.iter().map(|s| s.rows).sum();
         if actual != rs.rows || listed != rs.rows {
             tally.fail(
                 Some(MANIFEST_FILE),
-                format!("{role} has {actual} rows in its shards, the manifest says {}", rs.rows),
+                format!(
+                    "{role} has {actual} rows in its shards, the manifest says {}",
+                    rs.rows
+                ),
             );
         }
         let empty = vec![0; summary.classes.len()];

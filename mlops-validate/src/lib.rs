@@ -162,8 +162,13 @@ pub fn run(config: &ValidateConfig) -> Result<ValidationReport> {
         // The report is worth keeping; the manifest is not written, so nothing downstream
         // mistakes this directory for a successful validation.
         let staged = out.staged_path(REPORT_FILE);
-        std::fs::rename(&staged, &report_path).map_err(|e| mlops_core::Error::io(&report_path, e))?;
-        let failed = report.failures().map(Check::headline).collect::<Vec<_>>().join("; ");
+        std::fs::rename(&staged, &report_path)
+            .map_err(|e| mlops_core::Error::io(&report_path, e))?;
+        let failed = report
+            .failures()
+            .map(Check::headline)
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(Error::Failed {
             data: config.data.clone(),
             report: report_path,

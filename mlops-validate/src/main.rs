@@ -37,7 +37,11 @@ fn main() -> ExitCode {
     config.min_per_class = args.min_per_class.unwrap_or(config.min_per_class);
     match mlops_validate::run(&config) {
         Ok(report) => {
-            eprintln!("all {} checks passed for {}", report.checks.len(), report.data);
+            eprintln!(
+                "all {} checks passed for {}",
+                report.checks.len(),
+                report.data
+            );
             ExitCode::SUCCESS
         }
         Err(e) => mlops_core::telemetry::report_error(&e),

@@ -43,7 +43,11 @@ fn replace_and_rehash(data: &Path, name: &str, write: impl FnOnce(&Path)) {
     for e in manifest.outputs.iter_mut().filter(|e| e.path == name) {
         e.sha256 = sha.clone();
     }
-    std::fs::write(data.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(
+        data.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
 }
 
 fn failed(data: &Path, config: &ValidateConfig) -> Vec<String> {
@@ -56,13 +60,21 @@ fn failed(data: &Path, config: &ValidateConfig) -> Vec<String> {
 fn assert_binary_fails(data: &Path, check: &str, file: &str) {
     let out = data.parent().unwrap().join("validate");
     let result = Command::new(env!("CARGO_BIN_EXE_mlops-validate"))
-        .args(["--data".as_ref(), data.as_os_str(), "--out".as_ref(), out.as_os_str()])
+        .args([
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(check) && stderr.contains(file), "{stderr:?} should name {check} and {file}");
+    assert!(
+        stderr.contains(check) && stderr.contains(file),
+        "{stderr:?} should name {check} and {file}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.join("validation.json").exists());
     assert!(!out.join("manifest.json").exists());
@@ -73,15 +85,32 @@ fn sound_data_passes_every_check() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = data_dir(tmp.path(), IdxFixture::default(), true)?;
     let out = tmp.path().join("validate");
-    let report = mlops_validate::run(&ValidateConfig { data: data.clone(), out: out.clone(), ..Default::default() })?;
+    let report = mlops_validate::run(&ValidateConfig {
+        data: data.clone(),
+        out: out.clone(),
+        ..Default::default()
+    })?;
     assert!(report.passed);
     let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["manifest", "checksums", "shard_pairing", "dtype_shape", "value_range", "label_range", "class_coverage", "leakage", "totals"]
+        [
+            "manifest",
+            "checksums",
+            "shard_pairing",
+            "dtype_shape",
+            "value_range",
+            "label_range",
+            "class_coverage",
+            "leakage",
+            "totals"
+        ]
     );
     let manifest = Manifest::load_stage(&out, "validate")?;
-    assert!(manifest.inputs.iter().any(|e| e.path.ends_with("train_images_000.npy")));
+    assert!(manifest
+        .inputs
+        .iter()
+        .any(|e| e.path.ends_with("train_images_000.npy")));
     manifest.verify_outputs(&out)?;
     assert!(mlops_validate::is_validated(&out));
     Ok(())
@@ -127,7 +156,11 @@ fn wrong_dtype_is_caught() -> Result<()> {
     let report = validate(&data, &ValidateConfig::default());
     let check = report.check("dtype_shape").unwrap();
     assert!(!check.passed);
-    assert!(check.findings[0].message.contains("float64"), "{:?}", check.findings);
+    assert!(
+        check.findings[0].message.contains("float64"),
+        "{:?}",
+        check.findings
+    );
     assert_binary_fails(&data, "dtype_shape", &images);
     Ok(())
 }
@@ -159,7 +192,10 @@ fn labels_out_of_range_are_caught() -> Result<()> {
         write_npy(p, &a).unwrap();
     });
     let failures = failed(&data, &ValidateConfig::default());
-    assert!(failures.contains(&"label_range".to_string()), "{failures:?}");
+    assert!(
+        failures.contains(&"label_range".to_string()),
+        "{failures:?}"
+    );
     assert_binary_fails(&data, "label_range", &labels);
     Ok(())
 }
@@ -171,7 +207,10 @@ fn missing_shard_is_caught() -> Result<()> {
     let (_, labels) = first_shard(&data, Role::Train);
     std::fs::remove_file(data.join(&labels))?;
     let failures = failed(&data, &ValidateConfig::default());
-    assert!(failures.contains(&"shard_pairing".to_string()), "{failures:?}");
+    assert!(
+        failures.contains(&"shard_pairing".to_string()),
+        "{failures:?}"
+    );
     assert!(failures.contains(&"checksums".to_string()), "{failures:?}");
     assert_binary_fails(&data, "shard_pairing", &labels);
     Ok(())
@@ -194,7 +233,10 @@ fn tampered_shard_is_caught() -> Result<()> {
 fn injected_shard_is_caught() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = data_dir(tmp.path(), IdxFixture::default(), true)?;
-    write_npy(data.join("train_images_099.npy"), &Array4::<f32>::zeros((1, 1, 28, 28)))?;
+    write_npy(
+        data.join("train_images_099.npy"),
+        &Array4::<f32>::zeros((1, 1, 28, 28)),
+    )?;
     assert_eq!(failed(&data, &ValidateConfig::default()), ["shard_pairing"]);
     Ok(())
 }
@@ -202,13 +244,18 @@ fn injected_shard_is_caught() -> Result<()> {
 #[test]
 fn leakage_between_train_and_test_is_caught() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let fixture = IdxFixture { duplicates: 30, ..Default::default() };
+    let fixture = IdxFixture {
+        duplicates: 30,
+        ..Default::default()
+    };
     let data = data_dir(tmp.path(), fixture, false)?;
     let report = validate(&data, &ValidateConfig::default());
     let leakage = report.check("leakage").unwrap();
     assert!(!leakage.passed);
     assert_eq!(leakage.problems, 30);
-    assert!(leakage.findings[0].message.contains("identical to test_images_000.npy"));
+    assert!(leakage.findings[0]
+        .message
+        .contains("identical to test_images_000.npy"));
     assert_binary_fails(&data, "leakage", "identical");
     Ok(())
 }
@@ -217,7 +264,10 @@ fn leakage_between_train_and_test_is_caught() -> Result<()> {
 fn too_few_images_per_class_is_caught() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = data_dir(tmp.path(), IdxFixture::default(), true)?;
-    let config = ValidateConfig { min_per_class: 5, ..Default::default() };
+    let config = ValidateConfig {
+        min_per_class: 5,
+        ..Default::default()
+    };
     assert_eq!(failed(&data, &config), ["class_coverage"]);
     Ok(())
 }
@@ -228,7 +278,10 @@ fn tampered_totals_are_caught() -> Result<()> {
     let data = data_dir(tmp.path(), IdxFixture::default(), true)?;
     let mut manifest = Manifest::load(&data)?;
     manifest.summary["roles"]["val"]["class_counts"][0] = serde_json::json!(999);
-    std::fs::write(data.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(
+        data.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
     assert_eq!(failed(&data, &ValidateConfig::default()), ["totals"]);
     Ok(())
 }

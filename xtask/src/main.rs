@@ -44,7 +44,10 @@ fn main() -> Result<()> {
 
 fn test(cargo_args: &[String]) -> Result<()> {
     let env = setup::run(&setup::SetupArgs::default())?;
-    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]), "cargo fmt --check")?;
+    run_cmd(
+        cargo().args(["fmt", "--all", "--", "--check"]),
+        "cargo fmt --check",
+    )?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"])
         .args(cargo_args)

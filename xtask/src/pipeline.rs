@@ -46,10 +46,18 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
     for source in &args.source {
         data_cmd.arg("--source").arg(source);
     }
-    data_cmd.arg("--out").arg(&data).arg("--seed").arg(args.seed.to_string());
+    data_cmd
+        .arg("--out")
+        .arg(&data)
+        .arg("--seed")
+        .arg(args.seed.to_string());
     run_stage(&mut data_cmd, "data")?;
     run_stage(
-        stage("mlops-validate").arg("--data").arg(&data).arg("--out").arg(&validate),
+        stage("mlops-validate")
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&validate),
         "validate",
     )?;
     summary(&data, &validate)
@@ -65,15 +73,24 @@ fn run_stage(cmd: &mut Command, name: &str) -> Result<()> {
     eprintln!("==> {name}");
     let started = std::time::Instant::now();
     run_cmd(cmd, &format!("stage {name}"))?;
-    eprintln!("    {name} done in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "    {name} done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn summary(data: &Path, validate: &Path) -> Result<()> {
     let manifest = read_json(&data.join("manifest.json"))?;
     let summary = &manifest["summary"];
-    println!("\npipeline finished: {}", data.parent().unwrap_or(data).display());
-    println!("  classes: {}", summary["classes"].as_array().map_or(0, Vec::len));
+    println!(
+        "\npipeline finished: {}",
+        data.parent().unwrap_or(data).display()
+    );
+    println!(
+        "  classes: {}",
+        summary["classes"].as_array().map_or(0, Vec::len)
+    );
     for role in ["train", "val", "gallery", "test"] {
         let r = &summary["roles"][role];
         println!(
@@ -86,13 +103,18 @@ fn summary(data: &Path, validate: &Path) -> Result<()> {
     let checks = report["checks"].as_array().map_or(0, Vec::len);
     println!(
         "  validation: {} ({checks} checks), report {}",
-        if report["passed"] == true { "passed" } else { "FAILED" },
+        if report["passed"] == true {
+            "passed"
+        } else {
+            "FAILED"
+        },
         validate.join("validation.json").display()
     );
     Ok(())
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid json", path.display()))
 }

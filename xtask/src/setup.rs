@@ -37,7 +37,6 @@ pub struct SetupArgs {
 
 /// What later commands need to know about the installed environment.
 pub struct Env {
-    pub libtorch: PathBuf,
     pub python: PathBuf,
 }
 
@@ -57,7 +56,7 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
     let libtorch = libtorch(&cache)?;
     link(&libtorch, &root().join(".libtorch"))?;
     let python = python_venv(&cache)?;
-    Ok(Env { libtorch, python })
+    Ok(Env { python })
 }
 
 fn cache_dir() -> Result<PathBuf> {
@@ -122,7 +121,9 @@ fn prefer_openmp_openblas() -> Result<()> {
     for lib in ["libblas.so.3", "liblapack.so.3"] {
         let target = format!("{arch}/openblas-openmp/{lib}");
         let link = format!("{arch}/{lib}");
-        if Path::new(&target).exists() && fs::canonicalize(&link).ok() != fs::canonicalize(&target).ok() {
+        if Path::new(&target).exists()
+            && fs::canonicalize(&link).ok() != fs::canonicalize(&target).ok()
+        {
             let name = format!("{lib}-x86_64-linux-gnu");
             run_cmd(
                 Command::new("update-alternatives").args(["--set", &name, &target]),
@@ -156,18 +157,30 @@ fn libtorch(cache: &Path) -> Result<PathBuf> {
     let mut found = 0usize;
     for wheel in fs::read_dir(&wheels)? {
         let wheel = wheel?.path();
-        let name = wheel.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let keep: fn(&str) -> Option<String> = if name.starts_with(&format!("torch-{TORCH_VERSION}-")) {
+        let name = wheel
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let keep: fn(&str) -> Option<String> = if name
+            .starts_with(&format!("torch-{TORCH_VERSION}-"))
+        {
             |member| {
                 if let Some(rest) = member.strip_prefix("torch/include/") {
                     return Some(format!("include/{rest}"));
                 }
                 let lib = member.strip_prefix("torch/lib/")?;
-                ["libtorch_cpu.so", "libc10.so", "libtorch.so", "libgomp.so.1"]
-                    .contains(&lib)
-                    .then(|| format!("lib/{lib}"))
+                [
+                    "libtorch_cpu.so",
+                    "libc10.so",
+                    "libtorch.so",
+                    "libgomp.so.1",
+                ]
+                .contains(&lib)
+                .then(|| format!("lib/{lib}"))
             }
-        } else if name.starts_with("nvidia_cuda_runtime-") || name.starts_with("nvidia_cuda_cupti-") {
+        } else if name.starts_with("nvidia_cuda_runtime-") || name.starts_with("nvidia_cuda_cupti-")
+        {
             |member| {
                 let lib = member.strip_prefix("nvidia/cu13/lib/")?;
                 ["libcudart.so.13", "libcupti.so.13"]
@@ -179,12 +192,21 @@ fn libtorch(cache: &Path) -> Result<PathBuf> {
         };
         found += extract(&wheel, &staging, keep)?;
     }
-    for lib in ["libtorch_cpu.so", "libc10.so", "libtorch.so", "libcudart.so.13", "libcupti.so.13"] {
+    for lib in [
+        "libtorch_cpu.so",
+        "libc10.so",
+        "libtorch.so",
+        "libcudart.so.13",
+        "libcupti.so.13",
+    ] {
         if !staging.join("lib").join(lib).exists() {
             bail!("{lib} not found in the wheels in {}", wheels.display());
         }
     }
-    fs::write(staging.join(".complete"), format!("torch {TORCH_VERSION}, {found} files\n"))?;
+    fs::write(
+        staging.join(".complete"),
+        format!("torch {TORCH_VERSION}, {found} files\n"),
+    )?;
     if prefix.exists() {
         fs::remove_dir_all(&prefix)?;
     }
@@ -196,14 +218,17 @@ fn libtorch(cache: &Path) -> Result<PathBuf> {
 
 fn extract(wheel: &Path, to: &Path, keep: fn(&str) -> Option<String>) -> Result<usize> {
     let file = fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
-    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .with_context(|| format!("{} is not a wheel", wheel.display()))?;
     let mut count = 0;
     for i in 0..archive.len() {
         let mut member = archive.by_index(i)?;
         if member.is_dir() {
             continue;
         }
-        let Some(rel) = keep(member.name()) else { continue };
+        let Some(rel) = keep(member.name()) else {
+            continue;
+        };
         if rel.contains("..") {
             continue;
         }
@@ -232,16 +257,28 @@ fn link(target: &Path, link: &Path) -> Result<()> {
 fn python_venv(cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
     let python = venv.join("bin/python");
-    let stamp = venv.join(format!(".packages-{}", PY_PACKAGES.join("-").replace(['=', '<', '>'], "")));
+    let stamp = venv.join(format!(
+        ".packages-{}",
+        PY_PACKAGES.join("-").replace(['=', '<', '>'], "")
+    ));
     if stamp.exists() {
         return Ok(python);
     }
     if !python.exists() {
-        run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
+        run_cmd(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
     }
     run_cmd(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(PY_PACKAGES),
         "pip install",
     )?;
