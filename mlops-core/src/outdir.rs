@@ -36,6 +36,7 @@ pub struct OutputDir {
     staging: PathBuf,
     previous_outputs: Vec<String>,
     written: Vec<String>,
+    in_place: Vec<String>,
     committed: bool,
 }
 
@@ -60,6 +61,7 @@ impl OutputDir {
             staging,
             previous_outputs,
             written: Vec::new(),
+            in_place: Vec::new(),
             committed: false,
         })
     }
@@ -142,10 +144,26 @@ impl OutputDir {
         })
     }
 
+    /// Records a file the stage wrote directly into the output directory (e.g. checkpoints that
+    /// must survive an interruption), so that the manifest lists it and commit keeps it.
+    pub fn keep_in_place(&mut self, name: &str) -> Result<FileEntry> {
+        let entry = FileEntry::input_file(&self.root.join(name))?;
+        self.in_place.push(name.to_string());
+        Ok(FileEntry {
+            path: name.to_string(),
+            ..entry
+        })
+    }
+
     /// Moves every staged file into place, removes outputs of the previous run that this run
     /// did not produce again, then writes the manifest (finished now) atomically.
     pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest> {
-        let fresh: HashSet<&str> = self.written.iter().map(String::as_str).collect();
+        let fresh: HashSet<&str> = self
+            .written
+            .iter()
+            .chain(&self.in_place)
+            .map(String::as_str)
+            .collect();
         for stale in &self.previous_outputs {
             if !fresh.contains(stale.as_str()) && is_plain_name(stale) {
                 let _ = std::fs::remove_file(self.root.join(stale));

@@ -356,3 +356,82 @@ fn pixel_stats(loaded: &Loaded, train: &[usize]) -> Normalization {
         std: (std / 255.0) as f32,
     }
 }
+
+/// A finished data-stage output opened for reading by later stages.
+///
+/// Every shard read through it is checked against the sha256 the data manifest recorded, so a
+/// stage never trains on or embeds a file that changed after the data stage wrote it.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub summary: DataSummary,
+}
+
+impl DataDir {
+    /// Opens the output directory of `mlops-data`; fails if it has no data-stage manifest.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let (manifest, summary) = DataSummary::load(dir)?;
+        Ok(DataDir {
+            dir: dir.to_path_buf(),
+            manifest,
+            summary,
+        })
+    }
+
+    /// The shards of `role`; an absent or empty role is an error.
+    pub fn role(&self, role: Role) -> Result<&RoleSummary> {
+        let manifest = self.dir.join(mlops_core::MANIFEST_FILE);
+        match self.summary.role(role) {
+            Some(rs) if rs.rows > 0 && !rs.shards.is_empty() => Ok(rs),
+            Some(_) => Err(mlops_core::Error::invalid(manifest, format!("the {role} role is empty")).into()),
+            None => Err(mlops_core::Error::invalid(manifest, format!("the data has no {role} role")).into()),
+        }
+    }
+
+    /// Reads one shard pair after verifying both checksums and the recorded shapes.
+    pub fn read_shard(&self, pair: &ShardPair) -> Result<(Array4<f32>, Array1<i64>)> {
+        for name in [&pair.images, &pair.labels] {
+            let entry = self.manifest.output(name).ok_or_else(|| {
+                mlops_core::Error::invalid(
+                    self.dir.join(name),
+                    "shard is not listed in the data manifest",
+                )
+            })?;
+            self.manifest.verify_output(&self.dir, entry)?;
+        }
+        let images: Array4<f32> = mlops_core::npy::read(&self.dir.join(&pair.images))?;
+        let labels: Array1<i64> = mlops_core::npy::read(&self.dir.join(&pair.labels))?;
+        let [c, h, w] = self.summary.image_shape;
+        if images.shape() != [pair.rows, c, h, w] || labels.len() != pair.rows {
+            return Err(mlops_core::Error::invalid(
+                self.dir.join(&pair.images),
+                format!(
+                    "shape {:?} with {} labels, the manifest says [{}, {c}, {h}, {w}]",
+                    images.shape(),
+                    labels.len(),
+                    pair.rows
+                ),
+            )
+            .into());
+        }
+        Ok((images, labels))
+    }
+
+    /// Reads a whole role into memory (images `[n,c,h,w]`, labels `[n]`), shard by shard.
+    pub fn read_role(&self, role: Role) -> Result<(Array4<f32>, Array1<i64>)> {
+        let rs = self.role(role)?;
+        let [c, h, w] = self.summary.image_shape;
+        let mut images = Vec::with_capacity(rs.rows * c * h * w);
+        let mut labels = Vec::with_capacity(rs.rows);
+        for pair in &rs.shards {
+            let (x, y) = self.read_shard(pair)?;
+            images.extend(x.iter().copied());
+            labels.extend(y.iter().copied());
+        }
+        let n = labels.len();
+        let images = Array4::from_shape_vec((n, c, h, w), images)
+            .expect("each shard was checked to be [rows, c, h, w]");
+        Ok((images, Array1::from_vec(labels)))
+    }
+}

@@ -1,0 +1,149 @@
+//! Checkpoints: `last.safetensors` (weights + optimizer state) and `state.json` after every
+//! epoch, `best.safetensors` (weights) whenever validation accuracy improves. Each file is
+//! written to a temporary name and renamed; `state.json` goes last, so it only ever describes
+//! complete weight files.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use crate::optim::Optimizer;
+use crate::{EpochMetrics, Error, Result, TrainConfig};
+
+pub const DIR: &str = "checkpoints";
+pub const LAST: &str = "last.safetensors";
+pub const BEST: &str = "best.safetensors";
+pub const STATE: &str = "state.json";
+
+/// Progress of a run, saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epochs_done: usize,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    pub metrics: Vec<EpochMetrics>,
+    /// The settings that determine the result; a resume must use the same.
+    pub fingerprint: serde_json::Value,
+}
+
+impl TrainState {
+    pub fn new(config: &TrainConfig) -> Self {
+        TrainState {
+            epochs_done: 0,
+            best_epoch: 0,
+            best_val_accuracy: 0.0,
+            metrics: Vec::new(),
+            fingerprint: fingerprint(config),
+        }
+    }
+}
+
+/// The config without the fields that may differ between an interrupted run and its resume.
+fn fingerprint(config: &TrainConfig) -> serde_json::Value {
+    let mut c = config.clone();
+    c.resume = false;
+    c.stop_after_epochs = None;
+    c.threads = 0;
+    c.device = crate::DeviceSpec::Auto;
+    c.out = Default::default();
+    serde_json::to_value(c).expect("plain data")
+}
+
+/// Removes checkpoints of an earlier run (a fresh run must not resume from them by accident).
+pub fn clear(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
+    }
+    Ok(())
+}
+
+fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (format!("model.{name}"), t.detach().to_device(Device::Cpu)))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let tmp = path.with_extension("tmp.safetensors");
+    Tensor::write_safetensors(tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| mlops_core::Error::io(path, e))?;
+    Ok(())
+}
+
+/// Saves the end-of-epoch checkpoint (and the best weights when `best`).
+pub fn save(dir: &Path, vs: &nn::VarStore, opt: &Optimizer, state: &TrainState, best: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
+    let vars = named_vars(vs);
+    if best {
+        write_tensors(&dir.join(BEST), &vars)?;
+    }
+    let mut all = vars;
+    all.extend(opt.state().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))));
+    write_tensors(&dir.join(LAST), &all)?;
+    let text = serde_json::to_vec_pretty(state).expect("plain data");
+    mlops_core::write_atomic(&dir.join(STATE), &text)?;
+    Ok(())
+}
+
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let named = Tensor::read_safetensors(path).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(named.into_iter().collect())
+}
+
+/// Copies `model.*` tensors into `vs`, checking names and shapes.
+fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore) -> Result<()> {
+    let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+    let vars = vs.variables();
+    for (name, var) in &vars {
+        let saved = named.get(&format!("model.{name}")).ok_or_else(|| bad(format!("missing tensor {name}")))?;
+        if saved.size() != var.size() {
+            return Err(bad(format!("{name} has shape {:?}, the model needs {:?}", saved.size(), var.size())));
+        }
+        let mut var = var.shallow_clone();
+        tch::no_grad(|| var.copy_(&saved.to_device(var.device())));
+    }
+    Ok(())
+}
+
+/// Restores weights and optimizer state of the last checkpoint in `dir` for `config`.
+pub fn load_last(dir: &Path, config: &TrainConfig, vs: &mut nn::VarStore, opt: &mut Optimizer) -> Result<TrainState> {
+    let state_path = dir.join(STATE);
+    let text = std::fs::read(&state_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Checkpoint { path: state_path.clone(), message: "no checkpoint to resume from".into() }
+        } else {
+            mlops_core::Error::io(&state_path, e).into()
+        }
+    })?;
+    let state: TrainState = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+        path: state_path.clone(),
+        message: e.to_string(),
+    })?;
+    if state.fingerprint != fingerprint(config) {
+        return Err(Error::Checkpoint {
+            path: state_path,
+            message: "it was made with other settings (architecture, data, seed, schedule...); resume with the same configuration or start over without --resume".into(),
+        });
+    }
+    let last = dir.join(LAST);
+    let named = read_tensors(&last)?;
+    load_vars(&last, &named, vs)?;
+    opt.load_state(&named).map_err(|message| Error::Checkpoint { path: last, message })?;
+    Ok(state)
+}
+
+/// Loads the best weights in `dir` into `vs`.
+pub fn load_best(dir: &Path, vs: &mut nn::VarStore) -> Result<()> {
+    let best = dir.join(BEST);
+    let named = read_tensors(&best)?;
+    load_vars(&best, &named, vs)
+}

@@ -1,0 +1,330 @@
+//! Embedding networks for small grayscale images.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use crate::arcface::normalize;
+
+/// Named network architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// The reference design: conv 1->32 3x3, BN, ReLU, maxpool 2, conv 32->64 3x3, BN, ReLU,
+    /// flatten, FC->128, BN1d, ReLU, FC->dim.
+    Seed,
+    /// The default: a small residual net with batch-norm and dropout, at about the seed's cost
+    /// per image: conv 1->32 3x3, BN, ReLU, maxpool 2, a residual block 32->48 with stride 2,
+    /// a residual block 48->48, global average and max pooling, dropout, FC->dim, BN1d.
+    Res,
+}
+
+impl Arch {
+    /// Smallest input side the architecture accepts.
+    pub fn min_side(self) -> i64 {
+        match self {
+            Arch::Seed => 8,
+            Arch::Res => 8,
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Seed => "seed",
+            Arch::Res => "res",
+        })
+    }
+}
+
+/// An embedding network: image batch `[n,1,h,w]` -> L2-normalised embeddings `[n,dim]`.
+#[derive(Debug)]
+pub struct EmbeddingNet {
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Seed(SeedNet),
+    Res(ResNet),
+}
+
+impl EmbeddingNet {
+    /// Builds `arch` under `vs` for inputs of `input = [c, h, w]`.
+    pub fn new(vs: &nn::Path, arch: Arch, input: [i64; 3], dim: i64, dropout: f64) -> Self {
+        let body = match arch {
+            Arch::Seed => Body::Seed(SeedNet::new(vs, input, dim)),
+            Arch::Res => Body::Res(ResNet::new(vs, input, dim, dropout)),
+        };
+        EmbeddingNet { body }
+    }
+}
+
+impl EmbeddingNet {
+    /// Folds every batch-norm into the layer before it, for inference. The eval-mode output is
+    /// unchanged up to float rounding; training-mode forward passes keep using the unfused layers.
+    pub fn fuse_batch_norm(&mut self) {
+        match &mut self.body {
+            Body::Seed(net) => net.fuse(),
+            Body::Res(net) => net.fuse(),
+        }
+    }
+}
+
+impl ModuleT for EmbeddingNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let raw = match &self.body {
+            Body::Seed(net) => net.forward_t(xs, train),
+            Body::Res(net) => net.forward_t(xs, train),
+        };
+        normalize(&raw)
+    }
+}
+
+/// A bias-free convolution followed by batch-norm. For inference the pair can be folded into
+/// one convolution ([`ConvBn::fuse`]), which saves a full pass over the activations.
+#[derive(Debug)]
+struct ConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    stride: i64,
+    padding: i64,
+    fused: Option<(Tensor, Tensor)>,
+}
+
+impl ConvBn {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Self {
+        let config = nn::ConvConfig {
+            stride,
+            padding,
+            bias: false,
+            ..Default::default()
+        };
+        ConvBn {
+            conv: nn::conv2d(&vs / "conv", c_in, c_out, k, config),
+            bn: nn::batch_norm2d(&vs / "bn", c_out, Default::default()),
+            stride,
+            padding,
+            fused: None,
+        }
+    }
+
+    fn fuse(&mut self) {
+        let (scale, shift) = bn_affine(&self.bn);
+        let w = &self.conv.ws * scale.view([-1, 1, 1, 1]);
+        self.fused = Some((w.detach(), shift.detach()));
+    }
+}
+
+impl ModuleT for ConvBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match &self.fused {
+            Some((w, b)) if !train => xs.conv2d(w, Some(b), [self.stride; 2], [self.padding; 2], [1, 1], 1),
+            _ => xs.apply(&self.conv).apply_t(&self.bn, train),
+        }
+    }
+}
+
+/// A linear layer followed by 1-d batch-norm, foldable like [`ConvBn`].
+#[derive(Debug)]
+struct LinearBn {
+    linear: nn::Linear,
+    bn: nn::BatchNorm,
+    fused: Option<(Tensor, Tensor)>,
+}
+
+impl LinearBn {
+    fn new(vs: nn::Path, d_in: i64, d_out: i64) -> Self {
+        LinearBn {
+            linear: nn::linear(&vs / "linear", d_in, d_out, Default::default()),
+            bn: nn::batch_norm1d(&vs / "bn", d_out, Default::default()),
+            fused: None,
+        }
+    }
+
+    fn fuse(&mut self) {
+        let (scale, shift) = bn_affine(&self.bn);
+        let w = &self.linear.ws * scale.view([-1, 1]);
+        let b = match &self.linear.bs {
+            Some(b) => b * &scale + shift,
+            None => shift,
+        };
+        self.fused = Some((w.detach(), b.detach()));
+    }
+}
+
+impl ModuleT for LinearBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match &self.fused {
+            Some((w, b)) if !train => xs.linear(w, Some(b)),
+            _ => xs.apply(&self.linear).apply_t(&self.bn, train),
+        }
+    }
+}
+
+/// Eval-mode batch-norm as `x * scale + shift`.
+fn bn_affine(bn: &nn::BatchNorm) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        // tch's BatchNormConfig default, which every layer here uses.
+        let eps = 1e-5;
+        let inv_std = (&bn.running_var + eps).rsqrt();
+        let scale = match &bn.ws {
+            Some(g) => g * &inv_std,
+            None => inv_std,
+        };
+        let shift = match &bn.bs {
+            Some(b) => b - &bn.running_mean * &scale,
+            None => -(&bn.running_mean * &scale),
+        };
+        (scale, shift)
+    })
+}
+
+#[derive(Debug)]
+struct SeedNet {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    fc1: LinearBn,
+    fc2: nn::Linear,
+}
+
+impl SeedNet {
+    fn new(vs: &nn::Path, [c, h, w]: [i64; 3], dim: i64) -> Self {
+        let side = |s: i64| (s - 2) / 2 - 2;
+        SeedNet {
+            conv1: ConvBn::new(vs / "conv1", c, 32, 3, 1, 0),
+            conv2: ConvBn::new(vs / "conv2", 32, 64, 3, 1, 0),
+            fc1: LinearBn::new(vs / "fc1", 64 * side(h) * side(w), 128),
+            fc2: nn::linear(vs / "fc2", 128, dim, Default::default()),
+        }
+    }
+
+    fn fuse(&mut self) {
+        self.conv1.fuse();
+        self.conv2.fuse();
+        self.fc1.fuse();
+    }
+}
+
+impl ModuleT for SeedNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let x = xs.apply_t(&self.conv1, train).relu().max_pool2d_default(2);
+        let x = x.apply_t(&self.conv2, train).relu().flatten(1, -1);
+        x.apply_t(&self.fc1, train).relu().apply(&self.fc2)
+    }
+}
+
+/// conv-BN-ReLU-conv-BN plus a (projected when the shape changes) shortcut, then ReLU.
+#[derive(Debug)]
+struct Block {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+        Block {
+            a: ConvBn::new(&vs / "a", c_in, c_out, 3, stride, 1),
+            b: ConvBn::new(&vs / "b", c_out, c_out, 3, 1, 1),
+            shortcut: (stride != 1 || c_in != c_out).then(|| ConvBn::new(&vs / "proj", c_in, c_out, 1, stride, 0)),
+        }
+    }
+
+    fn fuse(&mut self) {
+        self.a.fuse();
+        self.b.fuse();
+        if let Some(s) = &mut self.shortcut {
+            s.fuse();
+        }
+    }
+}
+
+impl ModuleT for Block {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let y = xs.apply_t(&self.a, train).relu().apply_t(&self.b, train);
+        let skip = match &self.shortcut {
+            Some(proj) => xs.apply_t(proj, train),
+            None => xs.shallow_clone(),
+        };
+        (y + skip).relu()
+    }
+}
+
+#[derive(Debug)]
+struct ResNet {
+    stem: ConvBn,
+    stage1: Block,
+    stage2: Block,
+    dropout: f64,
+    head: LinearBn,
+}
+
+impl ResNet {
+    fn new(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64) -> Self {
+        ResNet {
+            stem: ConvBn::new(vs / "stem", c, 32, 3, 1, 1),
+            stage1: Block::new(vs / "stage1", 32, 48, 2),
+            stage2: Block::new(vs / "stage2", 48, 48, 1),
+            dropout,
+            head: LinearBn::new(vs / "head", 48 * 2, dim),
+        }
+    }
+
+    fn fuse(&mut self) {
+        self.stem.fuse();
+        self.stage1.fuse();
+        self.stage2.fuse();
+        self.head.fuse();
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let x = xs.apply_t(&self.stem, train).relu().max_pool2d_default(2);
+        let x = x.apply_t(&self.stage1, train).apply_t(&self.stage2, train);
+        // Average and max pooling together keep both "how much" and "where strongest".
+        let pooled = Tensor::cat(&[x.adaptive_avg_pool2d([1, 1]), x.adaptive_max_pool2d([1, 1]).0], 1).flatten(1, -1);
+        pooled.dropout(self.dropout, train).apply_t(&self.head, train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn both_archs_embed_to_unit_vectors() {
+        for arch in [Arch::Seed, Arch::Res] {
+            for side in [28, 32] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let net = EmbeddingNet::new(&vs.root(), arch, [1, side, side], 16, 0.1);
+                let x = Tensor::rand([4, 1, side, side], (Kind::Float, Device::Cpu));
+                let e = net.forward_t(&x, false);
+                assert_eq!(e.size(), vec![4, 16]);
+                let norms: Vec<f32> = e.norm_scalaropt_dim(2.0, [1i64].as_slice(), false).try_into().unwrap();
+                assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{arch}: {norms:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_batch_norm_gives_the_same_embeddings() {
+        for arch in [Arch::Seed, Arch::Res] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let mut net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 32, 0.0);
+            // A few training passes give the batch-norms non-trivial running statistics.
+            for _ in 0..3 {
+                let _ = net.forward_t(&(Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 3.0), true);
+            }
+            let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+            let before = tch::no_grad(|| net.forward_t(&x, false));
+            net.fuse_batch_norm();
+            let after = tch::no_grad(|| net.forward_t(&x, false));
+            let diff = (&before - &after).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{arch}: {diff}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Data parallelism for tch, which has no `DataParallel`: one replica of the model per device,
+//! the batch split across them, gradients summed onto the first device, one optimizer step
+//! there, and every variable (weights and batch-norm statistics) broadcast back.
+//!
+//! Batch-norm: each replica normalises its own slice of the batch with that slice's statistics
+//! (as PyTorch's `DataParallel` does, without sync-BN); the running statistics of the first
+//! replica are the ones kept and broadcast.
+
+use tch::{nn, Device, Tensor};
+
+use crate::optim::Optimizer;
+
+/// One model copy with its variables.
+pub struct Replica<M> {
+    pub vs: nn::VarStore,
+    pub model: M,
+}
+
+/// A model replicated over one or more devices.
+pub struct DataParallel<M> {
+    replicas: Vec<Replica<M>>,
+}
+
+impl<M: Send> DataParallel<M> {
+    /// Builds one replica per device with `build`, then copies the first replica's initial
+    /// variables into the others so that all start identical.
+    pub fn new(devices: &[Device], build: impl Fn(&nn::Path) -> M) -> Result<Self, tch::TchError> {
+        assert!(!devices.is_empty(), "at least one device");
+        let mut replicas: Vec<Replica<M>> = devices
+            .iter()
+            .map(|&d| {
+                let vs = nn::VarStore::new(d);
+                let model = build(&vs.root());
+                Replica { vs, model }
+            })
+            .collect();
+        let (first, rest) = replicas.split_at_mut(1);
+        for r in rest {
+            r.vs.copy(&first[0].vs)?;
+        }
+        Ok(DataParallel { replicas })
+    }
+
+    /// The replica whose variables the optimizer updates.
+    pub fn primary(&self) -> &Replica<M> {
+        &self.replicas[0]
+    }
+
+    pub fn primary_mut(&mut self) -> &mut Replica<M> {
+        &mut self.replicas[0]
+    }
+
+    pub fn devices(&self) -> Vec<Device> {
+        self.replicas.iter().map(|r| r.vs.device()).collect()
+    }
+
+    /// An optimizer over the primary replica's trainable variables.
+    pub fn optimizer(&self, config: crate::optim::OptimizerConfig) -> Optimizer {
+        Optimizer::new(config, self.replicas[0].vs.trainable_variables())
+    }
+
+    /// One training step on the batch `(xs, ys)`: forward and backward on every replica in
+    /// parallel (each on its slice, loss weighted by its share so the sum is the full batch
+    /// mean), gradients summed onto the primary, `opt.step(lr)`, variables broadcast.
+    /// Returns the batch's mean loss.
+    pub fn step<F>(&mut self, xs: &Tensor, ys: &Tensor, loss_fn: F, opt: &mut Optimizer, lr: f64) -> f64
+    where
+        F: Fn(&M, &Tensor, &Tensor) -> Tensor + Sync,
+    {
+        let n = xs.size()[0];
+        let k = (self.replicas.len() as i64).min(n).max(1);
+        // Equal slices, the first `n % k` one row larger.
+        let sizes: Vec<i64> = (0..k).map(|i| n / k + i64::from(i < n % k)).collect();
+        let xs_parts = xs.split_with_sizes(&sizes, 0);
+        let ys_parts = ys.split_with_sizes(&sizes, 0);
+        let active = &mut self.replicas[..k as usize];
+        for r in active.iter_mut() {
+            for p in r.vs.trainable_variables().iter_mut() {
+                p.zero_grad();
+            }
+        }
+        let run = |r: &Replica<M>, x: &Tensor, y: &Tensor, share: f64| -> f64 {
+            let device = r.vs.device();
+            let loss = loss_fn(&r.model, &x.to_device(device), &y.to_device(device));
+            let value = loss.double_value(&[]);
+            (loss * share).backward();
+            value * share
+        };
+        let loss = if k == 1 {
+            run(&active[0], xs, ys, 1.0)
+        } else {
+            let loss_fn_ref = &run;
+            std::thread::scope(|s| {
+                let handles: Vec<_> = active
+                    .iter()
+                    .zip(xs_parts.iter().zip(ys_parts.iter()))
+                    .zip(&sizes)
+                    .map(|((r, (x, y)), &size)| {
+                        let share = size as f64 / n as f64;
+                        let (x, y) = (x.shallow_clone(), y.shallow_clone());
+                        let r = ReplicaRef(r);
+                        s.spawn(move || {
+                            let r = r;
+                            loss_fn_ref(r.0, &x, &y, share)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("replica thread panicked")).sum()
+            })
+        };
+        if k > 1 {
+            let primary = active[0].vs.trainable_variables();
+            tch::no_grad(|| {
+                for r in &active[1..] {
+                    for (p0, p) in primary.iter().zip(r.vs.trainable_variables()) {
+                        let g = p.grad();
+                        if g.defined() {
+                            let mut g0 = p0.grad();
+                            g0 += g.to_device(p0.device());
+                        }
+                    }
+                }
+            });
+        }
+        opt.step(lr);
+        self.broadcast();
+        loss
+    }
+
+    /// Copies the primary replica's variables into every other replica.
+    pub fn broadcast(&mut self) {
+        let (first, rest) = self.replicas.split_at_mut(1);
+        for r in rest {
+            r.vs.copy(&first[0].vs).expect("replicas share one architecture");
+        }
+    }
+}
+
+/// Lets a scoped thread borrow a replica; tch tensors are `Send` but not `Sync`.
+struct ReplicaRef<'a, M>(&'a Replica<M>);
+// SAFETY: each replica is used by exactly one thread during a step, and its tensors live on
+// its own device; nothing else touches it until the scope joins.
+unsafe impl<M> Send for ReplicaRef<'_, M> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{OptimizerConfig, OptimizerKind};
+    use tch::nn::Module;
+    use tch::Kind;
+
+    /// A two-layer MLP without batch-norm: replicas must then match a single device exactly.
+    fn mlp(vs: &nn::Path) -> nn::Sequential {
+        nn::seq()
+            .add(nn::linear(vs / "l1", 8, 16, Default::default()))
+            .add_fn(|x| x.tanh())
+            .add(nn::linear(vs / "l2", 16, 3, Default::default()))
+    }
+
+    fn loss(m: &nn::Sequential, x: &Tensor, y: &Tensor) -> Tensor {
+        m.forward(x).cross_entropy_for_logits(y)
+    }
+
+    fn params_after_steps(replicas: usize, steps: usize) -> Vec<Tensor> {
+        tch::manual_seed(3);
+        let devices = vec![Device::Cpu; replicas];
+        let mut dp = DataParallel::new(&devices, mlp).unwrap();
+        let config = OptimizerConfig { kind: OptimizerKind::Sgd, ..Default::default() };
+        let mut opt = dp.optimizer(config);
+        for step in 0..steps {
+            tch::manual_seed(100 + step as i64);
+            let x = Tensor::randn([33, 8], (Kind::Float, Device::Cpu));
+            let y = Tensor::randint(3, [33], (Kind::Int64, Device::Cpu));
+            dp.step(&x, &y, loss, &mut opt, 0.1);
+        }
+        let mut vars: Vec<(String, Tensor)> = dp.primary().vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter().map(|(_, t)| t.detach().copy()).collect()
+    }
+
+    #[test]
+    fn two_replicas_match_one_device() {
+        let one = params_after_steps(1, 3);
+        for replicas in [2, 3] {
+            let many = params_after_steps(replicas, 3);
+            for (a, b) in one.iter().zip(&many) {
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "{replicas} replicas differ by {diff}");
+            }
+        }
+        // And the step really changed something.
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _ = mlp(&vs.root());
+        let mut init: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        init.sort_by(|a, b| a.0.cmp(&b.0));
+        let moved = (&init[0].1 - &one[0]).abs().max().double_value(&[]);
+        assert!(moved > 1e-4);
+    }
+}
