@@ -384,8 +384,16 @@ impl DataDir {
         let manifest = self.dir.join(mlops_core::MANIFEST_FILE);
         match self.summary.role(role) {
             Some(rs) if rs.rows > 0 && !rs.shards.is_empty() => Ok(rs),
-            Some(_) => Err(mlops_core::Error::invalid(manifest, format!("the {role} role is empty")).into()),
-            None => Err(mlops_core::Error::invalid(manifest, format!("the data has no {role} role")).into()),
+            Some(_) => Err(mlops_core::Error::invalid(
+                manifest,
+                format!("the {role} role is empty"),
+            )
+            .into()),
+            None => Err(mlops_core::Error::invalid(
+                manifest,
+                format!("the data has no {role} role"),
+            )
+            .into()),
         }
     }
 

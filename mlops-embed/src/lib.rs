@@ -127,12 +127,18 @@ impl EmbedSummary {
 }
 
 /// Loads `model.pt` from a train-stage directory after checking it against the train manifest.
-pub fn load_model(model_dir: &Path, device: Device) -> Result<(CModule, ModelConfig, Vec<FileEntry>)> {
+pub fn load_model(
+    model_dir: &Path,
+    device: Device,
+) -> Result<(CModule, ModelConfig, Vec<FileEntry>)> {
     let manifest = Manifest::load_stage(model_dir, mlops_train::STAGE)?;
     let mut inputs = Vec::new();
     for name in [MODEL_FILE, MODEL_CONFIG_FILE] {
         let entry = manifest.output(name).ok_or_else(|| {
-            mlops_core::Error::invalid(model_dir.join(mlops_core::MANIFEST_FILE), format!("lists no {name}"))
+            mlops_core::Error::invalid(
+                model_dir.join(mlops_core::MANIFEST_FILE),
+                format!("lists no {name}"),
+            )
         })?;
         manifest.verify_output(model_dir, entry)?;
         inputs.push(FileEntry {
@@ -142,23 +148,34 @@ pub fn load_model(model_dir: &Path, device: Device) -> Result<(CModule, ModelCon
     }
     let config_path = model_dir.join(MODEL_CONFIG_FILE);
     let text = std::fs::read(&config_path).map_err(|e| mlops_core::Error::io(&config_path, e))?;
-    let config: ModelConfig = serde_json::from_slice(&text).map_err(|source| mlops_core::Error::Json {
-        path: config_path.clone(),
+    let config: ModelConfig =
+        serde_json::from_slice(&text).map_err(|source| mlops_core::Error::Json {
+            path: config_path.clone(),
+            source,
+        })?;
+    let path = model_dir.join(MODEL_FILE);
+    let mut module = CModule::load_on_device(&path, device).map_err(|source| Error::Model {
+        path: path.clone(),
         source,
     })?;
-    let path = model_dir.join(MODEL_FILE);
-    let mut module = CModule::load_on_device(&path, device).map_err(|source| Error::Model { path: path.clone(), source })?;
     module.set_eval();
     Ok((module, config, inputs))
 }
 
 /// Embeds `images` (`[n,c,h,w]`) in batches with no gradients; returns `[n,dim]` on the CPU.
-pub fn embed_batches(module: &CModule, images: &Tensor, batch_size: usize, device: Device) -> Result<Tensor> {
+pub fn embed_batches(
+    module: &CModule,
+    images: &Tensor,
+    batch_size: usize,
+    device: Device,
+) -> Result<Tensor> {
     tch::no_grad(|| {
         let n = images.size()[0];
         let mut parts = Vec::new();
         for start in (0..n).step_by(batch_size.max(1)) {
-            let batch = images.narrow(0, start, (n - start).min(batch_size as i64)).to_device(device);
+            let batch = images
+                .narrow(0, start, (n - start).min(batch_size as i64))
+                .to_device(device);
             parts.push(module.forward_ts(&[batch])?.to_device(Device::Cpu));
         }
         Ok(Tensor::cat(&parts, 0))
@@ -169,16 +186,24 @@ pub fn embed_batches(module: &CModule, images: &Tensor, batch_size: usize, devic
 pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     if config.batch_size == 0 || config.roles.is_empty() {
-        return Err(mlops_train::Error::Config("batch_size and roles must not be empty".into()).into());
+        return Err(
+            mlops_train::Error::Config("batch_size and roles must not be empty".into()).into(),
+        );
     }
     let device = config.device.resolve()?[0];
-    let threads = if config.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { config.threads };
+    let threads = if config.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        config.threads
+    };
     tch::set_num_threads(threads as i32);
     let data = DataDir::open(&config.data)?;
     let (module, model_config, model_inputs) = load_model(&config.model, device)?;
     check_compatible(&model_config, &data, &config.model)?;
     manifest.inputs.extend(model_inputs);
-    manifest.inputs.push(FileEntry::input_file(&config.data.join(mlops_core::MANIFEST_FILE))?);
+    manifest.inputs.push(FileEntry::input_file(
+        &config.data.join(mlops_core::MANIFEST_FILE),
+    )?);
 
     let mut out = OutputDir::create(&config.out)?;
     let [c, h, w] = model_config.input_shape;
@@ -192,12 +217,17 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         for (i, pair) in rs.shards.iter().enumerate() {
             let (images, labels) = data.read_shard(pair)?;
             for name in [&pair.images, &pair.labels] {
-                let mut entry = data.manifest.output(name).expect("read_shard checked it").clone();
+                let mut entry = data
+                    .manifest
+                    .output(name)
+                    .expect("read_shard checked it")
+                    .clone();
                 entry.path = config.data.join(name).display().to_string();
                 manifest.inputs.push(entry);
             }
             let n = labels.len();
-            let x = Tensor::from_slice(images.as_slice().expect("standard layout")).reshape([n as i64, c as i64, h as i64, w as i64]);
+            let x = Tensor::from_slice(images.as_slice().expect("standard layout"))
+                .reshape([n as i64, c as i64, h as i64, w as i64]);
             let started = Instant::now();
             let emb = embed_batches(&module, &x, config.batch_size, device)?;
             seconds += started.elapsed().as_secs_f64();
@@ -205,7 +235,10 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
             if emb.size() != [n as i64, dim as i64] {
                 return Err(Error::Mismatch {
                     path: config.model.join(MODEL_FILE),
-                    message: format!("model produced shape {:?}, config.json promises [{n}, {dim}]", emb.size()),
+                    message: format!(
+                        "model produced shape {:?}, config.json promises [{n}, {dim}]",
+                        emb.size()
+                    ),
                 });
             }
             let values: Vec<f32> = Vec::<f32>::try_from(emb.flatten(0, -1))?;
@@ -218,16 +251,30 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
             let emb = Array2::from_shape_vec((n, dim), values).expect("length checked above");
             let e = out.write_npy(&format!("{role}_embeddings_{i:03}.npy"), &emb)?;
             let l = out.write_npy(&format!("{role}_labels_{i:03}.npy"), &labels)?;
-            shards.push(EmbeddingShard { embeddings: e.path.clone(), labels: l.path.clone(), rows: n });
+            shards.push(EmbeddingShard {
+                embeddings: e.path.clone(),
+                labels: l.path.clone(),
+                rows: n,
+            });
             manifest.outputs.extend([e, l]);
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
         tracing::info!(role = %role, rows = rs.rows, "embedded");
-        roles.insert(role.as_str().to_string(), EmbeddedRole { rows: rs.rows, shards });
+        roles.insert(
+            role.as_str().to_string(),
+            EmbeddedRole {
+                rows: rs.rows,
+                shards,
+            },
+        );
     }
-    manifest.outputs.push(out.write_json(mlops_data::CLASSES_FILE, &model_config.classes)?);
-    manifest.outputs.push(out.write_json("config.json", config)?);
+    manifest
+        .outputs
+        .push(out.write_json(mlops_data::CLASSES_FILE, &model_config.classes)?);
+    manifest
+        .outputs
+        .push(out.write_json("config.json", config)?);
     let summary = EmbedSummary {
         dim,
         classes: model_config.classes.clone(),
@@ -235,13 +282,19 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         device: format!("{device:?}"),
         images_per_second: images_done as f64 / seconds.max(1e-9),
     };
-    tracing::info!(img_per_s = format!("{:.0}", summary.images_per_second), "done");
+    tracing::info!(
+        img_per_s = format!("{:.0}", summary.images_per_second),
+        "done"
+    );
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     Ok(out.commit(manifest)?)
 }
 
 fn check_compatible(model: &ModelConfig, data: &DataDir, model_dir: &Path) -> Result<()> {
-    let mismatch = |message: String| Error::Mismatch { path: model_dir.join(MODEL_CONFIG_FILE), message };
+    let mismatch = |message: String| Error::Mismatch {
+        path: model_dir.join(MODEL_CONFIG_FILE),
+        message,
+    };
     if model.input_shape != data.summary.image_shape {
         return Err(mismatch(format!(
             "model takes images of shape {:?}, {} holds {:?}",

@@ -37,7 +37,10 @@ struct Args {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| format!("unknown role {s:?} (train, val, gallery, test)"))
+    Role::ALL
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .ok_or_else(|| format!("unknown role {s:?} (train, val, gallery, test)"))
 }
 
 fn main() -> ExitCode {

@@ -12,10 +12,14 @@ fn main() {
     let batch: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(128);
     tch::set_num_threads(threads);
     for arch in [Arch::Seed, Arch::Res] {
-        let config = TrainConfig { arch, ..Default::default() };
+        let config = TrainConfig {
+            arch,
+            ..Default::default()
+        };
         let vs = nn::VarStore::new(Device::Cpu);
         let net = TrainNet::new(&vs.root(), &config, [1, 28, 28], 10);
-        let mut opt = mlops_train::optim::Optimizer::new(config.optimizer, vs.trainable_variables());
+        let mut opt =
+            mlops_train::optim::Optimizer::new(config.optimizer, vs.trainable_variables());
         let x = Tensor::rand([batch, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
         let steps = 30;

@@ -99,7 +99,9 @@ pub fn normalize(xs: &Tensor) -> Tensor {
 
 /// Float tensor helper for tests and callers.
 pub fn f32_tensor(values: &[f32], shape: &[i64]) -> Tensor {
-    Tensor::from_slice(values).reshape(shape).to_kind(Kind::Float)
+    Tensor::from_slice(values)
+        .reshape(shape)
+        .to_kind(Kind::Float)
 }
 
 #[cfg(test)]
@@ -126,7 +128,10 @@ mod tests {
         for theta in [10.0f64, 30.0, 60.0, 90.0] {
             let expected = 32.0 * (theta.to_radians() + 0.5).cos();
             let got = target_logit(theta, c);
-            assert!((got - expected).abs() < 1e-3, "theta {theta}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-3,
+                "theta {theta}: {got} vs {expected}"
+            );
         }
         // At theta = 0 the clamp that keeps gradients finite costs a little precision.
         let at_zero = target_logit(0.0, c);

@@ -77,14 +77,24 @@ fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 }
 
 /// Saves the end-of-epoch checkpoint (and the best weights when `best`).
-pub fn save(dir: &Path, vs: &nn::VarStore, opt: &Optimizer, state: &TrainState, best: bool) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    vs: &nn::VarStore,
+    opt: &Optimizer,
+    state: &TrainState,
+    best: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
     let vars = named_vars(vs);
     if best {
         write_tensors(&dir.join(BEST), &vars)?;
     }
     let mut all = vars;
-    all.extend(opt.state().into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))));
+    all.extend(
+        opt.state()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu))),
+    );
     write_tensors(&dir.join(LAST), &all)?;
     let text = serde_json::to_vec_pretty(state).expect("plain data");
     mlops_core::write_atomic(&dir.join(STATE), &text)?;
@@ -101,12 +111,21 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Copies `model.*` tensors into `vs`, checking names and shapes.
 fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore) -> Result<()> {
-    let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+    let bad = |message: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
     let vars = vs.variables();
     for (name, var) in &vars {
-        let saved = named.get(&format!("model.{name}")).ok_or_else(|| bad(format!("missing tensor {name}")))?;
+        let saved = named
+            .get(&format!("model.{name}"))
+            .ok_or_else(|| bad(format!("missing tensor {name}")))?;
         if saved.size() != var.size() {
-            return Err(bad(format!("{name} has shape {:?}, the model needs {:?}", saved.size(), var.size())));
+            return Err(bad(format!(
+                "{name} has shape {:?}, the model needs {:?}",
+                saved.size(),
+                var.size()
+            )));
         }
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.copy_(&saved.to_device(var.device())));
@@ -115,11 +134,19 @@ fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore
 }
 
 /// Restores weights and optimizer state of the last checkpoint in `dir` for `config`.
-pub fn load_last(dir: &Path, config: &TrainConfig, vs: &mut nn::VarStore, opt: &mut Optimizer) -> Result<TrainState> {
+pub fn load_last(
+    dir: &Path,
+    config: &TrainConfig,
+    vs: &mut nn::VarStore,
+    opt: &mut Optimizer,
+) -> Result<TrainState> {
     let state_path = dir.join(STATE);
     let text = std::fs::read(&state_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Checkpoint { path: state_path.clone(), message: "no checkpoint to resume from".into() }
+            Error::Checkpoint {
+                path: state_path.clone(),
+                message: "no checkpoint to resume from".into(),
+            }
         } else {
             mlops_core::Error::io(&state_path, e).into()
         }
@@ -137,7 +164,11 @@ pub fn load_last(dir: &Path, config: &TrainConfig, vs: &mut nn::VarStore, opt: &
     let last = dir.join(LAST);
     let named = read_tensors(&last)?;
     load_vars(&last, &named, vs)?;
-    opt.load_state(&named).map_err(|message| Error::Checkpoint { path: last, message })?;
+    opt.load_state(&named)
+        .map_err(|message| Error::Checkpoint {
+            path: last,
+            message,
+        })?;
     Ok(state)
 }
 

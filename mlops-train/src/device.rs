@@ -30,7 +30,9 @@ impl std::str::FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?} (expected auto, cpu, cuda or cuda:N)")),
+                .ok_or_else(|| {
+                    format!("unknown device {s:?} (expected auto, cpu, cuda or cuda:N)")
+                }),
         }
     }
 }
@@ -62,17 +64,27 @@ impl std::fmt::Display for DeviceSpec {
 impl DeviceSpec {
     /// The devices to put replicas on; an unavailable GPU is an error.
     pub fn resolve(self) -> Result<Vec<Device>> {
-        let visible = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+        let visible = if tch::Cuda::is_available() {
+            tch::Cuda::device_count().max(0) as usize
+        } else {
+            0
+        };
         let unavailable = |what: String| {
             Error::Device(format!(
                 "{what} is not available: {visible} CUDA device(s) visible{}",
-                if visible == 0 { " (CPU-only libtorch or no GPU); use --device cpu" } else { "" }
+                if visible == 0 {
+                    " (CPU-only libtorch or no GPU); use --device cpu"
+                } else {
+                    ""
+                }
             ))
         };
         match self {
             DeviceSpec::Cpu => Ok(vec![Device::Cpu]),
             DeviceSpec::Auto if visible == 0 => Ok(vec![Device::Cpu]),
-            DeviceSpec::Auto | DeviceSpec::AllCuda if visible > 0 => Ok((0..visible).map(Device::Cuda).collect()),
+            DeviceSpec::Auto | DeviceSpec::AllCuda if visible > 0 => {
+                Ok((0..visible).map(Device::Cuda).collect())
+            }
             DeviceSpec::AllCuda | DeviceSpec::Auto => Err(unavailable("cuda".into())),
             DeviceSpec::Cuda(n) if n < visible => Ok(vec![Device::Cuda(n)]),
             DeviceSpec::Cuda(n) => Err(unavailable(format!("cuda:{n}"))),

@@ -12,13 +12,24 @@ pub const TOLERANCE: f64 = 1e-5;
 /// Folds batch-norm into the preceding layers, traces `net` in eval mode on `example` (CPU), saves `model.pt` into the staging area of
 /// `out`, reloads it with `CModule::load` and fails unless it reproduces the network's
 /// unfused network's embeddings on `example` within [`TOLERANCE`].
-pub fn trace_and_verify(net: &mut EmbeddingNet, example: &Tensor, out: &mut OutputDir) -> Result<FileEntry> {
+pub fn trace_and_verify(
+    net: &mut EmbeddingNet,
+    example: &Tensor,
+    out: &mut OutputDir,
+) -> Result<FileEntry> {
     let path = out.staged_path(MODEL_FILE);
     let expected = tch::no_grad(|| net.forward_t(example, false));
     net.fuse_batch_norm();
     let net = &*net;
     let mut forward = |inputs: &[Tensor]| vec![net.forward_t(&inputs[0], false)];
-    let module = tch::no_grad(|| CModule::create_by_tracing("EmbeddingNet", "forward", std::slice::from_ref(example), &mut forward))?;
+    let module = tch::no_grad(|| {
+        CModule::create_by_tracing(
+            "EmbeddingNet",
+            "forward",
+            std::slice::from_ref(example),
+            &mut forward,
+        )
+    })?;
     module.save(&path)?;
     let reloaded = CModule::load(&path)?;
     let got = tch::no_grad(|| reloaded.forward_ts(&[example]))?;
@@ -28,8 +39,15 @@ pub fn trace_and_verify(net: &mut EmbeddingNet, example: &Tensor, out: &mut Outp
         f64::INFINITY
     };
     if !(diff <= TOLERANCE) {
-        return Err(Error::Export { path, diff, tolerance: TOLERANCE });
+        return Err(Error::Export {
+            path,
+            diff,
+            tolerance: TOLERANCE,
+        });
     }
-    tracing::info!(max_abs_diff = diff, "exported model.pt reproduces the network");
+    tracing::info!(
+        max_abs_diff = diff,
+        "exported model.pt reproduces the network"
+    );
     Ok(out.adopt(MODEL_FILE)?)
 }

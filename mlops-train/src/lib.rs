@@ -28,7 +28,7 @@
 pub mod arcface;
 mod checkpoint;
 pub mod device;
-mod export;
+pub mod export;
 pub mod model;
 pub mod optim;
 pub mod parallel;
@@ -67,7 +67,11 @@ pub enum Error {
     #[error("{}: corrupt or incompatible checkpoint: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
     #[error("{}: exported model does not reproduce the trained one: max abs diff {diff:e} > {tolerance:e}", path.display())]
-    Export { path: PathBuf, diff: f64, tolerance: f64 },
+    Export {
+        path: PathBuf,
+        diff: f64,
+        tolerance: f64,
+    },
 }
 
 /// Result alias for [`Error`].
@@ -157,12 +161,17 @@ impl TrainConfig {
     fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.epochs == 0 || self.batch_size < 2 || self.embedding_dim == 0 || self.val_k == 0 {
-            return bad("epochs, embedding_dim and val_k must be at least 1, batch_size at least 2");
+            return bad(
+                "epochs, embedding_dim and val_k must be at least 1, batch_size at least 2",
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.warmup_fraction) {
             return bad("dropout and warmup_fraction must lie in [0, 1)");
         }
-        if !(self.optimizer.lr > 0.0) || self.arcface.scale <= 0.0 || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin) {
+        if !(self.optimizer.lr > 0.0)
+            || self.arcface.scale <= 0.0
+            || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin)
+        {
             return bad("lr and the ArcFace scale must be positive, the margin in [0, pi/2)");
         }
         Ok(())

@@ -89,17 +89,28 @@ fn main() -> ExitCode {
     c.threads = args.threads.unwrap_or(c.threads);
     c.device = args.device.unwrap_or(c.device);
     if args.no_augment {
-        c.augment = mlops_train::AugmentConfig { max_shift: 0, hflip: false };
+        c.augment = mlops_train::AugmentConfig {
+            max_shift: 0,
+            hflip: false,
+        };
     }
     c.resume |= args.resume;
     c.stop_after_epochs = args.stop_after_epochs.or(c.stop_after_epochs);
     match mlops_train::run(&c) {
         Ok(o) if o.finished => {
-            eprintln!("best val accuracy {:.4} (epoch {}), model in {}", o.best_val_accuracy, o.best_epoch, c.out.display());
+            eprintln!(
+                "best val accuracy {:.4} (epoch {}), model in {}",
+                o.best_val_accuracy,
+                o.best_epoch,
+                c.out.display()
+            );
             ExitCode::SUCCESS
         }
         Ok(o) => {
-            eprintln!("stopped after epoch {}; continue with --resume", o.epochs_done);
+            eprintln!(
+                "stopped after epoch {}; continue with --resume",
+                o.epochs_done
+            );
             ExitCode::SUCCESS
         }
         Err(e) => mlops_core::telemetry::report_error(&e),

@@ -120,7 +120,9 @@ impl ConvBn {
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match &self.fused {
-            Some((w, b)) if !train => xs.conv2d(w, Some(b), [self.stride; 2], [self.padding; 2], [1, 1], 1),
+            Some((w, b)) if !train => {
+                xs.conv2d(w, Some(b), [self.stride; 2], [self.padding; 2], [1, 1], 1)
+            }
             _ => xs.apply(&self.conv).apply_t(&self.bn, train),
         }
     }
@@ -228,7 +230,8 @@ impl Block {
         Block {
             a: ConvBn::new(&vs / "a", c_in, c_out, 3, stride, 1),
             b: ConvBn::new(&vs / "b", c_out, c_out, 3, 1, 1),
-            shortcut: (stride != 1 || c_in != c_out).then(|| ConvBn::new(&vs / "proj", c_in, c_out, 1, stride, 0)),
+            shortcut: (stride != 1 || c_in != c_out)
+                .then(|| ConvBn::new(&vs / "proj", c_in, c_out, 1, stride, 0)),
         }
     }
 
@@ -285,8 +288,17 @@ impl ModuleT for ResNet {
         let x = xs.apply_t(&self.stem, train).relu().max_pool2d_default(2);
         let x = x.apply_t(&self.stage1, train).apply_t(&self.stage2, train);
         // Average and max pooling together keep both "how much" and "where strongest".
-        let pooled = Tensor::cat(&[x.adaptive_avg_pool2d([1, 1]), x.adaptive_max_pool2d([1, 1]).0], 1).flatten(1, -1);
-        pooled.dropout(self.dropout, train).apply_t(&self.head, train)
+        let pooled = Tensor::cat(
+            &[
+                x.adaptive_avg_pool2d([1, 1]),
+                x.adaptive_max_pool2d([1, 1]).0,
+            ],
+            1,
+        )
+        .flatten(1, -1);
+        pooled
+            .dropout(self.dropout, train)
+            .apply_t(&self.head, train)
     }
 }
 
@@ -304,8 +316,14 @@ mod tests {
                 let x = Tensor::rand([4, 1, side, side], (Kind::Float, Device::Cpu));
                 let e = net.forward_t(&x, false);
                 assert_eq!(e.size(), vec![4, 16]);
-                let norms: Vec<f32> = e.norm_scalaropt_dim(2.0, [1i64].as_slice(), false).try_into().unwrap();
-                assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{arch}: {norms:?}");
+                let norms: Vec<f32> = e
+                    .norm_scalaropt_dim(2.0, [1i64].as_slice(), false)
+                    .try_into()
+                    .unwrap();
+                assert!(
+                    norms.iter().all(|n| (n - 1.0).abs() < 1e-5),
+                    "{arch}: {norms:?}"
+                );
             }
         }
     }
@@ -317,7 +335,10 @@ mod tests {
             let mut net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 32, 0.0);
             // A few training passes give the batch-norms non-trivial running statistics.
             for _ in 0..3 {
-                let _ = net.forward_t(&(Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 3.0), true);
+                let _ = net.forward_t(
+                    &(Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)) * 3.0),
+                    true,
+                );
             }
             let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
             let before = tch::no_grad(|| net.forward_t(&x, false));

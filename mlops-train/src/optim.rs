@@ -104,7 +104,11 @@ impl Optimizer {
                         let g = if decay > 0.0 { &g + &*p * decay } else { g };
                         self.m[i] *= c.momentum;
                         self.m[i] += &g;
-                        let update = if c.nesterov { &g + &self.m[i] * c.momentum } else { self.m[i].shallow_clone() };
+                        let update = if c.nesterov {
+                            &g + &self.m[i] * c.momentum
+                        } else {
+                            self.m[i].shallow_clone()
+                        };
                         *p -= update * lr;
                     }
                 }
@@ -137,11 +141,18 @@ impl Optimizer {
     }
 
     /// Restores state saved by [`Optimizer::state`]; `Err` names what is missing or mis-shaped.
-    pub fn load_state(&mut self, named: &std::collections::HashMap<String, Tensor>) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        named: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), String> {
         let get = |name: &str, like: &Tensor| -> Result<Tensor, String> {
             let t = named.get(name).ok_or_else(|| format!("missing {name}"))?;
             if t.size() != like.size() {
-                return Err(format!("{name} has shape {:?}, expected {:?}", t.size(), like.size()));
+                return Err(format!(
+                    "{name} has shape {:?}, expected {:?}",
+                    t.size(),
+                    like.size()
+                ));
             }
             Ok(t.to_device(like.device()))
         };
@@ -178,7 +189,9 @@ pub enum Schedule {
 /// The learning rate at `step` of `total` steps, `warmup` of which warm up to `peak`.
 pub fn lr_at(schedule: Schedule, peak: f64, step: usize, total: usize, warmup: usize) -> f64 {
     let total = total.max(1);
-    let cosine = |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos());
+    let cosine = |from: f64, to: f64, t: f64| {
+        to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
+    };
     match schedule {
         Schedule::OneCycle => {
             let warmup = warmup.max(1);
@@ -190,7 +203,9 @@ pub fn lr_at(schedule: Schedule, peak: f64, step: usize, total: usize, warmup: u
                 cosine(peak, peak / 1e4, t)
             }
         }
-        Schedule::Cosine | Schedule::Constant if step < warmup => peak * (step + 1) as f64 / warmup as f64,
+        Schedule::Cosine | Schedule::Constant if step < warmup => {
+            peak * (step + 1) as f64 / warmup as f64
+        }
         Schedule::Cosine => {
             let t = (step - warmup) as f64 / (total - warmup).max(1) as f64;
             cosine(peak, peak * 0.01, t)
@@ -217,7 +232,11 @@ mod tests {
 
     fn quadratic_descent(kind: OptimizerKind) -> f64 {
         let p = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
-        let config = OptimizerConfig { kind, weight_decay: 0.0, ..Default::default() };
+        let config = OptimizerConfig {
+            kind,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
         let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
         for _ in 0..500 {
             opt.zero_grad();
@@ -237,11 +256,22 @@ mod tests {
     fn adam_matches_hand_computed_first_step() {
         // Step 1 of Adam moves each weight by lr * sign(grad) (bias-corrected m/sqrt(v) = +-1).
         let p = Tensor::from_slice(&[1.0f32, -1.0]).set_requires_grad(true);
-        let mut opt = Optimizer::new(OptimizerConfig { weight_decay: 0.0, ..Default::default() }, vec![p.shallow_clone()]);
-        (&p * Tensor::from_slice(&[2.0f32, 3.0])).sum(Kind::Float).backward();
+        let mut opt = Optimizer::new(
+            OptimizerConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            vec![p.shallow_clone()],
+        );
+        (&p * Tensor::from_slice(&[2.0f32, 3.0]))
+            .sum(Kind::Float)
+            .backward();
         opt.step(0.1);
         let v: Vec<f32> = p.detach().try_into().unwrap();
-        assert!((v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.1).abs() < 1e-6, "{v:?}");
+        assert!(
+            (v[0] - 0.9).abs() < 1e-6 && (v[1] + 1.1).abs() < 1e-6,
+            "{v:?}"
+        );
         let _ = Device::Cpu;
     }
 
@@ -257,8 +287,10 @@ mod tests {
         b.load_state(&saved).unwrap();
         assert_eq!(b.steps(), 1);
         assert_eq!(b.m[0].double_value(&[1]), a.m[0].double_value(&[1]));
-        let mut missing: std::collections::HashMap<_, _> =
-            saved.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        let mut missing: std::collections::HashMap<_, _> = saved
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
         missing.remove("opt.v.0");
         assert!(b.load_state(&missing).unwrap_err().contains("opt.v.0"));
     }

@@ -63,7 +63,14 @@ impl<M: Send> DataParallel<M> {
     /// parallel (each on its slice, loss weighted by its share so the sum is the full batch
     /// mean), gradients summed onto the primary, `opt.step(lr)`, variables broadcast.
     /// Returns the batch's mean loss.
-    pub fn step<F>(&mut self, xs: &Tensor, ys: &Tensor, loss_fn: F, opt: &mut Optimizer, lr: f64) -> f64
+    pub fn step<F>(
+        &mut self,
+        xs: &Tensor,
+        ys: &Tensor,
+        loss_fn: F,
+        opt: &mut Optimizer,
+        lr: f64,
+    ) -> f64
     where
         F: Fn(&M, &Tensor, &Tensor) -> Tensor + Sync,
     {
@@ -105,7 +112,10 @@ impl<M: Send> DataParallel<M> {
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("replica thread panicked")).sum()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("replica thread panicked"))
+                    .sum()
             })
         };
         if k > 1 {
@@ -131,7 +141,8 @@ impl<M: Send> DataParallel<M> {
     pub fn broadcast(&mut self) {
         let (first, rest) = self.replicas.split_at_mut(1);
         for r in rest {
-            r.vs.copy(&first[0].vs).expect("replicas share one architecture");
+            r.vs.copy(&first[0].vs)
+                .expect("replicas share one architecture");
         }
     }
 }
@@ -165,7 +176,10 @@ mod tests {
         tch::manual_seed(3);
         let devices = vec![Device::Cpu; replicas];
         let mut dp = DataParallel::new(&devices, mlp).unwrap();
-        let config = OptimizerConfig { kind: OptimizerKind::Sgd, ..Default::default() };
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            ..Default::default()
+        };
         let mut opt = dp.optimizer(config);
         for step in 0..steps {
             tch::manual_seed(100 + step as i64);

@@ -14,7 +14,10 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, TrainState};
 use crate::optim::lr_at;
 use crate::parallel::DataParallel;
-use crate::{export, ArcFace, EmbeddingNet, Error, ModelConfig, Result, TrainConfig, MODEL_CONFIG_FILE, STAGE};
+use crate::{
+    export, ArcFace, EmbeddingNet, Error, ModelConfig, Result, TrainConfig, MODEL_CONFIG_FILE,
+    STAGE,
+};
 
 /// The embedding network with its ArcFace head: what is trained.
 #[derive(Debug)]
@@ -67,6 +70,9 @@ const METRICS_FILE: &str = "metrics.jsonl";
 const TRAIN_CONFIG_FILE: &str = "train_config.json";
 
 /// Runs the train stage (see the crate docs).
+///
+/// Deterministic given the config on one device and thread count. libtorch's random generator
+/// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run(config: &TrainConfig) -> Result<Outcome> {
     config.check()?;
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
@@ -100,11 +106,17 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let n_classes = data.summary.classes.len();
     let (train_x, train_y) = data.read_role(Role::Train)?;
     let (val_x, val_y) = data.read_role(Role::Val)?;
-    manifest.inputs.push(FileEntry::input_file(&config.data.join(mlops_core::MANIFEST_FILE))?);
+    manifest.inputs.push(FileEntry::input_file(
+        &config.data.join(mlops_core::MANIFEST_FILE),
+    )?);
     for role in [Role::Train, Role::Val] {
         for pair in &data.role(role)?.shards {
             for name in [&pair.images, &pair.labels] {
-                let mut entry = data.manifest.output(name).expect("read_shard checked it").clone();
+                let mut entry = data
+                    .manifest
+                    .output(name)
+                    .expect("read_shard checked it")
+                    .clone();
                 entry.path = config.data.join(name).display().to_string();
                 manifest.inputs.push(entry);
             }
@@ -120,8 +132,13 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let frame = c * h * w;
     let train_pixels = train_x.into_raw_vec_and_offset().0;
     let train_labels: Vec<i64> = train_y.to_vec();
-    let val_images = Tensor::from_slice(val_x.as_slice().expect("read_role builds a standard array"))
-        .reshape([val_y.len() as i64, c as i64, h as i64, w as i64]);
+    let val_images =
+        Tensor::from_slice(val_x.as_slice().expect("read_role builds a standard array")).reshape([
+            val_y.len() as i64,
+            c as i64,
+            h as i64,
+            w as i64,
+        ]);
     let val_labels = Tensor::from_slice(val_y.as_slice().expect("contiguous"));
 
     tracing::info!(
@@ -130,7 +147,9 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     );
     tch::manual_seed(config.seed as i64);
     let input = [c as i64, h as i64, w as i64];
-    let mut dp = DataParallel::new(&devices, |p| TrainNet::new(p, config, input, n_classes as i64))?;
+    let mut dp = DataParallel::new(&devices, |p| {
+        TrainNet::new(p, config, input, n_classes as i64)
+    })?;
     let mut opt = dp.optimizer(config.optimizer);
 
     std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
@@ -152,15 +171,23 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let total_steps = steps_per_epoch * config.epochs;
     let warmup = (total_steps as f64 * config.warmup_fraction) as usize;
     let fill = data.summary.value_range[0];
-    let last_epoch = config.stop_after_epochs.map_or(config.epochs, |s| s.min(config.epochs));
+    let last_epoch = config
+        .stop_after_epochs
+        .map_or(config.epochs, |s| s.min(config.epochs));
     for epoch in state.epochs_done..last_epoch {
         let started = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
+        );
         // Dropout draws from libtorch's generator: seed it per epoch so a resumed run matches.
         tch::manual_seed(config.seed as i64 + epoch as i64 + 1);
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut rng);
-        let bar = mlops_core::telemetry::progress(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
+        // Counted in images, so the bar's rate reads as img/s.
+        let bar = mlops_core::telemetry::progress(
+            (steps_per_epoch * config.batch_size) as u64,
+            &format!("epoch {}/{}", epoch + 1, config.epochs),
+        );
         let (mut loss_sum, mut lr) = (0.0, 0.0);
         let mut batch = vec![0f32; config.batch_size * frame];
         for step in 0..steps_per_epoch {
@@ -168,11 +195,30 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
             let labels: Vec<i64> = idx.iter().map(|&i| train_labels[i]).collect();
             for (row, &i) in idx.iter().enumerate() {
                 let src = &train_pixels[i * frame..(i + 1) * frame];
-                augment(src, &mut batch[row * frame..(row + 1) * frame], h, w, config, fill, &mut rng);
+                augment(
+                    src,
+                    &mut batch[row * frame..(row + 1) * frame],
+                    h,
+                    w,
+                    config,
+                    fill,
+                    &mut rng,
+                );
             }
-            let xs = Tensor::from_slice(&batch).reshape([idx.len() as i64, input[0], input[1], input[2]]);
+            let xs = Tensor::from_slice(&batch).reshape([
+                idx.len() as i64,
+                input[0],
+                input[1],
+                input[2],
+            ]);
             let ys = Tensor::from_slice(&labels);
-            lr = lr_at(config.schedule, config.optimizer.lr, epoch * steps_per_epoch + step, total_steps, warmup);
+            lr = lr_at(
+                config.schedule,
+                config.optimizer.lr,
+                epoch * steps_per_epoch + step,
+                total_steps,
+                warmup,
+            );
             let loss = dp.step(&xs, &ys, TrainNet::loss, &mut opt, lr);
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
@@ -181,12 +227,24 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
                 )));
             }
             loss_sum += loss;
-            bar.inc(1);
-            bar.set_message(format!("loss {:.3}", loss_sum / (step + 1) as f64));
+            bar.inc(config.batch_size as u64);
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.3}",
+                epoch + 1,
+                config.epochs,
+                loss_sum / (step + 1) as f64
+            ));
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let (knn, centre) = evaluate(&dp.primary().model, dp.primary().vs.device(), &val_images, &val_labels, config.val_k, n_classes);
+        let (knn, centre) = evaluate(
+            &dp.primary().model,
+            dp.primary().vs.device(),
+            &val_images,
+            &val_labels,
+            config.val_k,
+            n_classes,
+        );
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / steps_per_epoch as f64,
@@ -197,8 +255,12 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            epoch = m.epoch, loss = format!("{:.4}", m.train_loss), val_knn = format!("{:.4}", knn),
-            val_centre = format!("{centre:.4}"), img_per_s = format!("{:.0}", m.images_per_second), "epoch done"
+            epoch = m.epoch,
+            loss = format!("{:.4}", m.train_loss),
+            val_knn = format!("{:.4}", knn),
+            val_centre = format!("{centre:.4}"),
+            img_per_s = format!("{:.0}", m.images_per_second),
+            "epoch done"
         );
         append_metrics(&metrics_path, &m)?;
         metrics.push(m);
@@ -212,7 +274,10 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         checkpoint::save(&ckpt_dir, &dp.primary().vs, &opt, &state, improved)?;
     }
     if state.epochs_done < config.epochs {
-        tracing::info!(epochs = state.epochs_done, "stopped before the last epoch; resume with --resume");
+        tracing::info!(
+            epochs = state.epochs_done,
+            "stopped before the last epoch; resume with --resume"
+        );
         return Ok(outcome(false, &state));
     }
 
@@ -239,9 +304,18 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         data_manifest_sha256: manifest.inputs[0].sha256.clone(),
     };
     manifest.outputs.push(model_entry);
-    manifest.outputs.push(out.write_json(MODEL_CONFIG_FILE, &model_config)?);
-    manifest.outputs.push(out.write_json(TRAIN_CONFIG_FILE, config)?);
-    for name in [METRICS_FILE.to_string(), format!("{}/{}", checkpoint::DIR, checkpoint::LAST), format!("{}/{}", checkpoint::DIR, checkpoint::BEST), format!("{}/{}", checkpoint::DIR, checkpoint::STATE)] {
+    manifest
+        .outputs
+        .push(out.write_json(MODEL_CONFIG_FILE, &model_config)?);
+    manifest
+        .outputs
+        .push(out.write_json(TRAIN_CONFIG_FILE, config)?);
+    for name in [
+        METRICS_FILE.to_string(),
+        format!("{}/{}", checkpoint::DIR, checkpoint::LAST),
+        format!("{}/{}", checkpoint::DIR, checkpoint::BEST),
+        format!("{}/{}", checkpoint::DIR, checkpoint::STATE),
+    ] {
         manifest.outputs.push(out.keep_in_place(&name)?);
     }
     manifest.summary = serde_json::json!({
@@ -269,9 +343,21 @@ fn outcome(finished: bool, state: &TrainState) -> Outcome {
 
 /// Copies `src` into `dst` shifted by up to `max_shift` pixels (filling with `fill`) and maybe
 /// mirrored, all drawn from `rng` so the batch is reproducible.
-fn augment(src: &[f32], dst: &mut [f32], h: usize, w: usize, config: &TrainConfig, fill: f32, rng: &mut ChaCha8Rng) {
+fn augment(
+    src: &[f32],
+    dst: &mut [f32],
+    h: usize,
+    w: usize,
+    config: &TrainConfig,
+    fill: f32,
+    rng: &mut ChaCha8Rng,
+) {
     let s = config.augment.max_shift as i64;
-    let (dy, dx) = if s > 0 { (rng.random_range(-s..=s), rng.random_range(-s..=s)) } else { (0, 0) };
+    let (dy, dx) = if s > 0 {
+        (rng.random_range(-s..=s), rng.random_range(-s..=s))
+    } else {
+        (0, 0)
+    };
     let flip = config.augment.hflip && rng.random_bool(0.5);
     if dy == 0 && dx == 0 && !flip {
         dst.copy_from_slice(src);
@@ -280,9 +366,17 @@ fn augment(src: &[f32], dst: &mut [f32], h: usize, w: usize, config: &TrainConfi
     for y in 0..h as i64 {
         let sy = y - dy;
         for x in 0..w as i64 {
-            let sx = if flip { w as i64 - 1 - (x - dx) } else { x - dx };
+            let sx = if flip {
+                w as i64 - 1 - (x - dx)
+            } else {
+                x - dx
+            };
             let inside = (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx);
-            dst[(y as usize) * w + x as usize] = if inside { src[sy as usize * w + sx as usize] } else { fill };
+            dst[(y as usize) * w + x as usize] = if inside {
+                src[sy as usize * w + sx as usize]
+            } else {
+                fill
+            };
         }
     }
 }
@@ -293,7 +387,13 @@ pub(crate) fn embed(net: &EmbeddingNet, device: Device, images: &Tensor) -> Tens
         let n = images.size()[0];
         let parts: Vec<Tensor> = (0..n)
             .step_by(1024)
-            .map(|i| net.forward_t(&images.narrow(0, i, (n - i).min(1024)).to_device(device), false).to_device(Device::Cpu))
+            .map(|i| {
+                net.forward_t(
+                    &images.narrow(0, i, (n - i).min(1024)).to_device(device),
+                    false,
+                )
+                .to_device(Device::Cpu)
+            })
             .collect();
         Tensor::cat(&parts, 0)
     })
@@ -301,7 +401,14 @@ pub(crate) fn embed(net: &EmbeddingNet, device: Device, images: &Tensor) -> Tens
 
 /// Leave-one-out kNN accuracy (similarity-weighted vote of the `k` nearest other validation
 /// embeddings) and nearest-class-centre accuracy.
-fn evaluate(model: &TrainNet, device: Device, images: &Tensor, labels: &Tensor, k: usize, classes: usize) -> (f64, f64) {
+fn evaluate(
+    model: &TrainNet,
+    device: Device,
+    images: &Tensor,
+    labels: &Tensor,
+    k: usize,
+    classes: usize,
+) -> (f64, f64) {
     let emb = embed(&model.net, device, images);
     tch::no_grad(|| {
         let n = emb.size()[0];
@@ -312,15 +419,35 @@ fn evaluate(model: &TrainNet, device: Device, images: &Tensor, labels: &Tensor, 
             let mut sims = emb.narrow(0, start, len).matmul(&emb.transpose(0, 1));
             // A sample is not its own neighbour.
             let rows = Tensor::arange(len, (Kind::Int64, Device::Cpu));
-            let _ = sims.index_put_(&[Some(&rows), Some(&(&rows + start))], &Tensor::from(-10.0f32), false);
+            let _ = sims.index_put_(
+                &[Some(&rows), Some(&(&rows + start))],
+                &Tensor::from(-10.0f32),
+                false,
+            );
             let (top, idx) = sims.topk(k, 1, true, true);
             let votes = Tensor::zeros([len, classes as i64], (Kind::Float, Device::Cpu))
-                .scatter_add(1, &labels.index_select(0, &idx.flatten(0, -1)).reshape([len, k]), &(top + 1.0));
+                .scatter_add(
+                    1,
+                    &labels
+                        .index_select(0, &idx.flatten(0, -1))
+                        .reshape([len, k]),
+                    &(top + 1.0),
+                );
             let pred = votes.argmax(1, false);
-            correct += pred.eq_tensor(&labels.narrow(0, start, len)).sum(Kind::Int64).int64_value(&[]);
+            correct += pred
+                .eq_tensor(&labels.narrow(0, start, len))
+                .sum(Kind::Int64)
+                .int64_value(&[]);
         }
-        let centre_pred = model.head.cosine(&emb.to_device(model.head.weight.device())).argmax(1, false).to_device(Device::Cpu);
-        let centre = centre_pred.eq_tensor(labels).sum(Kind::Int64).int64_value(&[]);
+        let centre_pred = model
+            .head
+            .cosine(&emb.to_device(model.head.weight.device()))
+            .argmax(1, false)
+            .to_device(Device::Cpu);
+        let centre = centre_pred
+            .eq_tensor(labels)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         (correct as f64 / n as f64, centre as f64 / n as f64)
     })
 }
@@ -341,6 +468,7 @@ fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
         .create(true)
         .open(path)
         .map_err(|e| mlops_core::Error::io(path, e))?;
-    writeln!(file, "{}", serde_json::to_string(m).expect("plain data")).map_err(|e| mlops_core::Error::io(path, e))?;
+    writeln!(file, "{}", serde_json::to_string(m).expect("plain data"))
+        .map_err(|e| mlops_core::Error::io(path, e))?;
     Ok(())
 }

@@ -21,12 +21,15 @@ pub struct PipelineArgs {
     /// Seed passed to every stage.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Override the train stage's epochs (default: the stage's own default).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Skip set-up (apt, libtorch, venv) when it is known to be done.
     #[arg(long)]
     no_setup: bool,
 }
 
-const BINARIES: &[&str] = &["mlops-data", "mlops-validate"];
+const BINARIES: &[&str] = &["mlops-data", "mlops-validate", "mlops-train", "mlops-embed"];
 
 pub fn run(args: &PipelineArgs) -> Result<()> {
     if !args.no_setup {
@@ -42,6 +45,8 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
     let run_dir = root().join("runs").join(&args.name);
     let data = run_dir.join("data");
     let validate = run_dir.join("validate");
+    let train = run_dir.join("train");
+    let embed = run_dir.join("embed");
     let mut data_cmd = stage("mlops-data");
     for source in &args.source {
         data_cmd.arg("--source").arg(source);
@@ -60,7 +65,29 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
             .arg(&validate),
         "validate",
     )?;
-    summary(&data, &validate)
+    let mut train_cmd = stage("mlops-train");
+    train_cmd
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&train)
+        .arg("--seed")
+        .arg(args.seed.to_string());
+    if let Some(epochs) = args.epochs {
+        train_cmd.arg("--epochs").arg(epochs.to_string());
+    }
+    run_stage(&mut train_cmd, "train")?;
+    run_stage(
+        stage("mlops-embed")
+            .arg("--model")
+            .arg(&train)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&embed),
+        "embed",
+    )?;
+    summary(&data, &validate, &train, &embed)
 }
 
 fn stage(name: &str) -> Command {
@@ -80,7 +107,7 @@ fn run_stage(cmd: &mut Command, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn summary(data: &Path, validate: &Path) -> Result<()> {
+fn summary(data: &Path, validate: &Path, train: &Path, embed: &Path) -> Result<()> {
     let manifest = read_json(&data.join("manifest.json"))?;
     let summary = &manifest["summary"];
     println!(
@@ -109,6 +136,25 @@ fn summary(data: &Path, validate: &Path) -> Result<()> {
             "FAILED"
         },
         validate.join("validation.json").display()
+    );
+    let train_summary = &read_json(&train.join("manifest.json"))?["summary"];
+    println!(
+        "  train: {} epochs, best val kNN accuracy {:.4} (epoch {}), model {}",
+        train_summary["epochs"],
+        train_summary["best_val_accuracy"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        train_summary["best_epoch"],
+        train.join("model.pt").display()
+    );
+    let embed_summary = &read_json(&embed.join("manifest.json"))?["summary"];
+    println!(
+        "  embed: dim {}, {:.0} img/s, embeddings in {}",
+        embed_summary["dim"],
+        embed_summary["images_per_second"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        embed.display()
     );
     Ok(())
 }

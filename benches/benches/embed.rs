@@ -1,0 +1,50 @@
+//! Embedding throughput of the exported default (`res`) and `seed` models, through
+//! `mlops_embed::embed_batches` exactly as the embed stage runs them: TorchScript, eval mode,
+//! batch-norm folded, batches of 512, one thread per core. Target: >= 3,000 img/s on 2 cores.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mlops_core::OutputDir;
+use mlops_train::{Arch, EmbeddingNet};
+use tch::nn::ModuleT;
+use tch::{nn, CModule, Device, Kind, Tensor};
+
+fn export(arch: Arch, dir: &std::path::Path) -> CModule {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 128, 0.1);
+    // Non-trivial batch-norm statistics, as after training.
+    for _ in 0..3 {
+        let _ = net.forward_t(
+            &Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            true,
+        );
+    }
+    let mut out = OutputDir::create(dir).expect("output dir");
+    let example = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    mlops_train::export::trace_and_verify(&mut net, &example, &mut out).expect("export");
+    let module = CModule::load(out.staged_path(mlops_train::MODEL_FILE)).expect("load");
+    drop(out);
+    module
+}
+
+fn embed(c: &mut Criterion) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads(threads as i32);
+    let images = Tensor::rand([5000, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let mut group = c.benchmark_group("embed");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(5000));
+    for arch in [Arch::Res, Arch::Seed] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let module = export(arch, tmp.path());
+        group.bench_function(format!("{arch}_5000_images_batch_512"), |b| {
+            b.iter(|| {
+                mlops_embed::embed_batches(&module, &images, 512, Device::Cpu).expect("embed")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, embed);
+criterion_main!(benches);

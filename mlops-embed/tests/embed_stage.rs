@@ -1,0 +1,206 @@
+//! Integration tests of the embed stage: a tiny model trained on synthetic data, embedded back.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::Result;
+use mlops_core::{npy, sha256_file, Manifest};
+use mlops_data::fixtures::{self, IdxFixture};
+use mlops_data::{DataConfig, DataSummary};
+use mlops_embed::{EmbedConfig, EmbedSummary};
+use ndarray::{Array1, Array2, Ix1, Ix2};
+
+/// (data dir, train dir) shared by the tests; built once.
+fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
+    static CELL: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = make_data(tmp.path(), "data", 28);
+        let train = tmp.path().join("train");
+        mlops_train::run(&mlops_train::TrainConfig {
+            data: data.clone(),
+            out: train.clone(),
+            embedding_dim: 16,
+            epochs: 1,
+            batch_size: 16,
+            threads: 1,
+            device: "cpu".parse().unwrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        (tmp, data, train)
+    })
+}
+
+fn make_data(root: &Path, name: &str, size: usize) -> PathBuf {
+    let src = root.join(format!("{name}-src"));
+    let out = root.join(name);
+    fixtures::write_idx(
+        &src,
+        &IdxFixture {
+            train_per_class: 30,
+            test_per_class: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    mlops_data::run(&DataConfig {
+        sources: vec![src],
+        out: out.clone(),
+        image_size: [size, size],
+        npy_interval: 16,
+        ..Default::default()
+    })
+    .unwrap();
+    out
+}
+
+fn config(model: &Path, data: &Path, out: &Path) -> EmbedConfig {
+    EmbedConfig {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        threads: 1,
+        batch_size: 7,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn embeds_gallery_and_test_aligned_with_labels() -> Result<()> {
+    let (_, data, train) = trained();
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("embed");
+    mlops_embed::run(&config(train, data, &out))?;
+    let (manifest, summary) = EmbedSummary::load(&out)?;
+    manifest.verify_outputs(&out)?;
+    assert_eq!(summary.dim, 16);
+    assert!(manifest.inputs.iter().any(|e| e.path.ends_with("model.pt")));
+    let (_, data_summary) = DataSummary::load(data)?;
+    let module = tch::CModule::load(train.join("model.pt"))?;
+    for role in ["gallery", "test"] {
+        let embedded = &summary.roles[role];
+        let source = &data_summary.roles[role];
+        assert_eq!(embedded.rows, source.rows);
+        assert_eq!(embedded.shards.len(), source.shards.len());
+        for (e, s) in embedded.shards.iter().zip(&source.shards) {
+            let emb: Array2<f32> = npy::read::<f32, Ix2>(&out.join(&e.embeddings))?;
+            let labels: Array1<i64> = npy::read::<i64, Ix1>(&out.join(&e.labels))?;
+            let source_labels: Array1<i64> = npy::read::<i64, Ix1>(&data.join(&s.labels))?;
+            assert_eq!(labels, source_labels);
+            assert_eq!(emb.shape(), &[s.rows, 16]);
+            for row in emb.rows() {
+                let norm = row.dot(&row).sqrt();
+                assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+            }
+            // Batching (7 per pass) gives what one pass over the shard gives.
+            let images: ndarray::Array4<f32> = npy::read(&data.join(&s.images))?;
+            let x = tch::Tensor::from_slice(images.as_slice().unwrap()).reshape([
+                s.rows as i64,
+                1,
+                28,
+                28,
+            ]);
+            let direct: Vec<f32> = tch::no_grad(|| module.forward_ts(&[x]))?
+                .flatten(0, -1)
+                .try_into()?;
+            let max_diff = emb
+                .iter()
+                .zip(&direct)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(max_diff < 1e-5, "{max_diff}");
+        }
+    }
+    Ok(())
+}
+
+fn run_bin(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let result = Command::new(env!("CARGO_BIN_EXE_mlops-embed"))
+        .args([
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        result.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&result.stderr).into_owned(),
+    )
+}
+
+fn assert_fails(model: &Path, data: &Path, extra: &[&str], expect: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (code, stderr) = run_bin(model, data, &out, extra);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{stderr:?} should contain {expect:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.join("manifest.json").exists());
+    if out.exists() {
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            0,
+            "partial output"
+        );
+    }
+}
+
+/// A copy of the train directory, for tests that damage it.
+fn copy_train(train: &Path, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["model.pt", "config.json", "manifest.json"] {
+        std::fs::copy(train.join(name), to.join(name)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() -> Result<()> {
+    let (_, data, train) = trained();
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+
+    let other_size = make_data(t, "data32", 32);
+    assert_fails(
+        train,
+        &other_size,
+        &[],
+        "model takes images of shape [1, 28, 28]",
+    );
+
+    assert_fails(
+        train,
+        data,
+        &["--device", "cuda:3"],
+        "cuda:3 is not available",
+    );
+    assert_fails(&t.join("nowhere"), data, &[], "no manifest");
+    assert_fails(data, data, &[], "expected the output of stage 'train'");
+
+    // model.pt replaced by garbage: the checksum catches it...
+    let tampered = copy_train(train, &t.join("tampered"));
+    std::fs::write(tampered.join("model.pt"), b"not a model")?;
+    assert_fails(&tampered, data, &[], "checksum mismatch");
+    // ...and with a matching checksum, loading it fails cleanly.
+    let mut manifest = Manifest::load(&tampered)?;
+    for e in manifest.outputs.iter_mut().filter(|e| e.path == "model.pt") {
+        e.sha256 = sha256_file(&tampered.join("model.pt"))?;
+    }
+    std::fs::write(
+        tampered.join("manifest.json"),
+        serde_json::to_vec(&manifest)?,
+    )?;
+    assert_fails(&tampered, data, &[], "cannot load TorchScript model");
+    Ok(())
+}

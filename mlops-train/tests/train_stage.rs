@@ -1,0 +1,284 @@
+//! Integration tests of the train stage on tiny synthetic data (`mlops_data::fixtures`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use mlops_core::Manifest;
+use mlops_data::fixtures::{self, IdxFixture};
+use mlops_data::DataConfig;
+use mlops_train::{Arch, ModelConfig, TrainConfig};
+use tch::{CModule, Tensor};
+
+/// libtorch's random generator is process-wide, so training runs in one test process must not
+/// overlap, or their initialisation and dropout draws interleave.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn data_dir(tmp: &Path, per_class: usize, size: usize) -> Result<PathBuf> {
+    let src = tmp.join("src");
+    let out = tmp.join("data");
+    let fixture = IdxFixture {
+        train_per_class: per_class,
+        test_per_class: 5,
+        ..Default::default()
+    };
+    fixtures::write_idx(&src, &fixture)?;
+    mlops_data::run(&DataConfig {
+        sources: vec![src],
+        out: out.clone(),
+        image_size: [size, size],
+        ..Default::default()
+    })?;
+    Ok(out)
+}
+
+fn tiny(data: &Path, out: &Path, arch: Arch, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        arch,
+        embedding_dim: 16,
+        epochs,
+        batch_size: 16,
+        threads: 1,
+        device: "cpu".parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn trains_exports_and_records_both_architectures() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    for arch in [Arch::Seed, Arch::Res] {
+        let out = tmp.path().join(format!("train-{arch}"));
+        let outcome = mlops_train::run(&tiny(&data, &out, arch, 2))?;
+        assert!(outcome.finished);
+        assert_eq!(outcome.metrics.len(), 2);
+        let manifest = Manifest::load_stage(&out, "train")?;
+        manifest.verify_outputs(&out)?;
+        assert!(manifest
+            .inputs
+            .iter()
+            .any(|e| e.path.ends_with("train_images_000.npy")));
+        let lines = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+        assert_eq!(lines.lines().count(), 2);
+        let config: ModelConfig = serde_json::from_slice(&std::fs::read(out.join("config.json"))?)?;
+        assert_eq!(config.arch, arch);
+        assert_eq!(config.input_shape, [1, 28, 28]);
+        assert_eq!(config.embedding_dim, 16);
+        assert_eq!(config.classes, vec!["0", "1", "2"]);
+        // The exported model stands alone: load it and embed a batch.
+        let module = CModule::load(out.join("model.pt"))?;
+        let e = tch::no_grad(|| {
+            module.forward_ts(&[Tensor::rand([5, 1, 28, 28], tch::kind::FLOAT_CPU)])
+        })?;
+        assert_eq!(e.size(), vec![5, 16]);
+        let norms: Vec<f32> = e
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), false)
+            .try_into()?;
+        assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-4), "{norms:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn learns_the_synthetic_classes() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 100, 28)?;
+    let out = tmp.path().join("train");
+    let mut config = tiny(&data, &out, Arch::Res, 4);
+    config.batch_size = 32;
+    let outcome = mlops_train::run(&config)?;
+    assert!(outcome.best_val_accuracy >= 0.9, "{:?}", outcome.metrics);
+    let first = &outcome.metrics[0];
+    let last = outcome.metrics.last().unwrap();
+    assert!(last.train_loss < first.train_loss, "{:?}", outcome.metrics);
+    Ok(())
+}
+
+/// Every tensor of a safetensors file, by name.
+fn tensors(path: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(path).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn resume_after_interruption_matches_an_uninterrupted_run() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    let straight = tmp.path().join("straight");
+    mlops_train::run(&tiny(&data, &straight, Arch::Res, 3))?;
+
+    let resumed = tmp.path().join("resumed");
+    let mut config = tiny(&data, &resumed, Arch::Res, 3);
+    config.stop_after_epochs = Some(1);
+    let stopped = mlops_train::run(&config)?;
+    assert!(!stopped.finished);
+    assert!(!resumed.join("model.pt").exists() && !resumed.join("manifest.json").exists());
+    config.stop_after_epochs = None;
+    config.resume = true;
+    let outcome = mlops_train::run(&config)?;
+    assert!(outcome.finished);
+
+    for file in [
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+    ] {
+        let (a, b) = (tensors(&straight.join(file)), tensors(&resumed.join(file)));
+        assert_eq!(a.len(), b.len());
+        for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+            assert_eq!(na, nb);
+            let diff = (ta.to_kind(tch::Kind::Double) - tb.to_kind(tch::Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff == 0.0, "{file}: {na} differs by {diff}");
+        }
+    }
+    let metrics = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for timing in ["images_per_second", "seconds"] {
+                    v.as_object_mut().unwrap().remove(timing);
+                }
+                v.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(metrics(&straight), metrics(&resumed));
+    Ok(())
+}
+
+fn run_bin(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mlops-train"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_fails(data: &Path, out: &Path, extra: &[&str], expect: &str) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(
+        ["--batch-size", "16", "--threads", "1"]
+            .iter()
+            .map(std::ffi::OsStr::new),
+    );
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let (code, stderr) = run_bin(&args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{stderr:?} should contain {expect:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.join("model.pt").exists() && !out.join("manifest.json").exists());
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let data = data_dir(t, 20, 28)?;
+
+    let empty = t.join("no-data");
+    std::fs::create_dir(&empty)?;
+    assert_fails(&empty, &t.join("o1"), &[], "no manifest");
+
+    assert_fails(
+        &data,
+        &t.join("o2"),
+        &["--device", "cuda:3"],
+        "cuda:3 is not available",
+    );
+
+    // A checkpoint that is not a safetensors file.
+    let out = t.join("o3");
+    mlops_train::run(&TrainConfig {
+        stop_after_epochs: Some(1),
+        ..tiny(&data, &out, Arch::Seed, 2)
+    })?;
+    std::fs::write(out.join("checkpoints/last.safetensors"), b"garbage")?;
+    assert_fails(
+        &data,
+        &out,
+        &[
+            "--arch",
+            "seed",
+            "--epochs",
+            "2",
+            "--embedding-dim",
+            "16",
+            "--resume",
+        ],
+        "corrupt or incompatible checkpoint",
+    );
+    // Resuming with other settings is refused too.
+    assert_fails(
+        &data,
+        &out,
+        &["--arch", "res", "--epochs", "2", "--resume"],
+        "other settings",
+    );
+    assert_fails(
+        &data,
+        &t.join("o4"),
+        &["--resume"],
+        "no checkpoint to resume from",
+    );
+
+    // Images too small for the architecture.
+    let small_tmp = t.join("small");
+    let small = data_dir(&small_tmp, 20, 6)?;
+    assert_fails(&small, &t.join("o5"), &[], "at least 8x8");
+
+    // An input shape that does not match the data.
+    let cfg = t.join("train.toml");
+    std::fs::write(&cfg, "input_shape = [1, 32, 32]\n")?;
+    assert_fails(
+        &data,
+        &t.join("o6"),
+        &["--config", cfg.to_str().unwrap()],
+        "does not match the data",
+    );
+
+    // A shard changed after the data stage wrote it.
+    let (_, summary) = mlops_data::DataSummary::load(&data)?;
+    let shard = &summary.roles["val"].shards[0].labels;
+    let mut bytes = std::fs::read(data.join(shard))?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(data.join(shard), bytes)?;
+    assert_fails(&data, &t.join("o7"), &[], "checksum mismatch");
+
+    // An empty role.
+    let mut manifest = Manifest::load(&data)?;
+    manifest.summary["roles"]["train"]["rows"] = serde_json::json!(0);
+    std::fs::write(data.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    assert_fails(&data, &t.join("o8"), &[], "train role is empty");
+    Ok(())
+}

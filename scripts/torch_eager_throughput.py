@@ -1,0 +1,120 @@
+"""Training/inference throughput of the `res` and `seed` networks in PyTorch eager mode.
+
+The same architectures as mlops-train's `Arch::Res` / `Arch::Seed`, the same ArcFace loss,
+AdamW, batch size and thread count, on random 28x28 batches: the reference for
+`cargo run --release -p mlops-train --example throughput -- THREADS BATCH`, which prints the
+same lines for the Rust side. Run both in one session (the machines are noisy):
+
+    python scripts/torch_eager_throughput.py 2 128
+"""
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBn(nn.Sequential):
+    def __init__(self, cin, cout, k, stride, pad):
+        super().__init__(nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout))
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.a = ConvBn(cin, cout, 3, stride, 1)
+        self.b = ConvBn(cout, cout, 3, 1, 1)
+        self.proj = ConvBn(cin, cout, 1, stride, 0) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        y = self.b(F.relu(self.a(x)))
+        return F.relu(y + (self.proj(x) if self.proj is not None else x))
+
+
+class Res(nn.Module):
+    def __init__(self, dim=128, dropout=0.1):
+        super().__init__()
+        self.stem = ConvBn(1, 32, 3, 1, 1)
+        self.stage1 = Block(32, 48, 2)
+        self.stage2 = Block(48, 48, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Sequential(nn.Linear(96, dim), nn.BatchNorm1d(dim))
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.stem(x)), 2)
+        x = self.stage2(self.stage1(x))
+        x = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1).flatten(1)
+        return F.normalize(self.head(self.dropout(x)))
+
+
+class Seed(nn.Module):
+    def __init__(self, dim=128):
+        super().__init__()
+        self.conv1 = ConvBn(1, 32, 3, 1, 0)
+        self.conv2 = ConvBn(32, 64, 3, 1, 0)
+        self.fc1 = nn.Sequential(nn.Linear(64 * 11 * 11, 128), nn.BatchNorm1d(128))
+        self.fc2 = nn.Linear(128, dim)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.relu(self.conv2(x)).flatten(1)
+        return F.normalize(self.fc2(F.relu(self.fc1(x))))
+
+
+class ArcFace(nn.Module):
+    def __init__(self, dim, classes, s=32.0, m=0.5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, dim))
+        nn.init.kaiming_uniform_(self.weight)
+        self.s, self.m = s, m
+        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
+        self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
+
+    def forward(self, emb, labels):
+        cosine = (emb @ F.normalize(self.weight).t()).clamp(-1 + 1e-7, 1 - 1e-7)
+        sine = (1 - cosine * cosine).clamp(1e-12, 1).sqrt()
+        phi = cosine * self.cos_m - sine * self.sin_m
+        phi = torch.where(cosine > self.th, phi, cosine - self.mm)
+        one_hot = torch.zeros_like(cosine).scatter_(1, labels.unsqueeze(1), 1.0)
+        return F.cross_entropy((one_hot * phi + (1 - one_hot) * cosine) * self.s, labels)
+
+
+def main():
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 128
+    torch.set_num_threads(threads)
+    for name, net in [("seed", Seed()), ("res", Res())]:
+        head = ArcFace(128, 10)
+        opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=5e-4)
+        x = torch.rand(batch, 1, 28, 28)
+        y = torch.randint(0, 10, (batch,))
+        net.train()
+
+        def step():
+            opt.zero_grad()
+            head(net(x), y).backward()
+            opt.step()
+
+        for _ in range(5):
+            step()
+        steps = 30
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        train = steps * batch / (time.perf_counter() - t)
+        net.eval()
+        xe = torch.rand(512, 1, 28, 28)
+        with torch.no_grad():
+            net(xe)
+            t = time.perf_counter()
+            for _ in range(10):
+                net(xe)
+            infer = 5120 / (time.perf_counter() - t)
+        print(f"{name}: train {train:.0f} img/s, inference {infer:.0f} img/s "
+              f"(pytorch {torch.__version__} eager, threads {threads}, batch {batch})")
+
+
+if __name__ == "__main__":
+    main()
