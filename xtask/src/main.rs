@@ -52,7 +52,16 @@ fn test(cargo_args: &[String]) -> Result<()> {
     cmd.args(["test", "--workspace", "--release"])
         .args(cargo_args)
         .envs(env.vars());
-    run_cmd(&mut cmd, "cargo test")
+    run_cmd(&mut cmd, "cargo test")?;
+    if cargo_args.is_empty() {
+        // Each criterion benchmark once, in test mode: keeps them compiling and running.
+        let mut benches = cargo();
+        benches
+            .args(["test", "--release", "-p", "mlops-benches", "--benches"])
+            .envs(env.vars());
+        run_cmd(&mut benches, "cargo test --benches")?;
+    }
+    Ok(())
 }
 
 /// The workspace root.
