@@ -10,7 +10,7 @@ use tch::{nn, CModule, Device, Kind, Tensor};
 
 fn export(arch: Arch, dir: &std::path::Path) -> CModule {
     tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let mut vs = nn::VarStore::new(Device::Cpu);
     let mut net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 128, 0.1);
     // Non-trivial batch-norm statistics, as after training.
     for _ in 0..3 {
@@ -21,7 +21,7 @@ fn export(arch: Arch, dir: &std::path::Path) -> CModule {
     }
     let mut out = OutputDir::create(dir).expect("output dir");
     let example = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
-    mlops_train::export::trace_and_verify(&mut net, &example, &mut out).expect("export");
+    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, &mut out).expect("export");
     let module = CModule::load(out.staged_path(mlops_train::MODEL_FILE)).expect("load");
     drop(out);
     module

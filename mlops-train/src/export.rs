@@ -9,14 +9,19 @@ use crate::{EmbeddingNet, Error, Result, MODEL_FILE};
 /// Largest difference allowed between the live network and the reloaded `model.pt`.
 pub const TOLERANCE: f64 = 1e-5;
 
-/// Folds batch-norm into the preceding layers, traces `net` in eval mode on `example` (CPU), saves `model.pt` into the staging area of
-/// `out`, reloads it with `CModule::load` and fails unless it reproduces the network's
-/// unfused network's embeddings on `example` within [`TOLERANCE`].
+/// Folds batch-norm into the preceding layers, traces `net` in eval mode on `example` (CPU),
+/// saves `model.pt` into the staging area of `out`, reloads it with `CModule::load` and fails
+/// unless it reproduces the unfused network's embeddings on `example` within [`TOLERANCE`].
+///
+/// `vs` (the store holding `net`'s variables) is frozen first: TorchScript bakes weights in as
+/// constants, and the tracer refuses constants that require gradients.
 pub fn trace_and_verify(
+    vs: &mut tch::nn::VarStore,
     net: &mut EmbeddingNet,
     example: &Tensor,
     out: &mut OutputDir,
 ) -> Result<FileEntry> {
+    vs.freeze();
     let path = out.staged_path(MODEL_FILE);
     let expected = tch::no_grad(|| net.forward_t(example, false));
     net.fuse_batch_norm();

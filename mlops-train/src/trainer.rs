@@ -285,10 +285,10 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let mut export_vs = nn::VarStore::new(Device::Cpu);
     let mut export_net = TrainNet::new(&export_vs.root(), config, input, n_classes as i64);
     checkpoint::load_best(&ckpt_dir, &mut export_vs)?;
-    export_vs.freeze();
     let mut out = OutputDir::create(&config.out)?;
     let example = val_images.narrow(0, 0, val_y.len().min(256) as i64);
-    let model_entry = export::trace_and_verify(&mut export_net.net, &example, &mut out)?;
+    let model_entry =
+        export::trace_and_verify(&mut export_vs, &mut export_net.net, &example, &mut out)?;
     let model_config = ModelConfig {
         arch: config.arch,
         input_shape: [c, h, w],
