@@ -37,6 +37,13 @@ pub use hash::{sha256_bytes, sha256_file, sha256_tree};
 pub use manifest::{FileEntry, Manifest, MANIFEST_FILE};
 pub use outdir::{write_atomic, OutputDir};
 
+/// The stage binaries' `--config FILE.toml`: the file's settings, or the defaults without one.
+pub fn load_config<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> Result<T> {
+    path.map_or_else(|| Ok(T::default()), load_toml)
+}
+
 /// Loads a TOML config file into a serde struct whose missing fields take their defaults.
 pub fn load_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -397,6 +397,27 @@ impl DataDir {
         }
     }
 
+    /// Manifest entries (path as given, sha256 recorded by the data stage) of the data manifest
+    /// and every shard of `roles`: what a later stage lists as its inputs.
+    pub fn input_entries(&self, roles: &[Role]) -> Result<Vec<mlops_core::FileEntry>> {
+        let mut entries = vec![mlops_core::FileEntry::input_file(
+            &self.dir.join(mlops_core::MANIFEST_FILE),
+        )?];
+        for &role in roles {
+            for pair in &self.role(role)?.shards {
+                for name in [&pair.images, &pair.labels] {
+                    if let Some(entry) = self.manifest.output(name) {
+                        entries.push(mlops_core::FileEntry {
+                            path: self.dir.join(name).display().to_string(),
+                            ..entry.clone()
+                        });
+                    }
+                }
+            }
+        }
+        Ok(entries)
+    }
+
     /// Reads one shard pair after verifying both checksums and the recorded shapes.
     pub fn read_shard(&self, pair: &ShardPair) -> Result<(Array4<f32>, Array1<i64>)> {
         for name in [&pair.images, &pair.labels] {

@@ -49,12 +49,9 @@ fn parse_size(s: &str) -> Result<[usize; 2], String> {
 fn main() -> ExitCode {
     mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut config: mlops_data::DataConfig = match &args.config {
-        Some(path) => match mlops_core::load_toml(path) {
-            Ok(config) => config,
-            Err(e) => return mlops_core::telemetry::report_error(&e),
-        },
-        None => Default::default(),
+    let mut config: mlops_data::DataConfig = match mlops_core::load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return mlops_core::telemetry::report_error(&e),
     };
     config.sources = args.source;
     config.out = args.out;

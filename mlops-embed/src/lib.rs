@@ -201,9 +201,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     let (module, model_config, model_inputs) = load_model(&config.model, device)?;
     check_compatible(&model_config, &data, &config.model)?;
     manifest.inputs.extend(model_inputs);
-    manifest.inputs.push(FileEntry::input_file(
-        &config.data.join(mlops_core::MANIFEST_FILE),
-    )?);
+    manifest.inputs.extend(data.input_entries(&config.roles)?);
 
     let mut out = OutputDir::create(&config.out)?;
     let [c, h, w] = model_config.input_shape;
@@ -216,15 +214,6 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         let mut shards = Vec::new();
         for (i, pair) in rs.shards.iter().enumerate() {
             let (images, labels) = data.read_shard(pair)?;
-            for name in [&pair.images, &pair.labels] {
-                let mut entry = data
-                    .manifest
-                    .output(name)
-                    .expect("read_shard checked it")
-                    .clone();
-                entry.path = config.data.join(name).display().to_string();
-                manifest.inputs.push(entry);
-            }
             let n = labels.len();
             let x = Tensor::from_slice(images.as_slice().expect("standard layout"))
                 .reshape([n as i64, c as i64, h as i64, w as i64]);

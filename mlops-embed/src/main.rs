@@ -46,12 +46,9 @@ fn parse_role(s: &str) -> Result<Role, String> {
 fn main() -> ExitCode {
     mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_embed::EmbedConfig = match &args.config {
-        Some(path) => match mlops_core::load_toml(path) {
-            Ok(config) => config,
-            Err(e) => return mlops_core::telemetry::report_error(&e),
-        },
-        None => Default::default(),
+    let mut c: mlops_embed::EmbedConfig = match mlops_core::load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return mlops_core::telemetry::report_error(&e),
     };
     c.model = args.model;
     c.data = args.data;

@@ -67,12 +67,9 @@ struct Args {
 fn main() -> ExitCode {
     mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_train::TrainConfig = match &args.config {
-        Some(path) => match mlops_core::load_toml(path) {
-            Ok(config) => config,
-            Err(e) => return mlops_core::telemetry::report_error(&e),
-        },
-        None => Default::default(),
+    let mut c: mlops_train::TrainConfig = match mlops_core::load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return mlops_core::telemetry::report_error(&e),
     };
     c.data = args.data;
     c.out = args.out;

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use mlops_core::{FileEntry, Manifest, OutputDir};
+use mlops_core::{Manifest, OutputDir};
 use mlops_data::{DataDir, Role};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -106,22 +106,7 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let n_classes = data.summary.classes.len();
     let (train_x, train_y) = data.read_role(Role::Train)?;
     let (val_x, val_y) = data.read_role(Role::Val)?;
-    manifest.inputs.push(FileEntry::input_file(
-        &config.data.join(mlops_core::MANIFEST_FILE),
-    )?);
-    for role in [Role::Train, Role::Val] {
-        for pair in &data.role(role)?.shards {
-            for name in [&pair.images, &pair.labels] {
-                let mut entry = data
-                    .manifest
-                    .output(name)
-                    .expect("read_shard checked it")
-                    .clone();
-                entry.path = config.data.join(name).display().to_string();
-                manifest.inputs.push(entry);
-            }
-        }
-    }
+    manifest.inputs = data.input_entries(&[Role::Train, Role::Val])?;
     let n_train = train_y.len();
     if n_train < config.batch_size {
         return Err(Error::Config(format!(

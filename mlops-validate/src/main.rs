@@ -25,13 +25,11 @@ struct Args {
 fn main() -> ExitCode {
     mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut config: mlops_validate::ValidateConfig = match &args.config {
-        Some(path) => match mlops_core::load_toml(path) {
+    let mut config: mlops_validate::ValidateConfig =
+        match mlops_core::load_config(args.config.as_deref()) {
             Ok(config) => config,
             Err(e) => return mlops_core::telemetry::report_error(&e),
-        },
-        None => Default::default(),
-    };
+        };
     config.data = args.data;
     config.out = args.out;
     config.min_per_class = args.min_per_class.unwrap_or(config.min_per_class);
