@@ -53,9 +53,9 @@ struct Args {
     /// auto, cpu, cuda (all GPUs, data parallel) or cuda:N [default: auto].
     #[arg(long)]
     device: Option<DeviceSpec>,
-    /// Turn off shift/flip augmentation.
+    /// Random shift (up to 2 px) and horizontal-flip augmentation [default: off].
     #[arg(long)]
-    no_augment: bool,
+    augment: bool,
     /// Continue an interrupted run from OUT/checkpoints.
     #[arg(long)]
     resume: bool,
@@ -85,10 +85,10 @@ fn main() -> ExitCode {
     c.seed = args.seed.unwrap_or(c.seed);
     c.threads = args.threads.unwrap_or(c.threads);
     c.device = args.device.unwrap_or(c.device);
-    if args.no_augment {
+    if args.augment {
         c.augment = mlops_train::AugmentConfig {
-            max_shift: 0,
-            hflip: false,
+            max_shift: 2,
+            hflip: true,
         };
     }
     c.resume |= args.resume;
