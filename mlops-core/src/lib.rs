@@ -25,6 +25,7 @@
 //! back.verify_outputs(dir.path()).unwrap();
 //! ```
 
+pub mod embeddings;
 mod error;
 mod hash;
 mod manifest;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Tensor};
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = "embed";
+pub const STAGE: &str = mlops_core::embeddings::EMBED_STAGE;
 
 /// Errors of the embed stage.
 #[derive(Debug, thiserror::Error)]
@@ -92,38 +92,12 @@ impl Default for EmbedConfig {
     }
 }
 
-/// One shard of embeddings with its labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmbeddingShard {
-    pub embeddings: String,
-    pub labels: String,
-    pub rows: usize,
-}
+pub use mlops_core::embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
 
-/// One embedded role.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmbeddedRole {
-    pub rows: usize,
-    pub shards: Vec<EmbeddingShard>,
-}
-
-/// The embed stage's `summary` in its manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmbedSummary {
-    pub dim: usize,
-    pub classes: Vec<String>,
-    pub roles: BTreeMap<String, EmbeddedRole>,
-    pub device: String,
-    pub images_per_second: f64,
-}
-
-impl EmbedSummary {
-    /// Reads and checks the manifest of an embed-stage directory.
-    pub fn load(dir: &Path) -> Result<(Manifest, EmbedSummary)> {
-        let manifest = Manifest::load_stage(dir, STAGE)?;
-        let summary = manifest.summary_as(dir)?;
-        Ok((manifest, summary))
-    }
+/// Reads and checks the manifest of an embed-stage directory.
+pub fn load_summary(dir: &Path) -> Result<(Manifest, EmbedSummary)> {
+    let opened = EmbeddingsDir::open(dir)?;
+    Ok((opened.manifest, opened.summary))
 }
 
 /// Loads `model.pt` from a train-stage directory after checking it against the train manifest.

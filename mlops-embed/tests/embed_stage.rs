@@ -8,7 +8,7 @@ use anyhow::Result;
 use mlops_core::{npy, sha256_file, Manifest};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::{DataConfig, DataSummary};
-use mlops_embed::{EmbedConfig, EmbedSummary};
+use mlops_embed::EmbedConfig;
 use ndarray::{Array1, Array2, Ix1, Ix2};
 
 /// (data dir, train dir) shared by the tests; built once.
@@ -73,7 +73,7 @@ fn embeds_gallery_and_test_aligned_with_labels() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("embed");
     mlops_embed::run(&config(train, data, &out))?;
-    let (manifest, summary) = EmbedSummary::load(&out)?;
+    let (manifest, summary) = mlops_embed::load_summary(&out)?;
     manifest.verify_outputs(&out)?;
     assert_eq!(summary.dim, 16);
     assert!(manifest.inputs.iter().any(|e| e.path.ends_with("model.pt")));

@@ -25,8 +25,8 @@ const WHEELS: &[&str] = &[
     "nvidia-cuda-runtime==13.0.96.*",
     "nvidia-cuda-cupti==13.0.85.*",
 ];
-/// Python packages for interop checks (numpy reads our .npy).
-const PY_PACKAGES: &[&str] = &["numpy"];
+/// Python packages for interop checks (numpy reads our .npy, faiss-cpu our index files).
+const PY_PACKAGES: &[&str] = &["numpy", "faiss-cpu"];
 
 #[derive(clap::Args, Default)]
 pub struct SetupArgs {

@@ -1,0 +1,203 @@
+//! Integration tests of the index stage on a synthetic embed-stage directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use mlops_core::embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard};
+use mlops_core::{Manifest, OutputDir};
+use mlops_index::IndexConfig;
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+
+/// Writes an embed-stage directory: `classes` clusters of unit vectors, gallery and test roles,
+/// shards of `shard_rows`. Returns its path.
+fn embed_dir(root: &Path, dim: usize, per_class: usize, classes: usize) -> Result<PathBuf> {
+    let dir = root.join("embed");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    let mut out = OutputDir::create(&dir)?;
+    let mut manifest = Manifest::begin("embed", "test", &());
+    let mut roles = std::collections::BTreeMap::new();
+    for role in ["gallery", "test"] {
+        let n = per_class * classes;
+        let mut values = Vec::with_capacity(n * dim);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = i % classes;
+            let mut v: Vec<f32> = centres[c]
+                .iter()
+                .map(|x| x + rng.random_range(-0.4f32..0.4))
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            values.extend(v);
+            labels.push(c as i64);
+        }
+        let e = out.write_npy(
+            &format!("{role}_embeddings_000.npy"),
+            &Array2::from_shape_vec((n, dim), values)?,
+        )?;
+        let l = out.write_npy(&format!("{role}_labels_000.npy"), &Array1::from_vec(labels))?;
+        roles.insert(
+            role.to_string(),
+            EmbeddedRole {
+                rows: n,
+                shards: vec![EmbeddingShard {
+                    embeddings: e.path.clone(),
+                    labels: l.path.clone(),
+                    rows: n,
+                }],
+            },
+        );
+        manifest.outputs.extend([e, l]);
+    }
+    let summary = EmbedSummary {
+        dim,
+        classes: (0..classes).map(|c| c.to_string()).collect(),
+        roles,
+        device: "Cpu".into(),
+        images_per_second: 0.0,
+    };
+    manifest.summary = serde_json::to_value(summary)?;
+    out.commit(manifest)?;
+    Ok(dir)
+}
+
+#[test]
+fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let emb = embed_dir(tmp.path(), 32, 100, 4)?;
+    for (factory, nprobe) in [("Flat", None), ("IVF8,Flat", Some(4))] {
+        let out = tmp.path().join(factory.replace(',', "_"));
+        let summary = mlops_index::run(&IndexConfig {
+            embeddings: emb.clone(),
+            out: out.clone(),
+            factory: factory.into(),
+            nprobe,
+            ..Default::default()
+        })?;
+        assert_eq!(summary.ntotal, 400);
+        assert_eq!(summary.recall.is_some(), factory != "Flat");
+        if let Some(r) = &summary.recall {
+            assert!(r.recall_at_k > 0.8, "{r:?}");
+        }
+        Manifest::load_stage(&out, "index")?.verify_outputs(&out)?;
+        let mut loaded = mlops_index::load(&out)?;
+        assert_eq!(loaded.labels.len(), 400);
+        // Id i is gallery row i: searching row 7 finds id 7 with its label.
+        let (gallery, labels) =
+            mlops_core::embeddings::EmbeddingsDir::open(&emb)?.read_role("gallery")?;
+        use faiss::Index;
+        let hit = loaded.index.search(gallery.row(7).as_slice().unwrap(), 1)?;
+        let id = hit.labels[0].get().unwrap() as usize;
+        assert_eq!(id, 7);
+        assert_eq!(loaded.labels[id], labels[7]);
+        python_faiss_reads(&out, 400)?;
+    }
+    Ok(())
+}
+
+/// Python's faiss (from the set-up venv) reads our index file.
+fn python_faiss_reads(dir: &Path, ntotal: usize) -> Result<()> {
+    let Some(python) = std::env::var_os("MLOPS_PYTHON") else {
+        eprintln!(
+            "skipping python faiss check: MLOPS_PYTHON is not set (cargo xtask test sets it)"
+        );
+        return Ok(());
+    };
+    let script = "import sys, faiss; i = faiss.read_index(sys.argv[1]); print(i.ntotal, i.d)";
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(dir.join("index.faiss"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "python faiss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{ntotal} 32")
+    );
+    Ok(())
+}
+
+fn run_bin(emb: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let r = Command::new(env!("CARGO_BIN_EXE_mlops-index"))
+        .args([
+            "--embeddings".as_ref(),
+            emb.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        r.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+fn assert_fails(emb: &Path, extra: &[&str], expect: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let (code, stderr) = run_bin(emb, &out, extra);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{stderr:?} should contain {expect:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.join("manifest.json").exists());
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let emb = embed_dir(tmp.path(), 16, 20, 3)?;
+    assert_fails(&emb, &["--factory", "NoSuchThing99"], "NoSuchThing99");
+    assert_fails(&emb, &["--factory", "IVF4096,Flat"], "training");
+    assert_fails(&tmp.path().join("missing"), &[], "no manifest");
+
+    // Labels not aligned with embeddings (the manifest rehashed, as a buggy producer would).
+    let labels = emb.join("gallery_labels_000.npy");
+    ndarray_npy::write_npy(&labels, &Array1::<i64>::zeros(59))?;
+    let mut m = Manifest::load(&emb)?;
+    for e in m
+        .outputs
+        .iter_mut()
+        .filter(|e| e.path == "gallery_labels_000.npy")
+    {
+        e.sha256 = mlops_core::sha256_file(&labels)?;
+    }
+    std::fs::write(emb.join("manifest.json"), serde_json::to_vec(&m)?)?;
+    assert_fails(&emb, &[], "not aligned");
+
+    // Embeddings of another dimension than the manifest says.
+    let emb2 = embed_dir(&tmp.path().join("b"), 16, 20, 3)?;
+    let e = emb2.join("gallery_embeddings_000.npy");
+    ndarray_npy::write_npy(&e, &Array2::<f32>::zeros((60, 8)))?;
+    let mut m = Manifest::load(&emb2)?;
+    for x in m
+        .outputs
+        .iter_mut()
+        .filter(|x| x.path == "gallery_embeddings_000.npy")
+    {
+        x.sha256 = mlops_core::sha256_file(&e)?;
+    }
+    std::fs::write(emb2.join("manifest.json"), serde_json::to_vec(&m)?)?;
+    assert_fails(&emb2, &[], "dimension 8");
+    // Tampered without rehash: the checksum catches it.
+    let emb3 = embed_dir(&tmp.path().join("c"), 16, 20, 3)?;
+    ndarray_npy::write_npy(
+        emb3.join("gallery_embeddings_000.npy"),
+        &Array2::<f32>::zeros((60, 16)),
+    )?;
+    assert_fails(&emb3, &[], "checksum mismatch");
+    Ok(())
+}
