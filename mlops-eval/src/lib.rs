@@ -1,4 +1,323 @@
-//! `mlops-eval`: Classify test embeddings through the index, compute metrics and decide deployment.
+//! `mlops-eval`: classify the test embeddings by searching the FAISS index, compute metrics,
+//! write Kubeflow's metrics files and decide whether to deploy.
 //!
-//! Not implemented yet: this crate is an empty placeholder in the workspace so that the layout
-//! and CI are in place; it exposes no API and ships no binary until its issue lands.
+//! Each test embedding is searched in the index of `mlops-index`; its class is the
+//! k-nearest-neighbour vote of the gallery labels (similarity-weighted by default; `k` chosen
+//! on the validation embeddings when the embed stage wrote them, else 10); top-1 accuracy is
+//! reported too. Outputs: `mlpipeline-metrics.json` (Kubeflow v1), `mlpipeline-ui-metadata.json`
+//! (confusion matrix and per-class table), `metrics.json` (Kubeflow v2 style, with
+//! `confusionMatrix`), `confusion_matrix.csv`, `decision.json` (the [`gate`]'s decision) and the
+//! manifest.
+//!
+//! ```no_run
+//! let config = mlops_eval::EvalConfig {
+//!     index: "runs/demo/index".into(),
+//!     embeddings: "runs/demo/embed".into(),
+//!     out: "runs/demo/eval".into(),
+//!     ..Default::default()
+//! };
+//! let outcome = mlops_eval::run(&config)?;
+//! println!("accuracy {:.4}, deploy: {}", outcome.metrics.accuracy, outcome.decision.deploy);
+//! # Ok::<(), mlops_eval::Error>(())
+//! ```
+
+pub mod gate;
+pub mod kubeflow;
+pub mod metrics;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use faiss::Index;
+use mlops_core::embeddings::EmbeddingsDir;
+use mlops_core::{FileEntry, Manifest, OutputDir};
+use serde::{Deserialize, Serialize};
+
+pub use gate::{decide, Decision, GatePolicy};
+pub use metrics::{Metrics, Vote};
+
+/// Name of this stage in manifests.
+pub const STAGE: &str = "eval";
+/// The flat metrics file (also what `--current` reads from a previous evaluation).
+pub const METRICS_FILE: &str = "metrics.json";
+pub const DECISION_FILE: &str = "decision.json";
+
+/// Errors of the eval stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Artifact(#[from] mlops_core::Error),
+    #[error(transparent)]
+    Index(#[from] mlops_index::Error),
+    #[error("faiss search: {0}")]
+    Faiss(#[from] faiss::error::Error),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias for [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Configuration of the eval stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Output directory of `mlops-index`.
+    pub index: PathBuf,
+    /// Output directory of `mlops-embed` (its `test` role, and `val` if present).
+    pub embeddings: PathBuf,
+    pub out: PathBuf,
+    /// Evaluation output of the currently deployed model, to guard against regressions.
+    pub current: Option<PathBuf>,
+    /// Neighbours that vote; `None` picks the best of `k_candidates` on validation embeddings.
+    pub k: Option<usize>,
+    pub k_candidates: Vec<usize>,
+    pub vote: Vote,
+    pub gate: GatePolicy,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            index: PathBuf::from("index"),
+            embeddings: PathBuf::from("embed"),
+            out: PathBuf::from("eval"),
+            current: None,
+            k: None,
+            k_candidates: vec![1, 3, 5, 10, 20, 30],
+            vote: Vote::Weighted,
+            gate: GatePolicy::default(),
+        }
+    }
+}
+
+/// What an evaluation found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub metrics: Metrics,
+    pub top1_accuracy: f64,
+    pub k: usize,
+    /// How `k` was chosen, and the validation accuracy of each candidate if it was.
+    pub k_selection: Vec<(usize, f64)>,
+    pub queries_per_second: f64,
+    /// Test classes with no gallery image: they can never be predicted.
+    pub classes_missing_in_gallery: Vec<String>,
+    pub decision: Decision,
+}
+
+/// Neighbour labels and similarities of every query: `[queries, k]`, row-major.
+struct Neighbours {
+    labels: Vec<Option<usize>>,
+    sims: Vec<f32>,
+    k: usize,
+}
+
+fn search(
+    index: &mut mlops_index::LoadedIndex,
+    queries: &[f32],
+    k: usize,
+    classes: usize,
+) -> Result<(Neighbours, f64)> {
+    let started = Instant::now();
+    let result = index.index.search(queries, k)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let labels = result
+        .labels
+        .iter()
+        .map(|id| {
+            id.get()
+                .and_then(|i| index.labels.get(i as usize).copied())
+                .and_then(|l| usize::try_from(l).ok())
+                .filter(|&l| l < classes)
+        })
+        .collect();
+    let sims = match index.summary.metric {
+        mlops_index::Metric::InnerProduct => result.distances,
+        // Squared L2 distance between unit vectors is 2 - 2cos: map it back to a similarity.
+        mlops_index::Metric::L2 => result.distances.iter().map(|d| 1.0 - d / 2.0).collect(),
+    };
+    Ok((Neighbours { labels, sims, k }, seconds))
+}
+
+/// Runs the eval stage (see the crate docs). A rejection is a result, not an error.
+pub fn run(config: &EvalConfig) -> Result<Outcome> {
+    if config.k == Some(0) || config.k_candidates.is_empty() || config.k_candidates.contains(&0) {
+        return Err(Error::Config(
+            "k and every k candidate must be at least 1".into(),
+        ));
+    }
+    let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
+    let mut index = mlops_index::load(&config.index)?;
+    let emb = EmbeddingsDir::open(&config.embeddings)?;
+    if emb.summary.dim != index.summary.dim {
+        return Err(mlops_core::Error::invalid(
+            config.embeddings.join(mlops_core::MANIFEST_FILE),
+            format!(
+                "embeddings have dimension {}, the index in {} has {}",
+                emb.summary.dim,
+                config.index.display(),
+                index.summary.dim
+            ),
+        )
+        .into());
+    }
+    let classes = index.summary.classes.clone();
+    if emb.summary.classes != classes {
+        return Err(mlops_core::Error::invalid(
+            config.embeddings.join(mlops_core::MANIFEST_FILE),
+            format!(
+                "classes {:?} differ from the index's {:?}",
+                emb.summary.classes, classes
+            ),
+        )
+        .into());
+    }
+    let (test, test_labels) = emb.read_role("test")?;
+    let truth: Vec<usize> = test_labels
+        .iter()
+        .map(|&l| usize::try_from(l).ok().filter(|&l| l < classes.len()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            mlops_core::Error::invalid(&config.embeddings, "test labels outside the classes")
+        })?;
+    let ntotal = index.summary.ntotal;
+    let k_max = config
+        .k
+        .unwrap_or(0)
+        .max(*config.k_candidates.iter().max().expect("non-empty"))
+        .min(ntotal)
+        .max(1);
+
+    let k_selection = match (config.k, emb.read_role("val")) {
+        (None, Ok((val, val_labels))) => {
+            let (nb, _) = search(
+                &mut index,
+                val.as_slice().expect("standard layout"),
+                k_max,
+                classes.len(),
+            )?;
+            let val_truth: Vec<usize> = val_labels.iter().map(|&l| l.max(0) as usize).collect();
+            config
+                .k_candidates
+                .iter()
+                .map(|&k| {
+                    let pred = metrics::vote(
+                        &nb.labels,
+                        &nb.sims,
+                        nb.k,
+                        k.min(k_max),
+                        classes.len(),
+                        config.vote,
+                    );
+                    let acc = pred.iter().zip(&val_truth).filter(|(p, t)| p == t).count() as f64
+                        / val_truth.len() as f64;
+                    (k, acc)
+                })
+                .collect::<Vec<_>>()
+        }
+        _ => Vec::new(),
+    };
+    let k = match config.k {
+        Some(k) => k.min(k_max),
+        None => k_selection
+            .iter()
+            .fold(None::<(usize, f64)>, |best, &(k, acc)| match best {
+                Some((_, b)) if b >= acc => best,
+                _ => Some((k, acc)),
+            })
+            .map_or(10.min(k_max), |(k, _)| k),
+    };
+    tracing::info!(k, ?k_selection, "neighbours voting");
+
+    let (nb, seconds) = search(
+        &mut index,
+        test.as_slice().expect("standard layout"),
+        k_max,
+        classes.len(),
+    )?;
+    let queries_per_second = truth.len() as f64 / seconds.max(1e-9);
+    let pred = metrics::vote(&nb.labels, &nb.sims, nb.k, k, classes.len(), config.vote);
+    let top1 = metrics::vote(&nb.labels, &nb.sims, nb.k, 1, classes.len(), config.vote);
+    let m = metrics::compute(&truth, &pred, &classes);
+    let top1_accuracy = metrics::compute(&truth, &top1, &classes).accuracy;
+
+    let mut in_gallery = vec![false; classes.len()];
+    for &l in index.labels.iter() {
+        if let Some(slot) = usize::try_from(l).ok().and_then(|l| in_gallery.get_mut(l)) {
+            *slot = true;
+        }
+    }
+    let classes_missing_in_gallery: Vec<String> = (0..classes.len())
+        .filter(|&c| !in_gallery[c] && m.per_class[c].support > 0)
+        .map(|c| classes[c].clone())
+        .collect();
+    if !classes_missing_in_gallery.is_empty() {
+        tracing::warn!(classes = ?classes_missing_in_gallery, "test classes with no gallery image can never be predicted");
+    }
+
+    let current_accuracy = match &config.current {
+        Some(dir) => Some(read_current_accuracy(dir)?),
+        None => None,
+    };
+    let decision = gate::decide(m.accuracy, current_accuracy, config.gate);
+    let outcome = Outcome {
+        metrics: m,
+        top1_accuracy,
+        k,
+        k_selection,
+        queries_per_second,
+        classes_missing_in_gallery,
+        decision,
+    };
+
+    manifest.inputs.push(FileEntry::input_file(
+        &config.index.join(mlops_core::MANIFEST_FILE),
+    )?);
+    manifest.inputs.push(FileEntry::input_file(
+        &config.embeddings.join(mlops_core::MANIFEST_FILE),
+    )?);
+    for name in [mlops_index::INDEX_FILE, mlops_index::LABELS_FILE] {
+        let entry = index.manifest.output(name).expect("load checked it");
+        manifest.inputs.push(FileEntry {
+            path: config.index.join(name).display().to_string(),
+            ..entry.clone()
+        });
+    }
+    if let Some(dir) = &config.current {
+        manifest
+            .inputs
+            .push(FileEntry::input_file(&dir.join(METRICS_FILE))?);
+    }
+    let mut out = OutputDir::create(&config.out)?;
+    for (name, value) in kubeflow::files(&outcome, &classes) {
+        manifest.outputs.push(out.write_json(name, &value)?);
+    }
+    manifest.outputs.push(out.write_bytes(
+        "confusion_matrix.csv",
+        kubeflow::confusion_csv(&outcome.metrics, &classes).as_bytes(),
+    )?);
+    manifest
+        .outputs
+        .push(out.write_json(DECISION_FILE, &outcome.decision)?);
+    manifest
+        .outputs
+        .push(out.write_json("config.json", config)?);
+    manifest.summary = serde_json::to_value(&outcome).expect("plain data");
+    out.commit(manifest)?;
+    Ok(outcome)
+}
+
+/// Reads `accuracy` from the `metrics.json` of an earlier evaluation.
+pub fn read_current_accuracy(dir: &Path) -> Result<f64> {
+    let path = dir.join(METRICS_FILE);
+    let text = std::fs::read(&path).map_err(|e| mlops_core::Error::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|source| mlops_core::Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+    value["accuracy"]
+        .as_f64()
+        .filter(|a| (0.0..=1.0).contains(a))
+        .ok_or_else(|| mlops_core::Error::invalid(&path, "has no accuracy between 0 and 1").into())
+}
