@@ -112,3 +112,67 @@ impl EmbeddingsDir {
         Ok((matrix, Array1::from_vec(labels)))
     }
 }
+
+/// Writes a synthetic embed-stage directory for tests and benchmarks: `classes` clusters of
+/// unit vectors of dimension `dim` (noise `spread` around random centres), `per_class` vectors
+/// per class in each of `roles`, one shard per role. Deterministic in `seed`.
+pub fn write_clusters(
+    dir: &Path,
+    dim: usize,
+    per_class: usize,
+    classes: usize,
+    roles: &[&str],
+    spread: f32,
+    seed: u64,
+) -> Result<Manifest> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    let mut out = crate::OutputDir::create(dir)?;
+    let mut manifest = Manifest::begin(EMBED_STAGE, "fixture", &());
+    let mut summary_roles = BTreeMap::new();
+    for role in roles {
+        let n = per_class * classes;
+        let mut values = Vec::with_capacity(n * dim);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = i % classes;
+            let mut v: Vec<f32> = centres[c]
+                .iter()
+                .map(|x| x + rng.random_range(-spread..=spread))
+                .collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
+            values.extend(v);
+            labels.push(c as i64);
+        }
+        let e = out.write_npy(
+            &format!("{role}_embeddings_000.npy"),
+            &Array2::from_shape_vec((n, dim), values).expect("n * dim values"),
+        )?;
+        let l = out.write_npy(&format!("{role}_labels_000.npy"), &Array1::from_vec(labels))?;
+        summary_roles.insert(
+            role.to_string(),
+            EmbeddedRole {
+                rows: n,
+                shards: vec![EmbeddingShard {
+                    embeddings: e.path.clone(),
+                    labels: l.path.clone(),
+                    rows: n,
+                }],
+            },
+        );
+        manifest.outputs.extend([e, l]);
+    }
+    let summary = EmbedSummary {
+        dim,
+        classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        roles: summary_roles,
+        device: "Cpu".into(),
+        images_per_second: 0.0,
+    };
+    manifest.summary = serde_json::to_value(summary).expect("plain data");
+    out.commit(manifest)
+}

@@ -4,65 +4,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Result;
-use mlops_core::embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard};
-use mlops_core::{Manifest, OutputDir};
+use mlops_core::Manifest;
 use mlops_index::IndexConfig;
 use ndarray::{Array1, Array2};
-use rand::{Rng, SeedableRng};
 
-/// Writes an embed-stage directory: `classes` clusters of unit vectors, gallery and test roles,
-/// shards of `shard_rows`. Returns its path.
+/// A synthetic embed-stage directory with gallery and test roles.
 fn embed_dir(root: &Path, dim: usize, per_class: usize, classes: usize) -> Result<PathBuf> {
     let dir = root.join("embed");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let centres: Vec<Vec<f32>> = (0..classes)
-        .map(|_| (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect())
-        .collect();
-    let mut out = OutputDir::create(&dir)?;
-    let mut manifest = Manifest::begin("embed", "test", &());
-    let mut roles = std::collections::BTreeMap::new();
-    for role in ["gallery", "test"] {
-        let n = per_class * classes;
-        let mut values = Vec::with_capacity(n * dim);
-        let mut labels = Vec::with_capacity(n);
-        for i in 0..n {
-            let c = i % classes;
-            let mut v: Vec<f32> = centres[c]
-                .iter()
-                .map(|x| x + rng.random_range(-0.4f32..0.4))
-                .collect();
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|x| *x /= norm);
-            values.extend(v);
-            labels.push(c as i64);
-        }
-        let e = out.write_npy(
-            &format!("{role}_embeddings_000.npy"),
-            &Array2::from_shape_vec((n, dim), values)?,
-        )?;
-        let l = out.write_npy(&format!("{role}_labels_000.npy"), &Array1::from_vec(labels))?;
-        roles.insert(
-            role.to_string(),
-            EmbeddedRole {
-                rows: n,
-                shards: vec![EmbeddingShard {
-                    embeddings: e.path.clone(),
-                    labels: l.path.clone(),
-                    rows: n,
-                }],
-            },
-        );
-        manifest.outputs.extend([e, l]);
-    }
-    let summary = EmbedSummary {
+    mlops_core::embeddings::write_clusters(
+        &dir,
         dim,
-        classes: (0..classes).map(|c| c.to_string()).collect(),
-        roles,
-        device: "Cpu".into(),
-        images_per_second: 0.0,
-    };
-    manifest.summary = serde_json::to_value(summary)?;
-    out.commit(manifest)?;
+        per_class,
+        classes,
+        &["gallery", "test"],
+        0.4,
+        5,
+    )?;
     Ok(dir)
 }
 

@@ -29,7 +29,14 @@ pub struct PipelineArgs {
     no_setup: bool,
 }
 
-const BINARIES: &[&str] = &["mlops-data", "mlops-validate", "mlops-train", "mlops-embed"];
+const BINARIES: &[&str] = &[
+    "mlops-data",
+    "mlops-validate",
+    "mlops-train",
+    "mlops-embed",
+    "mlops-index",
+    "mlops-eval",
+];
 
 pub fn run(args: &PipelineArgs) -> Result<()> {
     if !args.no_setup {
@@ -47,6 +54,8 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
     let validate = run_dir.join("validate");
     let train = run_dir.join("train");
     let embed = run_dir.join("embed");
+    let index = run_dir.join("index");
+    let eval = run_dir.join("eval");
     let mut data_cmd = stage("mlops-data");
     for source in &args.source {
         data_cmd.arg("--source").arg(source);
@@ -84,10 +93,29 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
             .arg("--data")
             .arg(&data)
             .arg("--out")
-            .arg(&embed),
+            .arg(&embed)
+            .args(["--roles", "gallery,test,val"]),
         "embed",
     )?;
-    summary(&data, &validate, &train, &embed)
+    run_stage(
+        stage("mlops-index")
+            .arg("--embeddings")
+            .arg(&embed)
+            .arg("--out")
+            .arg(&index),
+        "index",
+    )?;
+    run_stage(
+        stage("mlops-eval")
+            .arg("--index")
+            .arg(&index)
+            .arg("--embeddings")
+            .arg(&embed)
+            .arg("--out")
+            .arg(&eval),
+        "eval",
+    )?;
+    summary(&data, &validate, &train, &embed, &eval)
 }
 
 fn stage(name: &str) -> Command {
@@ -107,7 +135,7 @@ fn run_stage(cmd: &mut Command, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn summary(data: &Path, validate: &Path, train: &Path, embed: &Path) -> Result<()> {
+fn summary(data: &Path, validate: &Path, train: &Path, embed: &Path, eval: &Path) -> Result<()> {
     let manifest = read_json(&data.join("manifest.json"))?;
     let summary = &manifest["summary"];
     println!(
@@ -156,6 +184,32 @@ fn summary(data: &Path, validate: &Path, train: &Path, embed: &Path) -> Result<(
             .unwrap_or(f64::NAN),
         embed.display()
     );
+    let outcome = &read_json(&eval.join("manifest.json"))?["summary"];
+    let decision = &outcome["decision"];
+    println!(
+        "  test accuracy {:.4} (kNN vote, k = {}), top-1 {:.4}, macro F1 {:.4}",
+        outcome["metrics"]["accuracy"].as_f64().unwrap_or(f64::NAN),
+        outcome["k"],
+        outcome["top1_accuracy"].as_f64().unwrap_or(f64::NAN),
+        outcome["metrics"]["macro_f1"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "  decision: {} ({})",
+        if decision["deploy"] == true {
+            "deploy"
+        } else {
+            "reject"
+        },
+        decision["reasons"]
+            .as_array()
+            .map(|r| r
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join("; "))
+            .unwrap_or_default()
+    );
+    println!("  metrics: {}", eval.join("metrics.json").display());
     Ok(())
 }
 
