@@ -6,8 +6,9 @@
 //! on the validation embeddings when the embed stage wrote them, else 10); top-1 accuracy is
 //! reported too. Outputs: `mlpipeline-metrics.json` (Kubeflow v1), `mlpipeline-ui-metadata.json`
 //! (confusion matrix and per-class table), `metrics.json` (Kubeflow v2 style, with
-//! `confusionMatrix`), `confusion_matrix.csv`, `decision.json` (the [`gate`]'s decision) and the
-//! manifest.
+//! `confusionMatrix`), `confusion_matrix.csv`, `confusion_matrix.png` (heat-map),
+//! `report.html` (self-contained: summary, decision, per-class table, heat-map, misclassified
+//! test images), `decision.json` (the [`gate`]'s decision) and the manifest.
 //!
 //! ```no_run
 //! let config = mlops_eval::EvalConfig {
@@ -24,6 +25,7 @@
 pub mod gate;
 pub mod kubeflow;
 pub mod metrics;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +55,8 @@ pub enum Error {
     Faiss(#[from] faiss::error::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("report: {0}")]
+    Report(String),
 }
 
 /// Result alias for [`Error`].
@@ -299,12 +303,94 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
     manifest
         .outputs
         .push(out.write_json(DECISION_FILE, &outcome.decision)?);
+    let png_path = out.staged_path("confusion_matrix.png");
+    report::confusion_png(&png_path, &outcome.metrics.confusion, &classes)
+        .map_err(Error::Report)?;
+    let heatmap = std::fs::read(&png_path).map_err(|e| mlops_core::Error::io(&png_path, e))?;
+    manifest.outputs.push(out.adopt("confusion_matrix.png")?);
+    let (thumbnails, note) = misclassified_thumbnails(&emb, &truth, &pred, &classes, 24);
+    let html = report::html(&outcome, &heatmap, &thumbnails, &note);
+    manifest
+        .outputs
+        .push(out.write_bytes("report.html", html.as_bytes())?);
     manifest
         .outputs
         .push(out.write_json("config.json", config)?);
     manifest.summary = serde_json::to_value(&outcome).expect("plain data");
     out.commit(manifest)?;
     Ok(outcome)
+}
+
+/// Up to `max` misclassified test images as PNG thumbnails, read from the data directory the
+/// embed stage recorded; when that directory is gone, none, with a note saying why.
+fn misclassified_thumbnails(
+    emb: &EmbeddingsDir,
+    truth: &[usize],
+    pred: &[usize],
+    classes: &[String],
+    max: usize,
+) -> (Vec<report::Thumbnail>, String) {
+    let wrong: Vec<usize> = (0..truth.len())
+        .filter(|&i| truth[i] != pred[i])
+        .take(max)
+        .collect();
+    if wrong.is_empty() {
+        return (Vec::new(), "No test image was misclassified.".into());
+    }
+    let Some(data_path) = emb.manifest.parameters["data"].as_str().map(PathBuf::from) else {
+        return (
+            Vec::new(),
+            "The embed manifest names no data directory; thumbnails skipped.".into(),
+        );
+    };
+    let data = match mlops_data::DataDir::open(&data_path) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                Vec::new(),
+                format!("Data directory unavailable ({e}); thumbnails skipped."),
+            )
+        }
+    };
+    let Ok(role) = data.role(mlops_data::Role::Test) else {
+        return (
+            Vec::new(),
+            "The data directory has no test role; thumbnails skipped.".into(),
+        );
+    };
+    let [_, h, w] = data.summary.image_shape;
+    let [lo, hi] = data.summary.value_range;
+    let mut thumbs = Vec::new();
+    let mut offset = 0;
+    for pair in &role.shards {
+        let here: Vec<usize> = wrong
+            .iter()
+            .copied()
+            .filter(|&i| i >= offset && i < offset + pair.rows)
+            .collect();
+        if !here.is_empty() {
+            let Ok((images, _)) = data.read_shard(pair) else {
+                return (
+                    thumbs,
+                    format!("{} could not be read; thumbnails incomplete.", pair.images),
+                );
+            };
+            for i in here {
+                let pixels: Vec<f32> = images
+                    .slice(ndarray::s![i - offset, 0, .., ..])
+                    .iter()
+                    .copied()
+                    .collect();
+                thumbs.push(report::Thumbnail {
+                    png: report::thumbnail_png(&pixels, h, w, lo, hi, 3),
+                    truth: classes[truth[i]].clone(),
+                    predicted: classes[pred[i]].clone(),
+                });
+            }
+        }
+        offset += pair.rows;
+    }
+    (thumbs, String::new())
 }
 
 /// Reads `accuracy` from the `metrics.json` of an earlier evaluation.

@@ -16,6 +16,8 @@ const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     "libopenblas-openmp-dev",
     "dataset-fashion-mnist",
+    // The font the eval stage draws its confusion-matrix heat-map with.
+    "fonts-dejavu-core",
 ];
 
 const TORCH_VERSION: &str = "2.13.0";
