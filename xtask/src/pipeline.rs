@@ -210,6 +210,7 @@ fn summary(data: &Path, validate: &Path, train: &Path, embed: &Path, eval: &Path
             .unwrap_or_default()
     );
     println!("  metrics: {}", eval.join("metrics.json").display());
+    println!("  report:  {}", eval.join("report.html").display());
     Ok(())
 }
 
