@@ -138,6 +138,12 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     let mut opt = dp.optimizer(config.optimizer);
 
     std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
+    // From here on the directory is being rewritten: drop an earlier run's manifest so that an
+    // interruption never leaves it looking finished (OutputDir::create does the same at export).
+    let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
+    if old_manifest.exists() {
+        std::fs::remove_file(&old_manifest).map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
+    }
     let ckpt_dir = config.out.join(checkpoint::DIR);
     let mut state = if config.resume {
         let state = checkpoint::load_last(&ckpt_dir, config, &mut dp.primary_mut().vs, &mut opt)?;

@@ -122,10 +122,19 @@ fn resume_after_interruption_matches_an_uninterrupted_run() -> Result<()> {
 
     let resumed = tmp.path().join("resumed");
     let mut config = tiny(&data, &resumed, Arch::Res, 3);
+    // A finished earlier run in the same directory must not look finished while this one runs.
+    mlops_train::run(&TrainConfig {
+        epochs: 1,
+        ..config.clone()
+    })?;
+    assert!(resumed.join("manifest.json").exists());
     config.stop_after_epochs = Some(1);
     let stopped = mlops_train::run(&config)?;
     assert!(!stopped.finished);
-    assert!(!resumed.join("model.pt").exists() && !resumed.join("manifest.json").exists());
+    assert!(
+        !resumed.join("manifest.json").exists(),
+        "an unfinished run must not look finished"
+    );
     config.stop_after_epochs = None;
     config.resume = true;
     let outcome = mlops_train::run(&config)?;
