@@ -165,12 +165,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         );
     }
     let device = config.device.resolve()?[0];
-    let threads = if config.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        config.threads
-    };
-    tch::set_num_threads(threads as i32);
+    mlops_train::device::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
     let (module, model_config, model_inputs) = load_model(&config.model, device)?;
     check_compatible(&model_config, &data, &config.model)?;

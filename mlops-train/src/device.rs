@@ -92,6 +92,17 @@ impl DeviceSpec {
     }
 }
 
+/// Sets libtorch's intra-op threads: `requested`, or one per core when it is 0. Returns the count.
+pub fn set_threads(requested: usize) -> usize {
+    let threads = if requested == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        requested
+    };
+    tch::set_num_threads(threads as i32);
+    threads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

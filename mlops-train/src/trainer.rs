@@ -77,12 +77,7 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     config.check()?;
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let devices = config.device.resolve()?;
-    let threads = if config.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        config.threads
-    };
-    tch::set_num_threads(threads as i32);
+    let threads = crate::device::set_threads(config.threads);
 
     let data = DataDir::open(&config.data)?;
     let [c, h, w] = data.summary.image_shape;
