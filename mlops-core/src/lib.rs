@@ -32,6 +32,7 @@ mod manifest;
 pub mod npy;
 mod outdir;
 pub mod telemetry;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use hash::{sha256_bytes, sha256_file, sha256_tree};

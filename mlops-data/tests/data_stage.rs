@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
-use mlops_core::{npy, Manifest};
+use mlops_core::{npy, testing, Manifest};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::{DataConfig, DataSummary, Role};
 use ndarray::{Array1, Array4, Ix1, Ix4};
@@ -192,15 +192,7 @@ fn duplicates_of_test_images_are_removed() -> Result<()> {
 
 /// Runs the binary and returns (exit code, stderr).
 fn run_bin(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops-data"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    testing::run_stage(env!("CARGO_BIN_EXE_mlops-data"), args)
 }
 
 /// Asserts the binary fails with exit 1, a message naming `names` and `problem`, and no manifest.
@@ -209,28 +201,19 @@ fn assert_rejected(source: &Path, names: &str, problem: &str) {
         "out-{}",
         source.file_name().unwrap().to_string_lossy()
     ));
-    let (code, stderr) = run_bin(&[
+    let result = run_bin(&[
         "--source".as_ref(),
         source.as_os_str(),
         "--out".as_ref(),
         out.as_os_str(),
     ]);
-    assert_eq!(code, 1, "stderr: {stderr}");
-    assert!(stderr.contains(names), "{stderr:?} should name {names:?}");
+    testing::assert_failed_cleanly(&result, &out, &[names]);
     assert!(
-        stderr.to_lowercase().contains(problem),
-        "{stderr:?} should say {problem:?}"
+        result.1.to_lowercase().contains(problem),
+        "{:?} should say {problem:?}",
+        result.1
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!out.join("manifest.json").exists());
-    if out.exists() {
-        assert_eq!(
-            std::fs::read_dir(&out).unwrap().count(),
-            0,
-            "partial output left in {}",
-            out.display()
-        );
-    }
+    testing::assert_empty_or_absent(&out);
 }
 
 fn idx_dir(tmp: &Path, name: &str, gzip: bool) -> std::path::PathBuf {

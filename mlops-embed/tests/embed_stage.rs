@@ -1,11 +1,10 @@
 //! Integration tests of the embed stage: a tiny model trained on synthetic data, embedded back.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use mlops_core::{npy, sha256_file, Manifest};
+use mlops_core::{npy, sha256_file, testing, Manifest};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::{DataConfig, DataSummary};
 use mlops_embed::EmbedConfig;
@@ -117,43 +116,24 @@ fn embeds_gallery_and_test_aligned_with_labels() -> Result<()> {
 }
 
 fn run_bin(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let result = Command::new(env!("CARGO_BIN_EXE_mlops-embed"))
-        .args([
-            "--model".as_ref(),
-            model.as_os_str(),
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ])
-        .args(extra)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        result.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&result.stderr).into_owned(),
-    )
+    let mut args = vec![
+        std::ffi::OsStr::new("--model"),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    testing::run_stage(env!("CARGO_BIN_EXE_mlops-embed"), args)
 }
 
 fn assert_fails(model: &Path, data: &Path, extra: &[&str], expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (code, stderr) = run_bin(model, data, &out, extra);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(expect),
-        "{stderr:?} should contain {expect:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!out.join("manifest.json").exists());
-    if out.exists() {
-        assert_eq!(
-            std::fs::read_dir(&out).unwrap().count(),
-            0,
-            "partial output"
-        );
-    }
+    let result = run_bin(model, data, &out, extra);
+    testing::assert_failed_cleanly(&result, &out, &[expect]);
+    testing::assert_empty_or_absent(&out);
 }
 
 /// A copy of the train directory, for tests that damage it.

@@ -1,7 +1,6 @@
 //! Integration tests of the eval stage on synthetic embeddings indexed by the index stage.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use mlops_core::embeddings::write_clusters;
@@ -73,23 +72,16 @@ fn evaluates_writes_kubeflow_files_and_decides() -> Result<()> {
 }
 
 fn run_bin(index: &Path, emb: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let r = Command::new(env!("CARGO_BIN_EXE_mlops-eval"))
-        .args([
-            "--index".as_ref(),
-            index.as_os_str(),
-            "--embeddings".as_ref(),
-            emb.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ])
-        .args(extra)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        r.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
+    let mut args = vec![
+        std::ffi::OsStr::new("--index"),
+        index.as_os_str(),
+        "--embeddings".as_ref(),
+        emb.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    mlops_core::testing::run_stage(env!("CARGO_BIN_EXE_mlops-eval"), args)
 }
 
 #[test]
@@ -126,14 +118,8 @@ fn gate_rejects_regressions_and_exit_codes_follow() -> Result<()> {
 fn assert_fails(index: &Path, emb: &Path, expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (code, stderr) = run_bin(index, emb, &out, &[]);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(expect),
-        "{stderr:?} should contain {expect:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!out.join("manifest.json").exists());
+    let result = run_bin(index, emb, &out, &[]);
+    mlops_core::testing::assert_failed_cleanly(&result, &out, &[expect]);
 }
 
 #[test]

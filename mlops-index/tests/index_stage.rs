@@ -82,35 +82,18 @@ fn python_faiss_reads(dir: &Path, ntotal: usize) -> Result<()> {
     Ok(())
 }
 
-fn run_bin(emb: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let r = Command::new(env!("CARGO_BIN_EXE_mlops-index"))
-        .args([
-            "--embeddings".as_ref(),
-            emb.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ])
-        .args(extra)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        r.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
-}
-
 fn assert_fails(emb: &Path, extra: &[&str], expect: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (code, stderr) = run_bin(emb, &out, extra);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(expect),
-        "{stderr:?} should contain {expect:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!out.join("manifest.json").exists());
+    let mut args = vec![
+        std::ffi::OsStr::new("--embeddings"),
+        emb.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let result = mlops_core::testing::run_stage(env!("CARGO_BIN_EXE_mlops-index"), args);
+    mlops_core::testing::assert_failed_cleanly(&result, &out, &[expect]);
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Integration tests of the train stage on tiny synthetic data (`mlops_data::fixtures`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use mlops_core::Manifest;
@@ -172,18 +171,6 @@ fn resume_after_interruption_matches_an_uninterrupted_run() -> Result<()> {
     Ok(())
 }
 
-fn run_bin(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlops-train"))
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn assert_fails(data: &Path, out: &Path, extra: &[&str], expect: &str) {
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "--data".as_ref(),
@@ -197,14 +184,9 @@ fn assert_fails(data: &Path, out: &Path, extra: &[&str], expect: &str) {
             .map(std::ffi::OsStr::new),
     );
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let (code, stderr) = run_bin(&args);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains(expect),
-        "{stderr:?} should contain {expect:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(!out.join("model.pt").exists() && !out.join("manifest.json").exists());
+    let result = mlops_core::testing::run_stage(env!("CARGO_BIN_EXE_mlops-train"), &args);
+    mlops_core::testing::assert_failed_cleanly(&result, out, &[expect]);
+    assert!(!out.join("model.pt").exists());
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! exits 1 through the binary and leaves no manifest.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Result;
 use mlops_core::{sha256_file, Manifest};
@@ -59,25 +58,17 @@ fn failed(data: &Path, config: &ValidateConfig) -> Vec<String> {
 /// Runs the binary: asserts exit 1, stderr naming `check` and `file`, report kept, no manifest.
 fn assert_binary_fails(data: &Path, check: &str, file: &str) {
     let out = data.parent().unwrap().join("validate");
-    let result = Command::new(env!("CARGO_BIN_EXE_mlops-validate"))
-        .args([
+    let result = mlops_core::testing::run_stage(
+        env!("CARGO_BIN_EXE_mlops-validate"),
+        [
             "--data".as_ref(),
             data.as_os_str(),
             "--out".as_ref(),
             out.as_os_str(),
-        ])
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(check) && stderr.contains(file),
-        "{stderr:?} should name {check} and {file}"
+        ],
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    mlops_core::testing::assert_failed_cleanly(&result, &out, &[check, file]);
     assert!(out.join("validation.json").exists());
-    assert!(!out.join("manifest.json").exists());
 }
 
 #[test]
