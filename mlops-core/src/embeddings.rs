@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use crate::{npy, Error, Manifest, Result};
+use crate::{npy, Error, FileEntry, Manifest, Result};
 
 /// Name of the embed stage in manifests.
 pub const EMBED_STAGE: &str = "embed";
@@ -66,6 +66,29 @@ impl EmbeddingsDir {
                 format!("has no {role} embeddings (embed with --roles ...,{role})"),
             )),
         }
+    }
+
+    /// Manifest entries (path under this directory, sha256 recorded by the embed stage) of the
+    /// embed manifest and of every shard of `roles`: what a later stage lists as its inputs.
+    pub fn input_entries(&self, roles: &[&str]) -> Result<Vec<FileEntry>> {
+        let mut entries = vec![FileEntry::input_file(&self.dir.join(crate::MANIFEST_FILE))?];
+        for role in roles {
+            for shard in &self.role(role)?.shards {
+                for name in [&shard.embeddings, &shard.labels] {
+                    let entry = self.manifest.output(name).ok_or_else(|| {
+                        Error::invalid(
+                            self.dir.join(name),
+                            "shard is not listed in the embed manifest",
+                        )
+                    })?;
+                    entries.push(FileEntry {
+                        path: self.dir.join(name).display().to_string(),
+                        ..entry.clone()
+                    });
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// Reads every shard of `role` (checksums verified against the manifest) into one

@@ -192,8 +192,15 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
         .min(ntotal)
         .max(1);
 
-    let k_selection = match (config.k, emb.read_role("val")) {
-        (None, Ok((val, val_labels))) => {
+    // Choose k on val when the embed stage wrote it; a val role that is there but unreadable
+    // (tampered, misaligned) is an error, not a silent fallback.
+    let has_val = emb.summary.roles.get("val").is_some_and(|r| r.rows > 0);
+    let val = match (config.k, has_val) {
+        (None, true) => Some(emb.read_role("val")?),
+        _ => None,
+    };
+    let k_selection = match val {
+        Some((val, val_labels)) => {
             let (nb, _) = search(
                 &mut index,
                 val.as_slice().expect("standard layout"),
@@ -219,7 +226,7 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
                 })
                 .collect::<Vec<_>>()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let k = match config.k {
         Some(k) => k.min(k_max),
@@ -277,9 +284,13 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
     manifest.inputs.push(FileEntry::input_file(
         &config.index.join(mlops_core::MANIFEST_FILE),
     )?);
-    manifest.inputs.push(FileEntry::input_file(
-        &config.embeddings.join(mlops_core::MANIFEST_FILE),
-    )?);
+    // The val shards count as inputs only when they chose k.
+    let roles: &[&str] = if outcome.k_selection.is_empty() {
+        &["test"]
+    } else {
+        &["test", "val"]
+    };
+    manifest.inputs.extend(emb.input_entries(roles)?);
     for name in [mlops_index::INDEX_FILE, mlops_index::LABELS_FILE] {
         let entry = index.manifest.output(name).expect("load checked it");
         manifest.inputs.push(FileEntry {

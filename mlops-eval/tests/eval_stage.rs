@@ -39,7 +39,18 @@ fn evaluates_writes_kubeflow_files_and_decides() -> Result<()> {
     );
     assert_eq!(outcome.k_selection.len(), 6, "k chosen on the val role");
     assert!(outcome.decision.deploy);
-    Manifest::load_stage(&out, "eval")?.verify_outputs(&out)?;
+    let manifest = Manifest::load_stage(&out, "eval")?;
+    manifest.verify_outputs(&out)?;
+    for shard in [
+        "test_embeddings_000.npy",
+        "val_labels_000.npy",
+        "index.faiss",
+    ] {
+        assert!(
+            manifest.inputs.iter().any(|e| e.path.ends_with(shard)),
+            "{shard} missing from the inputs"
+        );
+    }
     let read = |name: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap()
     };
@@ -151,6 +162,12 @@ fn bad_inputs_fail_cleanly_and_missing_classes_are_reported() -> Result<()> {
     std::fs::write(bad_index.join("index.faiss"), b"junk")?;
     assert_fails(&bad_index, &emb, "checksum");
     assert_fails(&tmp.path().join("none"), &emb, "no manifest");
+
+    // A tampered val shard is an error, not a silent fallback to a default k.
+    let bad_val = tmp.path().join("bad-val");
+    write_clusters(&bad_val, 16, 50, 4, &["test", "val"], 0.3, 9)?;
+    std::fs::write(bad_val.join("val_embeddings_000.npy"), b"junk")?;
+    assert_fails(&index, &bad_val, "checksum");
 
     // A test class that the gallery lacks: reported, not fatal.
     let gallery_less = tmp.path().join("g3");

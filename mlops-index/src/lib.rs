@@ -240,18 +240,7 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let emb = EmbeddingsDir::open(&config.embeddings)?;
     let (vectors, labels) = emb.read_role(&config.role)?;
-    manifest.inputs.push(mlops_core::FileEntry::input_file(
-        &config.embeddings.join(mlops_core::MANIFEST_FILE),
-    )?);
-    for shard in &emb.role(&config.role)?.shards {
-        for name in [&shard.embeddings, &shard.labels] {
-            let entry = emb.manifest.output(name).expect("read_role checked it");
-            manifest.inputs.push(mlops_core::FileEntry {
-                path: config.embeddings.join(name).display().to_string(),
-                ..entry.clone()
-            });
-        }
-    }
+    manifest.inputs = emb.input_entries(&[&config.role])?;
     if let Some(bad) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(mlops_core::Error::invalid(
             &config.embeddings,

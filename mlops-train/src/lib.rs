@@ -109,7 +109,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     pub arch: Arch,
     pub embedding_dim: usize,
-    /// Dropout before the embedding layer (`res` only).
+    /// Dropout before the embedding layer (`res` only). Off by default: with weight decay 0.2
+    /// doing the regularising, 0.1 cost accuracy in the recipe sweep.
     pub dropout: f64,
     pub arcface: ArcFaceConfig,
     pub optimizer: OptimizerConfig,
@@ -140,7 +141,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("train"),
             arch: Arch::Res,
             embedding_dim: 128,
-            dropout: 0.1,
+            dropout: 0.0,
             arcface: ArcFaceConfig::default(),
             optimizer: OptimizerConfig::default(),
             schedule: Schedule::OneCycle,

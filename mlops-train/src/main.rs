@@ -32,6 +32,13 @@ struct Args {
     /// Peak learning rate [default: 0.003].
     #[arg(long)]
     lr: Option<f64>,
+    /// Weight decay on weight matrices and kernels [default: 0.2 for adam (decoupled), 5e-4
+    /// for sgd].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Dropout before the embedding layer (res only) [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
     /// Optimizer [default: adam].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
@@ -78,6 +85,8 @@ fn main() -> ExitCode {
     c.epochs = args.epochs.unwrap_or(c.epochs);
     c.batch_size = args.batch_size.unwrap_or(c.batch_size);
     c.optimizer.lr = args.lr.unwrap_or(c.optimizer.lr);
+    c.optimizer.weight_decay = args.weight_decay.or(c.optimizer.weight_decay);
+    c.dropout = args.dropout.unwrap_or(c.dropout);
     c.optimizer.kind = args.optimizer.unwrap_or(c.optimizer.kind);
     c.schedule = args.schedule.unwrap_or(c.schedule);
     c.arcface.scale = args.arcface_scale.unwrap_or(c.arcface.scale);

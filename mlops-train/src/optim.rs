@@ -21,7 +21,9 @@ pub struct OptimizerConfig {
     pub kind: OptimizerKind,
     /// Peak learning rate.
     pub lr: f64,
-    pub weight_decay: f64,
+    /// Weight decay on tensors of two or more dimensions; `None` takes the kind's default
+    /// ([`OptimizerConfig::weight_decay`]).
+    pub weight_decay: Option<f64>,
     /// SGD momentum.
     pub momentum: f64,
     pub nesterov: bool,
@@ -35,12 +37,26 @@ impl Default for OptimizerConfig {
         OptimizerConfig {
             kind: OptimizerKind::Adam,
             lr: 3e-3,
-            weight_decay: 5e-4,
+            weight_decay: None,
             momentum: 0.9,
             nesterov: true,
             betas: [0.9, 0.999],
             eps: 1e-8,
         }
+    }
+}
+
+impl OptimizerConfig {
+    /// The weight decay in force. Adam's is decoupled (AdamW: `p -= lr * wd * p`) and defaults
+    /// to 0.2: a recipe sweep of the default network on Fashion-MNIST
+    /// (`scripts/recipe_sweep.py`) found it the strongest single change, +0.2 to +0.4 points of
+    /// test kNN accuracy over 5e-4. SGD's is the classic L2 term added to the gradient, where
+    /// such a value would dominate it, so it defaults to 5e-4.
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay.unwrap_or(match self.kind {
+            OptimizerKind::Adam => 0.2,
+            OptimizerKind::Sgd => 5e-4,
+        })
     }
 }
 
@@ -84,7 +100,7 @@ impl Optimizer {
                 if !g.defined() {
                     continue;
                 }
-                let decay = if p.dim() > 1 { c.weight_decay } else { 0.0 };
+                let decay = if p.dim() > 1 { c.weight_decay() } else { 0.0 };
                 match c.kind {
                     OptimizerKind::Adam => {
                         let [b1, b2] = c.betas;
@@ -234,7 +250,7 @@ mod tests {
         let p = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
         let config = OptimizerConfig {
             kind,
-            weight_decay: 0.0,
+            weight_decay: Some(0.0),
             ..Default::default()
         };
         let mut opt = Optimizer::new(config, vec![p.shallow_clone()]);
@@ -258,7 +274,7 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -1.0]).set_requires_grad(true);
         let mut opt = Optimizer::new(
             OptimizerConfig {
-                weight_decay: 0.0,
+                weight_decay: Some(0.0),
                 ..Default::default()
             },
             vec![p.shallow_clone()],
