@@ -13,6 +13,8 @@ recipe found here is confirmed by `cargo xtask pipeline` on the CPU before it be
 
     python scripts/recipe_sweep.py DATA_DIR OUT.jsonl [WORKERS] [SEEDS] [SET]
 
+SET is one-factor (default), around-wd or sgd (the lists below).
+
 DATA_DIR holds the four Fashion-MNIST `*-ubyte.gz` files. Results are appended one JSON line
 per run, so a sweep cut short keeps what finished.
 """
@@ -27,13 +29,14 @@ import time
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_eager_throughput import ArcFace, Res
 
 BASE = dict(
     stem=32, c1=48, c2=48, dim=128, dropout=0.1, s=32.0, m=0.5, lr=3e-3, wd=5e-4,
     epochs=12, batch=128, warmup=0.2, ema=0.0, erase=0.0, shift=0, flip=False,
-    final_div=1e4, pool="avgmax",
+    final_div=1e4, pool="avgmax", opt="adamw",
 )
 
 # One factor at a time from the current default, then a few combinations.
@@ -71,7 +74,16 @@ AROUND_WD = [
     {"wd": 0.2, "dropout": 0.0, "m": 0.3}, {"wd": 0.4, "dropout": 0.0},
     {"wd": 0.2, "s": 16.0},
 ]
-SETS = {"one-factor": VARIANTS, "around-wd": AROUND_WD}
+# SGD with Nesterov momentum (the stage's default since the CPU runs confirmed it), around its
+# default of lr 0.1, L2 weight decay 5e-4, no dropout.
+SGD = [
+    {"opt": "sgd", "lr": 0.1, "wd": 5e-4, "dropout": 0.0},
+    {"opt": "sgd", "lr": 0.05, "wd": 5e-4, "dropout": 0.0},
+    {"opt": "sgd", "lr": 0.2, "wd": 5e-4, "dropout": 0.0},
+    {"opt": "sgd", "lr": 0.1, "wd": 1e-3, "dropout": 0.0},
+    {"opt": "sgd", "lr": 0.1, "wd": 5e-4, "dropout": 0.1},
+]
+SETS = {"one-factor": VARIANTS, "around-wd": AROUND_WD, "sgd": SGD}
 
 
 def load_idx(path):
@@ -92,61 +104,6 @@ def split(labels, seed=0):
         parts["gallery"].append(idx[n_val:n_val + n_gal])
         parts["train"].append(idx[n_val + n_gal:])
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
-
-
-class ConvBn(nn.Sequential):
-    def __init__(self, cin, cout, k, stride, pad):
-        super().__init__(nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout))
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.a = ConvBn(cin, cout, 3, stride, 1)
-        self.b = ConvBn(cout, cout, 3, 1, 1)
-        self.proj = ConvBn(cin, cout, 1, stride, 0) if stride != 1 or cin != cout else None
-
-    def forward(self, x):
-        y = self.b(F.relu(self.a(x)))
-        return F.relu(y + (self.proj(x) if self.proj is not None else x))
-
-
-class Res(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.stem = ConvBn(1, cfg["stem"], 3, 1, 1)
-        self.stage1 = Block(cfg["stem"], cfg["c1"], 2)
-        self.stage2 = Block(cfg["c1"], cfg["c2"], 1)
-        self.dropout = nn.Dropout(cfg["dropout"])
-        self.pool = cfg["pool"]
-        width = cfg["c2"] * (2 if self.pool == "avgmax" else 1)
-        self.head = nn.Sequential(nn.Linear(width, cfg["dim"]), nn.BatchNorm1d(cfg["dim"]))
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.stem(x)), 2)
-        x = self.stage2(self.stage1(x))
-        pooled = [F.adaptive_avg_pool2d(x, 1)]
-        if self.pool == "avgmax":
-            pooled.append(F.adaptive_max_pool2d(x, 1))
-        return F.normalize(self.head(self.dropout(torch.cat(pooled, 1).flatten(1))))
-
-
-class ArcFace(nn.Module):
-    def __init__(self, dim, classes, s, m):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(classes, dim))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.s, self.m = s, m
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
-
-    def forward(self, emb, labels):
-        cosine = (emb @ F.normalize(self.weight).t()).clamp(-1 + 1e-7, 1 - 1e-7)
-        sine = (1 - cosine * cosine).clamp(1e-12, 1).sqrt()
-        phi = cosine * self.cos_m - sine * self.sin_m
-        phi = torch.where(cosine > self.th, phi, cosine - self.mm)
-        one_hot = torch.zeros_like(cosine).scatter_(1, labels.unsqueeze(1), 1.0)
-        return F.cross_entropy((one_hot * phi + (1 - one_hot) * cosine) * self.s, labels)
 
 
 def lr_at(peak, step, total, warmup, final_div):
@@ -224,13 +181,17 @@ def train(cfg, seed, data):
     dev = data["train_x"].device
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
-    net = Res(cfg).to(dev)
+    net = Res(cfg["dim"], cfg["dropout"], cfg["stem"], cfg["c1"], cfg["c2"], cfg["pool"]).to(dev)
     head = ArcFace(cfg["dim"], 10, cfg["s"], cfg["m"]).to(dev)
     params = list(net.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW([
+    groups = [
         {"params": [p for p in params if p.dim() > 1], "weight_decay": cfg["wd"]},
         {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
-    ], lr=cfg["lr"], foreach=True)
+    ]
+    if cfg["opt"] == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg["lr"], momentum=0.9, nesterov=True, foreach=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg["lr"], foreach=True)
     ema = copy.deepcopy(net) if cfg["ema"] > 0 else None
     n = len(data["train_y"])
     spe = n // cfg["batch"]

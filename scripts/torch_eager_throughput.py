@@ -34,19 +34,25 @@ class Block(nn.Module):
 
 
 class Res(nn.Module):
-    def __init__(self, dim=128, dropout=0.1):
+    """mlops-train's `res`; the widths and pooling are knobs for scripts/recipe_sweep.py."""
+
+    def __init__(self, dim=128, dropout=0.1, stem=32, c1=48, c2=48, pool="avgmax"):
         super().__init__()
-        self.stem = ConvBn(1, 32, 3, 1, 1)
-        self.stage1 = Block(32, 48, 2)
-        self.stage2 = Block(48, 48, 1)
+        self.stem = ConvBn(1, stem, 3, 1, 1)
+        self.stage1 = Block(stem, c1, 2)
+        self.stage2 = Block(c1, c2, 1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Sequential(nn.Linear(96, dim), nn.BatchNorm1d(dim))
+        self.pool = pool
+        width = c2 * (2 if pool == "avgmax" else 1)
+        self.head = nn.Sequential(nn.Linear(width, dim), nn.BatchNorm1d(dim))
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.stem(x)), 2)
         x = self.stage2(self.stage1(x))
-        x = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1).flatten(1)
-        return F.normalize(self.head(self.dropout(x)))
+        pooled = [F.adaptive_avg_pool2d(x, 1)]
+        if self.pool == "avgmax":
+            pooled.append(F.adaptive_max_pool2d(x, 1))
+        return F.normalize(self.head(self.dropout(torch.cat(pooled, 1).flatten(1))))
 
 
 class Seed(nn.Module):
@@ -67,7 +73,7 @@ class ArcFace(nn.Module):
     def __init__(self, dim, classes, s=32.0, m=0.5):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(classes, dim))
-        nn.init.kaiming_uniform_(self.weight)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.s, self.m = s, m
         self.cos_m, self.sin_m = math.cos(m), math.sin(m)
         self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m

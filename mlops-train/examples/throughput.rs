@@ -12,8 +12,15 @@ fn main() {
     let batch: i64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(128);
     tch::set_num_threads(threads);
     for arch in [Arch::Seed, Arch::Res] {
+        // AdamW with dropout 0.1, as scripts/torch_eager_throughput.py does.
         let config = TrainConfig {
             arch,
+            dropout: 0.1,
+            optimizer: mlops_train::OptimizerConfig {
+                kind: mlops_train::OptimizerKind::Adam,
+                weight_decay: Some(5e-4),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let vs = nn::VarStore::new(Device::Cpu);

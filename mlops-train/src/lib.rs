@@ -171,7 +171,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.warmup_fraction) {
             return bad("dropout and warmup_fraction must lie in [0, 1)");
         }
-        if !(self.optimizer.lr > 0.0)
+        if !(self.optimizer.lr() > 0.0)
             || self.arcface.scale <= 0.0
             || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin)
         {

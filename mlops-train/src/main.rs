@@ -29,7 +29,7 @@ struct Args {
     /// Batch size (split across devices) [default: 128].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate [default: 0.003].
+    /// Peak learning rate [default: 0.1 for sgd, 0.003 for adam].
     #[arg(long)]
     lr: Option<f64>,
     /// Weight decay on weight matrices and kernels [default: 0.2 for adam (decoupled), 5e-4
@@ -39,7 +39,7 @@ struct Args {
     /// Dropout before the embedding layer (res only) [default: 0].
     #[arg(long)]
     dropout: Option<f64>,
-    /// Optimizer [default: adam].
+    /// Optimizer [default: sgd].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerKind>,
     /// Learning-rate schedule [default: one-cycle].
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     c.embedding_dim = args.embedding_dim.unwrap_or(c.embedding_dim);
     c.epochs = args.epochs.unwrap_or(c.epochs);
     c.batch_size = args.batch_size.unwrap_or(c.batch_size);
-    c.optimizer.lr = args.lr.unwrap_or(c.optimizer.lr);
+    c.optimizer.lr = args.lr.or(c.optimizer.lr);
     c.optimizer.weight_decay = args.weight_decay.or(c.optimizer.weight_decay);
     c.dropout = args.dropout.unwrap_or(c.dropout);
     c.optimizer.kind = args.optimizer.unwrap_or(c.optimizer.kind);

@@ -200,7 +200,7 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
             let ys = Tensor::from_slice(&labels);
             lr = lr_at(
                 config.schedule,
-                config.optimizer.lr,
+                config.optimizer.lr(),
                 epoch * steps_per_epoch + step,
                 total_steps,
                 warmup,
