@@ -57,6 +57,15 @@ impl OptimizerConfig {
         })
     }
 
+    /// The same settings with the kind's defaults written out, as recorded beside the model.
+    pub fn resolved(&self) -> Self {
+        OptimizerConfig {
+            lr: Some(self.lr()),
+            weight_decay: Some(self.weight_decay()),
+            ..*self
+        }
+    }
+
     /// The weight decay in force. SGD's is the classic L2 term added to the gradient and
     /// defaults to 5e-4. Adam's is decoupled (AdamW: `p -= lr * wd * p`) and defaults to 0.2: a
     /// recipe sweep of the default network on Fashion-MNIST (`scripts/recipe_sweep.py`) found
@@ -304,21 +313,47 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
-        let mut a = Optimizer::new(OptimizerConfig::default(), vec![p.shallow_clone()]);
-        p.square().sum(Kind::Float).backward();
-        a.step(0.1);
-        let saved: std::collections::HashMap<_, _> = a.state().into_iter().collect();
-        let q = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
-        let mut b = Optimizer::new(OptimizerConfig::default(), vec![q]);
-        b.load_state(&saved).unwrap();
-        assert_eq!(b.steps(), 1);
-        assert_eq!(b.m[0].double_value(&[1]), a.m[0].double_value(&[1]));
-        let mut missing: std::collections::HashMap<_, _> = saved
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shallow_clone()))
-            .collect();
-        missing.remove("opt.v.0");
-        assert!(b.load_state(&missing).unwrap_err().contains("opt.v.0"));
+        for (kind, needed) in [
+            (OptimizerKind::Adam, "opt.v.0"),
+            (OptimizerKind::Sgd, "opt.m.0"),
+        ] {
+            let config = OptimizerConfig {
+                kind,
+                ..Default::default()
+            };
+            let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+            let mut a = Optimizer::new(config, vec![p.shallow_clone()]);
+            p.square().sum(Kind::Float).backward();
+            a.step(0.1);
+            let saved: std::collections::HashMap<_, _> = a.state().into_iter().collect();
+            let q = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+            let mut b = Optimizer::new(config, vec![q]);
+            b.load_state(&saved).unwrap();
+            assert_eq!(b.steps(), 1);
+            assert_eq!(b.m[0].double_value(&[1]), a.m[0].double_value(&[1]));
+            let mut missing: std::collections::HashMap<_, _> = saved
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
+            missing.remove(needed);
+            assert!(b.load_state(&missing).unwrap_err().contains(needed));
+        }
+    }
+
+    #[test]
+    fn defaults_depend_on_the_optimizer_and_are_written_out() {
+        let sgd = OptimizerConfig::default().resolved();
+        assert_eq!((sgd.lr, sgd.weight_decay), (Some(0.1), Some(5e-4)));
+        let adam = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            ..Default::default()
+        };
+        assert_eq!((adam.lr(), adam.weight_decay()), (3e-3, 0.2));
+        let set = OptimizerConfig {
+            lr: Some(0.5),
+            weight_decay: Some(0.0),
+            ..adam
+        };
+        assert_eq!(set.resolved(), set);
     }
 }

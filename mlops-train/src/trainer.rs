@@ -75,6 +75,12 @@ const TRAIN_CONFIG_FILE: &str = "train_config.json";
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run(config: &TrainConfig) -> Result<Outcome> {
     config.check()?;
+    // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
+    // "the optimizer's default", which a later version may change.
+    let config = &TrainConfig {
+        optimizer: config.optimizer.resolved(),
+        ..config.clone()
+    };
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let devices = config.device.resolve()?;
     let threads = crate::device::set_threads(config.threads);

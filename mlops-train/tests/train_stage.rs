@@ -74,6 +74,11 @@ fn trains_exports_and_records_both_architectures() -> Result<()> {
         assert_eq!(config.input_shape, [1, 28, 28]);
         assert_eq!(config.embedding_dim, 16);
         assert_eq!(config.classes, vec!["0", "1", "2"]);
+        // The optimizer's defaults are written out, so the record survives a change of them.
+        let saved: TrainConfig =
+            serde_json::from_slice(&std::fs::read(out.join("train_config.json"))?)?;
+        assert_eq!(saved.optimizer.lr, Some(0.1));
+        assert_eq!(saved.optimizer.weight_decay, Some(5e-4));
         // The exported model stands alone: load it and embed a batch.
         let module = CModule::load(out.join("model.pt"))?;
         let e = tch::no_grad(|| {
