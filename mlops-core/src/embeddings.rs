@@ -68,27 +68,21 @@ impl EmbeddingsDir {
         }
     }
 
+    /// Whether the embed stage wrote embeddings for `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.role(role).is_ok()
+    }
+
     /// Manifest entries (path under this directory, sha256 recorded by the embed stage) of the
     /// embed manifest and of every shard of `roles`: what a later stage lists as its inputs.
     pub fn input_entries(&self, roles: &[&str]) -> Result<Vec<FileEntry>> {
-        let mut entries = vec![FileEntry::input_file(&self.dir.join(crate::MANIFEST_FILE))?];
+        let mut names = Vec::new();
         for role in roles {
             for shard in &self.role(role)?.shards {
-                for name in [&shard.embeddings, &shard.labels] {
-                    let entry = self.manifest.output(name).ok_or_else(|| {
-                        Error::invalid(
-                            self.dir.join(name),
-                            "shard is not listed in the embed manifest",
-                        )
-                    })?;
-                    entries.push(FileEntry {
-                        path: self.dir.join(name).display().to_string(),
-                        ..entry.clone()
-                    });
-                }
+                names.extend([shard.embeddings.as_str(), shard.labels.as_str()]);
             }
         }
-        Ok(entries)
+        self.manifest.input_entries(&self.dir, names)
     }
 
     /// Reads every shard of `role` (checksums verified against the manifest) into one
@@ -100,10 +94,7 @@ impl EmbeddingsDir {
         let mut labels = Vec::with_capacity(r.rows);
         for shard in &r.shards {
             for name in [&shard.embeddings, &shard.labels] {
-                let entry = self.manifest.output(name).ok_or_else(|| {
-                    Error::invalid(self.dir.join(name), "not listed in the embed manifest")
-                })?;
-                self.manifest.verify_output(&self.dir, entry)?;
+                self.manifest.verified_output(&self.dir, name)?;
             }
             let e: Array2<f32> = npy::read(&self.dir.join(&shard.embeddings))?;
             let l: Array1<i64> = npy::read(&self.dir.join(&shard.labels))?;

@@ -135,6 +135,42 @@ impl Manifest {
         self.outputs.iter().find(|e| e.path == path)
     }
 
+    /// The output `name` of this manifest (the one in the stage directory `dir`), or an error
+    /// naming the file when the manifest does not list it.
+    pub fn listed_output(&self, dir: &Path, name: &str) -> Result<&FileEntry> {
+        self.output(name).ok_or_else(|| {
+            Error::invalid(
+                dir.join(name),
+                format!("not listed in {}", dir.join(MANIFEST_FILE).display()),
+            )
+        })
+    }
+
+    /// [`Manifest::listed_output`], with the file's checksum verified.
+    pub fn verified_output(&self, dir: &Path, name: &str) -> Result<&FileEntry> {
+        let entry = self.listed_output(dir, name)?;
+        self.verify_output(dir, entry)?;
+        Ok(entry)
+    }
+
+    /// What a later stage records as its inputs when it consumes the outputs `names` of the
+    /// stage directory `dir`: this manifest's file, then each output with its path under `dir`
+    /// and the sha256 recorded here.
+    pub fn input_entries<'a>(
+        &self,
+        dir: &Path,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<FileEntry>> {
+        let mut entries = vec![FileEntry::input_file(&dir.join(MANIFEST_FILE))?];
+        for name in names {
+            entries.push(FileEntry {
+                path: dir.join(name).display().to_string(),
+                ..self.listed_output(dir, name)?.clone()
+            });
+        }
+        Ok(entries)
+    }
+
     /// Recomputes the sha256 of one output (relative to `dir`) and compares it with the manifest.
     pub fn verify_output(&self, dir: &Path, entry: &FileEntry) -> Result<()> {
         let path = dir.join(&entry.path);

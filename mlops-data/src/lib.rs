@@ -400,34 +400,19 @@ impl DataDir {
     /// Manifest entries (path as given, sha256 recorded by the data stage) of the data manifest
     /// and every shard of `roles`: what a later stage lists as its inputs.
     pub fn input_entries(&self, roles: &[Role]) -> Result<Vec<mlops_core::FileEntry>> {
-        let mut entries = vec![mlops_core::FileEntry::input_file(
-            &self.dir.join(mlops_core::MANIFEST_FILE),
-        )?];
+        let mut names = Vec::new();
         for &role in roles {
             for pair in &self.role(role)?.shards {
-                for name in [&pair.images, &pair.labels] {
-                    if let Some(entry) = self.manifest.output(name) {
-                        entries.push(mlops_core::FileEntry {
-                            path: self.dir.join(name).display().to_string(),
-                            ..entry.clone()
-                        });
-                    }
-                }
+                names.extend([pair.images.as_str(), pair.labels.as_str()]);
             }
         }
-        Ok(entries)
+        Ok(self.manifest.input_entries(&self.dir, names)?)
     }
 
     /// Reads one shard pair after verifying both checksums and the recorded shapes.
     pub fn read_shard(&self, pair: &ShardPair) -> Result<(Array4<f32>, Array1<i64>)> {
         for name in [&pair.images, &pair.labels] {
-            let entry = self.manifest.output(name).ok_or_else(|| {
-                mlops_core::Error::invalid(
-                    self.dir.join(name),
-                    "shard is not listed in the data manifest",
-                )
-            })?;
-            self.manifest.verify_output(&self.dir, entry)?;
+            self.manifest.verified_output(&self.dir, name)?;
         }
         let images: Array4<f32> = mlops_core::npy::read(&self.dir.join(&pair.images))?;
         let labels: Array1<i64> = mlops_core::npy::read(&self.dir.join(&pair.labels))?;

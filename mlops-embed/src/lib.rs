@@ -106,20 +106,10 @@ pub fn load_model(
     device: Device,
 ) -> Result<(CModule, ModelConfig, Vec<FileEntry>)> {
     let manifest = Manifest::load_stage(model_dir, mlops_train::STAGE)?;
-    let mut inputs = Vec::new();
     for name in [MODEL_FILE, MODEL_CONFIG_FILE] {
-        let entry = manifest.output(name).ok_or_else(|| {
-            mlops_core::Error::invalid(
-                model_dir.join(mlops_core::MANIFEST_FILE),
-                format!("lists no {name}"),
-            )
-        })?;
-        manifest.verify_output(model_dir, entry)?;
-        inputs.push(FileEntry {
-            path: model_dir.join(name).display().to_string(),
-            ..entry.clone()
-        });
+        manifest.verified_output(model_dir, name)?;
     }
+    let inputs = manifest.input_entries(model_dir, [MODEL_FILE, MODEL_CONFIG_FILE])?;
     let config_path = model_dir.join(MODEL_CONFIG_FILE);
     let text = std::fs::read(&config_path).map_err(|e| mlops_core::Error::io(&config_path, e))?;
     let config: ModelConfig =

@@ -177,13 +177,7 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
         .into());
     }
     let (test, test_labels) = emb.read_role("test")?;
-    let truth: Vec<usize> = test_labels
-        .iter()
-        .map(|&l| usize::try_from(l).ok().filter(|&l| l < classes.len()))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            mlops_core::Error::invalid(&config.embeddings, "test labels outside the classes")
-        })?;
+    let truth = class_ids(&test_labels, classes.len(), &config.embeddings, "test")?;
     let ntotal = index.summary.ntotal;
     let k_max = config
         .k
@@ -194,9 +188,8 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
 
     // Choose k on val when the embed stage wrote it; a val role that is there but unreadable
     // (tampered, misaligned) is an error, not a silent fallback.
-    let has_val = emb.summary.roles.get("val").is_some_and(|r| r.rows > 0);
-    let val = match (config.k, has_val) {
-        (None, true) => Some(emb.read_role("val")?),
+    let val = match config.k {
+        None if emb.has_role("val") => Some(emb.read_role("val")?),
         _ => None,
     };
     let k_selection = match val {
@@ -207,7 +200,7 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
                 k_max,
                 classes.len(),
             )?;
-            let val_truth: Vec<usize> = val_labels.iter().map(|&l| l.max(0) as usize).collect();
+            let val_truth = class_ids(&val_labels, classes.len(), &config.embeddings, "val")?;
             config
                 .k_candidates
                 .iter()
@@ -281,9 +274,10 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
         decision,
     };
 
-    manifest.inputs.push(FileEntry::input_file(
-        &config.index.join(mlops_core::MANIFEST_FILE),
-    )?);
+    manifest.inputs = index.manifest.input_entries(
+        &config.index,
+        [mlops_index::INDEX_FILE, mlops_index::LABELS_FILE],
+    )?;
     // The val shards count as inputs only when they chose k.
     let roles: &[&str] = if outcome.k_selection.is_empty() {
         &["test"]
@@ -291,13 +285,6 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
         &["test", "val"]
     };
     manifest.inputs.extend(emb.input_entries(roles)?);
-    for name in [mlops_index::INDEX_FILE, mlops_index::LABELS_FILE] {
-        let entry = index.manifest.output(name).expect("load checked it");
-        manifest.inputs.push(FileEntry {
-            path: config.index.join(name).display().to_string(),
-            ..entry.clone()
-        });
-    }
     if let Some(dir) = &config.current {
         manifest
             .inputs
@@ -330,6 +317,22 @@ pub fn run(config: &EvalConfig) -> Result<Outcome> {
     manifest.summary = serde_json::to_value(&outcome).expect("plain data");
     out.commit(manifest)?;
     Ok(outcome)
+}
+
+/// `labels` as class ids, or an error naming `dir` when one lies outside the `classes`.
+fn class_ids(
+    labels: &ndarray::Array1<i64>,
+    classes: usize,
+    dir: &Path,
+    role: &str,
+) -> Result<Vec<usize>> {
+    labels
+        .iter()
+        .map(|&l| usize::try_from(l).ok().filter(|&l| l < classes))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            mlops_core::Error::invalid(dir, format!("{role} labels outside the classes")).into()
+        })
 }
 
 /// Up to `max` misclassified test images as PNG thumbnails, read from the data directory the

@@ -240,7 +240,15 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let emb = EmbeddingsDir::open(&config.embeddings)?;
     let (vectors, labels) = emb.read_role(&config.role)?;
-    manifest.inputs = emb.input_entries(&[&config.role])?;
+    let approximate = config.factory.trim() != "Flat" && config.recall_queries > 0;
+    // Recall is measured on test queries when the embed stage wrote them, else on the gallery.
+    let test_queries = approximate && emb.has_role("test");
+    let roles: &[&str] = if test_queries {
+        &[&config.role, "test"]
+    } else {
+        &[&config.role]
+    };
+    manifest.inputs = emb.input_entries(roles)?;
     if let Some(bad) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(mlops_core::Error::invalid(
             &config.embeddings,
@@ -268,12 +276,15 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     let build_seconds = started.elapsed().as_secs_f64();
     tracing::info!(factory = %config.factory, ntotal = index.ntotal(), dim, build_seconds, "built index");
 
-    let recall = if config.factory.trim() != "Flat" && config.recall_queries > 0 {
+    let recall = if approximate {
         let (mut exact, _) = build(dim, flat, "Flat", config.metric, 1, config.seed)?;
-        let queries = match emb.read_role("test") {
-            Ok((test, _)) => test,
-            Err(_) => vectors.clone(),
+        // A test role that is there but unreadable is an error, not a silent fallback.
+        let test = if test_queries {
+            Some(emb.read_role("test")?.0)
+        } else {
+            None
         };
+        let queries = test.as_ref().unwrap_or(&vectors);
         let m = config.recall_queries.min(queries.nrows());
         let q = &queries.as_slice().expect("standard layout")[..m * dim];
         let k = config.recall_k.min(labels.len());
@@ -331,13 +342,7 @@ pub fn load(dir: &Path) -> Result<LoadedIndex> {
     let manifest = Manifest::load_stage(dir, STAGE)?;
     let summary: IndexSummary = manifest.summary_as(dir)?;
     for name in [INDEX_FILE, LABELS_FILE] {
-        let entry = manifest.output(name).ok_or_else(|| {
-            mlops_core::Error::invalid(
-                dir.join(mlops_core::MANIFEST_FILE),
-                format!("lists no {name}"),
-            )
-        })?;
-        manifest.verify_output(dir, entry)?;
+        manifest.verified_output(dir, name)?;
     }
     let path = dir.join(INDEX_FILE);
     let mut index = faiss::read_index(path.to_string_lossy().as_ref()).map_err(faiss_err(

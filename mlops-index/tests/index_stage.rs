@@ -41,7 +41,14 @@ fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
         if let Some(r) = &summary.recall {
             assert!(r.recall_at_k > 0.8, "{r:?}");
         }
-        Manifest::load_stage(&out, "index")?.verify_outputs(&out)?;
+        let manifest = Manifest::load_stage(&out, "index")?;
+        manifest.verify_outputs(&out)?;
+        // The test shards are inputs exactly when they served as recall queries.
+        let reads_test = manifest
+            .inputs
+            .iter()
+            .any(|e| e.path.ends_with("test_embeddings_000.npy"));
+        assert_eq!(reads_test, factory != "Flat", "{factory}");
         let mut loaded = mlops_index::load(&out)?;
         assert_eq!(loaded.labels.len(), 400);
         // Id i is gallery row i: searching row 7 finds id 7 with its label.
@@ -54,6 +61,18 @@ fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
         assert_eq!(loaded.labels[id], labels[7]);
         python_faiss_reads(&out, 400)?;
     }
+
+    // A tampered test role fails the recall measurement instead of being skipped silently.
+    std::fs::write(emb.join("test_embeddings_000.npy"), b"junk")?;
+    let err = mlops_index::run(&IndexConfig {
+        embeddings: emb.clone(),
+        out: tmp.path().join("tampered"),
+        factory: "IVF8,Flat".into(),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("test_embeddings_000.npy"), "{err}");
     Ok(())
 }
 
