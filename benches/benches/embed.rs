@@ -22,7 +22,8 @@ fn export(arch: Arch, dir: &std::path::Path) -> CModule {
     let mut out = OutputDir::create(dir).expect("output dir");
     let example = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
     mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, &mut out).expect("export");
-    let module = CModule::load(out.staged_path(mlops_train::MODEL_FILE)).expect("load");
+    let module =
+        CModule::load(out.staged_path(mlops_core::artifact::model::MODEL_FILE)).expect("load");
     drop(out);
     module
 }

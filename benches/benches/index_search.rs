@@ -5,8 +5,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faiss::Index;
-use mlops_core::embeddings::{write_clusters, EmbeddingsDir};
-use mlops_index::{build, set_search_params, Metric};
+use mlops_core::artifact::{EmbeddingsDir, Metric};
+use mlops_core::testing::write_clusters;
+use mlops_index::{build, set_search_params};
 
 fn vectors(tmp: &std::path::Path) -> (usize, Vec<f32>, Vec<f32>) {
     let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runs/default/embed");

@@ -1,12 +1,16 @@
-//! Shared artifact plumbing for the mlops-rs stages.
+//! The shared ground of the mlops-rs stages: the artifact contract and its plumbing.
 //!
-//! Every stage reads and writes artifacts on disk and describes them in a `manifest.json`.
-//! This crate holds the pieces all stages share so that each stage crate only holds its own logic:
+//! Stages meet only through artifacts on disk, and this crate (no libtorch, no FAISS) describes
+//! them all:
 //!
+//! - [`artifact`]: every stage directory as a type ([`artifact::DataDir`],
+//!   [`artifact::ModelDir`], [`artifact::EmbeddingsDir`], [`artifact::IndexDir`],
+//!   [`artifact::EvalDir`]) with its file names, summary schema and reader.
 //! - [`Manifest`]: what a stage consumed and produced (paths, sha256, array shapes, timings).
 //! - [`OutputDir`]: a staging area that makes a stage's whole output appear at once, manifest last.
 //! - [`npy`]: typed `.npy` reading and writing with errors that name the file.
-//! - [`sha256_file`]: streaming checksums.
+//! - [`config`] and [`cli`]: one way to merge defaults, a TOML file, `--set` and flags.
+//! - [`preprocess`] (feature `image`): image bytes -> model input, shared by ingest and serving.
 //!
 //! ```
 //! use mlops_core::{Manifest, OutputDir};
@@ -25,32 +29,21 @@
 //! back.verify_outputs(dir.path()).unwrap();
 //! ```
 
-pub mod embeddings;
+pub mod artifact;
+pub mod cli;
+pub mod config;
 mod error;
 mod hash;
 mod manifest;
 pub mod npy;
 mod outdir;
+#[cfg(feature = "image")]
+pub mod preprocess;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use error::{Error, Result};
 pub use hash::{sha256_bytes, sha256_file, sha256_tree};
 pub use manifest::{FileEntry, Manifest, MANIFEST_FILE};
 pub use outdir::{write_atomic, OutputDir};
-
-/// The stage binaries' `--config FILE.toml`: the file's settings, or the defaults without one.
-pub fn load_config<T: serde::de::DeserializeOwned + Default>(
-    path: Option<&std::path::Path>,
-) -> Result<T> {
-    path.map_or_else(|| Ok(T::default()), load_toml)
-}
-
-/// Loads a TOML config file into a serde struct whose missing fields take their defaults.
-pub fn load_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    toml::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}

@@ -67,50 +67,77 @@ impl NpyHeader {
 
 /// Reads only the header of an `.npy` file (format versions 1-3).
 pub fn read_header(path: &Path) -> Result<NpyHeader> {
-    let bad = |message: &str| Error::invalid(path, format!("not a valid .npy file: {message}"));
+    let bad = |message: String| Error::invalid(path, format!("not a valid .npy file: {message}"));
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix)
-        .map_err(|_| bad("shorter than the 8-byte preamble"))?;
-    if &prefix[..6] != b"\x93NUMPY" {
-        return Err(bad("missing the \\x93NUMPY magic"));
+    // The preamble says how long the header is; read just that much, never the data.
+    let mut start = vec![0u8; 12];
+    let mut got = 0;
+    while got < start.len() {
+        match file.read(&mut start[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(Error::io(path, e)),
+        }
     }
-    let header_len = match prefix[6] {
-        1 => {
-            let mut len = [0u8; 2];
-            file.read_exact(&mut len)
-                .map_err(|_| bad("truncated header"))?;
-            u16::from_le_bytes(len) as usize
-        }
-        2 | 3 => {
-            let mut len = [0u8; 4];
-            file.read_exact(&mut len)
-                .map_err(|_| bad("truncated header"))?;
-            u32::from_le_bytes(len) as usize
-        }
-        v => return Err(bad(&format!("unsupported format version {v}"))),
+    start.truncate(got);
+    let total = header_end(&start).map_err(bad)?;
+    let mut bytes = start;
+    if total > bytes.len() {
+        let mut rest = vec![0u8; total - bytes.len()];
+        file.read_exact(&mut rest)
+            .map_err(|_| bad("truncated header".into()))?;
+        bytes.extend(rest);
+    }
+    parse_header(&bytes).map_err(bad)
+}
+
+/// Where the header of an `.npy` file starting with `bytes` ends (preamble included).
+fn header_end(bytes: &[u8]) -> std::result::Result<usize, String> {
+    if bytes.len() < 8 {
+        return Err("shorter than the 8-byte preamble".into());
+    }
+    if &bytes[..6] != b"\x93NUMPY" {
+        return Err("missing the \\x93NUMPY magic".into());
+    }
+    let (len_bytes, header_len) = match bytes[6] {
+        1 if bytes.len() >= 10 => (2, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => (
+            4,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        ),
+        1..=3 => return Err("truncated header".into()),
+        v => return Err(format!("unsupported format version {v}")),
     };
     if header_len > 1 << 20 {
-        return Err(bad("header longer than 1 MiB"));
+        return Err("header longer than 1 MiB".into());
     }
-    let mut text = vec![0u8; header_len];
-    file.read_exact(&mut text)
-        .map_err(|_| bad("truncated header"))?;
-    let text = String::from_utf8_lossy(&text);
-    parse_header_dict(&text).ok_or_else(|| bad(&format!("unparseable header {:?}", text.trim())))
+    Ok(8 + len_bytes + header_len)
+}
+
+/// Parses the preamble and header at the start of an `.npy` file. Never panics, whatever the
+/// bytes (fuzzed in the tests below).
+pub fn parse_header(bytes: &[u8]) -> std::result::Result<NpyHeader, String> {
+    let end = header_end(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
+    let text = bytes
+        .get(start..end)
+        .ok_or_else(|| "truncated header".to_string())?;
+    let text = String::from_utf8_lossy(text);
+    parse_header_dict(&text).ok_or_else(|| format!("unparseable header {:?}", text.trim()))
 }
 
 fn parse_header_dict(text: &str) -> Option<NpyHeader> {
     let value_after = |key: &str| -> Option<&str> {
         let at = text.find(&format!("'{key}'"))? + key.len() + 2;
-        Some(text[at..].trim_start().strip_prefix(':')?.trim_start())
+        Some(text.get(at..)?.trim_start().strip_prefix(':')?.trim_start())
     };
     let descr = value_after("descr")?;
-    let quote = descr.chars().next()?;
-    let descr = descr[1..].split(quote).next()?.to_string();
+    // Slice by the quote's own width: a multi-byte character there must not split.
+    let quote = descr.chars().next().filter(|q| *q == '\'' || *q == '"')?;
+    let descr = descr[quote.len_utf8()..].split(quote).next()?.to_string();
     let fortran_order = value_after("fortran_order")?.starts_with("True");
     let shape_text = value_after("shape")?.strip_prefix('(')?;
-    let shape_text = &shape_text[..shape_text.find(')')?];
+    let shape_text = shape_text.get(..shape_text.find(')')?)?;
     let shape = shape_text
         .split(',')
         .map(str::trim)
@@ -179,6 +206,39 @@ mod tests {
         assert!(h.fortran_order);
         assert_eq!(h.dtype_name(), "int64");
         assert!(parse_header_dict("{'descr': '<i8'}").is_none());
+    }
+
+    #[test]
+    fn multibyte_character_where_the_quote_belongs_is_an_error() {
+        assert!(parse_header_dict(
+            "{'descr': \u{e9}<f4', 'fortran_order': False, 'shape': (1,), }"
+        )
+        .is_none());
+        let mut file = b"\x93NUMPY\x01\x00".to_vec();
+        let dict: &[u8] = b"{'descr': \xff<f4', 'fortran_order': False, 'shape': (1,), }";
+        file.extend((dict.len() as u16).to_le_bytes());
+        file.extend(dict);
+        assert!(parse_header(&file).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Arbitrary bytes after a valid preamble, and arbitrary dictionaries: never a panic.
+        #[test]
+        fn header_parser_never_panics(
+            version in 0u8..5,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            dict in "\\PC{0,80}",
+        ) {
+            let mut file = b"\x93NUMPY".to_vec();
+            file.extend([version, 0]);
+            file.extend((body.len() as u16).to_le_bytes());
+            file.extend(&body);
+            let _ = parse_header(&file);
+            let _ = parse_header(&body);
+            let _ = parse_header_dict(&dict);
+            let _ = parse_header_dict(&format!("{{'descr': {dict}, 'fortran_order': False, 'shape': ({dict}), }}"));
+        }
     }
 
     #[test]

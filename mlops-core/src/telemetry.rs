@@ -2,15 +2,18 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`).
-/// Safe to call more than once.
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` (default `info`),
+/// with colours only when stderr is a terminal (a log file gets plain text). Safe to call more
+/// than once.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -120,4 +120,24 @@ mod tests {
         float[2] = 0x0d;
         assert!(parse_idx(&float, 1).unwrap_err().contains("element type"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Arbitrary bytes, and valid headers over arbitrary dimensions and bodies: an error or
+        /// an array whose size matches its header, never a panic.
+        #[test]
+        fn parser_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            dims in proptest::collection::vec(0usize..5, 0..4),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            ndims in 0usize..4,
+        ) {
+            let _ = parse_idx(&bytes, ndims);
+            let mut file = encode_idx(&dims, &[]);
+            file.extend(&body);
+            if let Ok(a) = parse_idx(&file, dims.len()) {
+                proptest::prop_assert_eq!(a.data.len(), a.dims.iter().product::<usize>());
+            }
+        }
+    }
 }

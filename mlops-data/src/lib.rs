@@ -14,6 +14,8 @@
 //! Each role is written as `<role>_images_NNN.npy` (float32 `[n,1,H,W]`, values in `[0,1]` or
 //! standardised with training-split statistics) and `<role>_labels_NNN.npy` (int64 `[n]`), at
 //! most `npy_interval` rows per shard, plus `classes.json`, `config.json` and `manifest.json`.
+//! The format is [`mlops_core::artifact::data`]; later stages read it with [`DataDir`] from the
+//! contract crate, never with this one.
 //!
 //! ```no_run
 //! let config = mlops_data::DataConfig {
@@ -28,72 +30,31 @@
 //! ```
 
 mod error;
+#[cfg(feature = "test-support")]
 pub mod fixtures;
 pub mod idx;
 pub mod source;
 pub mod split;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use mlops_core::artifact::data::{pixel_scale_shift, Dedup};
+use mlops_core::artifact::{CLASSES_FILE, CONFIG_FILE};
 use mlops_core::{Manifest, OutputDir};
 use ndarray::{Array1, Array4};
 use serde::{Deserialize, Serialize};
 use source::Loaded;
 
 pub use error::{Error, Result};
-pub use source::{SourceSummary, FASHION_MNIST_CLASSES};
-pub use split::Dedup;
+// The data artifact's types live in the contract crate; re-exported for users of this stage.
+pub use mlops_core::artifact::data::{
+    DataDir, DataSummary, Normalization, Role, RoleSummary, ShardPair, SourceSummary,
+};
+pub use source::FASHION_MNIST_CLASSES;
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = "data";
-/// File holding the class names, in label order.
-pub const CLASSES_FILE: &str = "classes.json";
-/// File holding the configuration a run used.
-pub const CONFIG_FILE: &str = "config.json";
-
-/// The four roles a data set is split into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Train,
-    Val,
-    Gallery,
-    Test,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Train, Role::Val, Role::Gallery, Role::Test];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Train => "train",
-            Role::Val => "val",
-            Role::Gallery => "gallery",
-            Role::Test => "test",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// File name of shard `shard` of this role's images.
-    pub fn images_file(self, shard: usize) -> String {
-        format!("{}_images_{shard:03}.npy", self.as_str())
-    }
-
-    /// File name of shard `shard` of this role's labels.
-    pub fn labels_file(self, shard: usize) -> String {
-        format!("{}_labels_{shard:03}.npy", self.as_str())
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub const STAGE: &str = <DataSummary as mlops_core::artifact::StageSummary>::STAGE;
 
 /// Configuration of the data stage. Every field has a default that suits Fashion-MNIST.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,61 +131,6 @@ impl DataConfig {
     }
 }
 
-/// Mean and standard deviation of the training split's pixels (values in `[0,1]`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Normalization {
-    pub mean: f32,
-    pub std: f32,
-}
-
-/// One shard: an images file and its labels file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardPair {
-    pub images: String,
-    pub labels: String,
-    pub rows: usize,
-}
-
-/// What one role holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RoleSummary {
-    pub rows: usize,
-    pub shards: Vec<ShardPair>,
-    /// Images per class, indexed by label.
-    pub class_counts: Vec<usize>,
-}
-
-/// The data stage's `summary` in its manifest: everything later stages need to read the shards.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataSummary {
-    pub classes: Vec<String>,
-    /// `[channels, height, width]` of one image.
-    pub image_shape: [usize; 3],
-    /// Statistics applied to the pixels, if normalisation was on.
-    pub normalization: Option<Normalization>,
-    /// Smallest and largest value a pixel can take after preprocessing.
-    pub value_range: [f32; 2],
-    pub npy_interval: usize,
-    pub seed: u64,
-    pub roles: BTreeMap<String, RoleSummary>,
-    pub dedup: Dedup,
-    pub sources: Vec<SourceSummary>,
-}
-
-impl DataSummary {
-    /// Reads and checks the manifest of a data-stage directory.
-    pub fn load(dir: &Path) -> Result<(Manifest, DataSummary)> {
-        let manifest = Manifest::load_stage(dir, STAGE)?;
-        let summary = manifest.summary_as(dir)?;
-        Ok((manifest, summary))
-    }
-
-    /// The summary of `role`, if it exists.
-    pub fn role(&self, role: Role) -> Option<&RoleSummary> {
-        self.roles.get(role.as_str())
-    }
-}
-
 /// Runs the data stage: read sources, split, write shards and the manifest into `config.out`.
 pub fn run(config: &DataConfig) -> Result<Manifest> {
     config.check()?;
@@ -267,10 +173,7 @@ pub fn run(config: &DataConfig) -> Result<Manifest> {
     let normalization = config
         .normalize
         .then(|| pixel_stats(&loaded, &roles[Role::Train.index()]));
-    let (scale, shift) = match normalization {
-        Some(n) => (1.0 / (255.0 * n.std), -n.mean / n.std),
-        None => (1.0 / 255.0, 0.0),
-    };
+    let (scale, shift) = pixel_scale_shift(normalization);
     let value_range = [shift, 255.0 * scale + shift];
 
     let mut out = OutputDir::create(&config.out)?;
@@ -354,98 +257,5 @@ fn pixel_stats(loaded: &Loaded, train: &[usize]) -> Normalization {
     Normalization {
         mean: (mean / 255.0) as f32,
         std: (std / 255.0) as f32,
-    }
-}
-
-/// A finished data-stage output opened for reading by later stages.
-///
-/// Every shard read through it is checked against the sha256 the data manifest recorded, so a
-/// stage never trains on or embeds a file that changed after the data stage wrote it.
-#[derive(Debug, Clone)]
-pub struct DataDir {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub summary: DataSummary,
-}
-
-impl DataDir {
-    /// Opens the output directory of `mlops-data`; fails if it has no data-stage manifest.
-    pub fn open(dir: &Path) -> Result<Self> {
-        let (manifest, summary) = DataSummary::load(dir)?;
-        Ok(DataDir {
-            dir: dir.to_path_buf(),
-            manifest,
-            summary,
-        })
-    }
-
-    /// The shards of `role`; an absent or empty role is an error.
-    pub fn role(&self, role: Role) -> Result<&RoleSummary> {
-        let manifest = self.dir.join(mlops_core::MANIFEST_FILE);
-        match self.summary.role(role) {
-            Some(rs) if rs.rows > 0 && !rs.shards.is_empty() => Ok(rs),
-            Some(_) => Err(mlops_core::Error::invalid(
-                manifest,
-                format!("the {role} role is empty"),
-            )
-            .into()),
-            None => Err(mlops_core::Error::invalid(
-                manifest,
-                format!("the data has no {role} role"),
-            )
-            .into()),
-        }
-    }
-
-    /// Manifest entries (path as given, sha256 recorded by the data stage) of the data manifest
-    /// and every shard of `roles`: what a later stage lists as its inputs.
-    pub fn input_entries(&self, roles: &[Role]) -> Result<Vec<mlops_core::FileEntry>> {
-        let mut names = Vec::new();
-        for &role in roles {
-            for pair in &self.role(role)?.shards {
-                names.extend([pair.images.as_str(), pair.labels.as_str()]);
-            }
-        }
-        Ok(self.manifest.input_entries(&self.dir, names)?)
-    }
-
-    /// Reads one shard pair after verifying both checksums and the recorded shapes.
-    pub fn read_shard(&self, pair: &ShardPair) -> Result<(Array4<f32>, Array1<i64>)> {
-        for name in [&pair.images, &pair.labels] {
-            self.manifest.verified_output(&self.dir, name)?;
-        }
-        let images: Array4<f32> = mlops_core::npy::read(&self.dir.join(&pair.images))?;
-        let labels: Array1<i64> = mlops_core::npy::read(&self.dir.join(&pair.labels))?;
-        let [c, h, w] = self.summary.image_shape;
-        if images.shape() != [pair.rows, c, h, w] || labels.len() != pair.rows {
-            return Err(mlops_core::Error::invalid(
-                self.dir.join(&pair.images),
-                format!(
-                    "shape {:?} with {} labels, the manifest says [{}, {c}, {h}, {w}]",
-                    images.shape(),
-                    labels.len(),
-                    pair.rows
-                ),
-            )
-            .into());
-        }
-        Ok((images, labels))
-    }
-
-    /// Reads a whole role into memory (images `[n,c,h,w]`, labels `[n]`), shard by shard.
-    pub fn read_role(&self, role: Role) -> Result<(Array4<f32>, Array1<i64>)> {
-        let rs = self.role(role)?;
-        let [c, h, w] = self.summary.image_shape;
-        let mut images = Vec::with_capacity(rs.rows * c * h * w);
-        let mut labels = Vec::with_capacity(rs.rows);
-        for pair in &rs.shards {
-            let (x, y) = self.read_shard(pair)?;
-            images.extend(x.iter().copied());
-            labels.extend(y.iter().copied());
-        }
-        let n = labels.len();
-        let images = Array4::from_shape_vec((n, c, h, w), images)
-            .expect("each shard was checked to be [rows, c, h, w]");
-        Ok((images, Array1::from_vec(labels)))
     }
 }

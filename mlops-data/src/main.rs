@@ -4,16 +4,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// Ingest labelled images (IDX files, image folders), split them into train/val/gallery/test and
-/// write sharded .npy files plus a manifest.
+/// write sharded .npy files plus a manifest. Every setting of mlops_data::DataConfig can also
+/// come from --config FILE.toml or --set key=value.
 #[derive(Parser)]
 #[command(name = "mlops-data", version)]
 struct Args {
-    /// TOML file with a [DataConfig]; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// IDX file or directory, or image-folder root (ROOT/<class>/*.png); repeatable.
-    #[arg(long, required = true)]
-    source: Vec<PathBuf>,
+    #[arg(long = "source", required = true)]
+    sources: Vec<PathBuf>,
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
@@ -47,23 +53,8 @@ fn parse_size(s: &str) -> Result<[usize; 2], String> {
 }
 
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut config: mlops_data::DataConfig = match mlops_core::load_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return mlops_core::telemetry::report_error(&e),
-    };
-    config.sources = args.source;
-    config.out = args.out;
-    config.normalize |= args.normalize;
-    config.seed = args.seed.unwrap_or(config.seed);
-    config.npy_interval = args.npy_interval.unwrap_or(config.npy_interval);
-    config.image_size = args.image_size.unwrap_or(config.image_size);
-    config.val_fraction = args.val_fraction.unwrap_or(config.val_fraction);
-    config.gallery_fraction = args.gallery_fraction.unwrap_or(config.gallery_fraction);
-    config.test_fraction = args.test_fraction.unwrap_or(config.test_fraction);
-    match mlops_data::run(&config) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_data::DataConfig| {
+        mlops_data::run(&c).map(|_| ExitCode::SUCCESS)
+    })
 }

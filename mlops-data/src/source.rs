@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use mlops_core::artifact::data::SourceSummary;
+use mlops_core::preprocess;
 use mlops_core::FileEntry;
-use serde::{Deserialize, Serialize};
 
 use crate::idx::read_idx;
 use crate::{Error, Result};
@@ -21,17 +22,6 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
     "Bag",
     "Ankle boot",
 ];
-
-/// What one `--source` contributed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceSummary {
-    pub path: String,
-    /// `idx` or `folder`.
-    pub kind: String,
-    pub images: usize,
-    /// Images that came from an IDX test file and stay in the test role by default.
-    pub designated_test: usize,
-}
 
 /// All decoded images of all sources, as bytes of `height x width` grayscale.
 #[derive(Debug, Default)]
@@ -267,25 +257,14 @@ fn load_idx_pair(
         if (h, w) == (loaded.height, loaded.width) {
             loaded.push(pixels, ids[label as usize], test);
         } else {
-            let resized = resize(pixels.to_vec(), w, h, loaded.width, loaded.height);
+            let resized =
+                preprocess::resize_gray(pixels.to_vec(), h, w, loaded.height, loaded.width);
             loaded.push(&resized, ids[label as usize], test);
         }
     }
     loaded.inputs.push(FileEntry::input_file(images_path)?);
     loaded.inputs.push(FileEntry::input_file(labels_path)?);
     Ok(())
-}
-
-fn resize(pixels: Vec<u8>, w: usize, h: usize, to_w: usize, to_h: usize) -> Vec<u8> {
-    let img = image::GrayImage::from_raw(w as u32, h as u32, pixels)
-        .expect("buffer length equals width * height by construction");
-    image::imageops::resize(
-        &img,
-        to_w as u32,
-        to_h as u32,
-        image::imageops::FilterType::Triangle,
-    )
-    .into_raw()
 }
 
 fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
@@ -306,28 +285,12 @@ fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
     }
     let bar = mlops_core::telemetry::progress(files.len() as u64, "decode");
     for (path, class) in &files {
-        let img = image::ImageReader::open(path)
-            .map_err(|e| mlops_core::Error::io(path, e))?
-            .with_guessed_format()
-            .map_err(|e| mlops_core::Error::io(path, e))?
-            .decode()
-            .map_err(|source| Error::Image {
-                path: path.clone(),
-                source,
-            })?;
-        let gray = img.to_luma8();
-        let pixels = if gray.dimensions() == (loaded.width as u32, loaded.height as u32) {
-            gray.into_raw()
-        } else {
-            let (w, h) = gray.dimensions();
-            resize(
-                gray.into_raw(),
-                w as usize,
-                h as usize,
-                loaded.width,
-                loaded.height,
-            )
-        };
+        let bytes = std::fs::read(path).map_err(|e| mlops_core::Error::io(path, e))?;
+        let img = preprocess::decode(&bytes).map_err(|source| Error::Image {
+            path: path.clone(),
+            source,
+        })?;
+        let pixels = preprocess::to_gray(&img, loaded.height, loaded.width);
         loaded.push(&pixels, *class, false);
         bar.inc(1);
     }

@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
+use mlops_core::artifact::data::Dedup;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::source::Loaded;
 use crate::Role;
@@ -17,15 +17,6 @@ pub struct Fractions {
     pub gallery: f64,
     /// Only used for images that no IDX test file designates.
     pub test: f64,
-}
-
-/// How many images were dropped to keep roles disjoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Dedup {
-    /// Non-test images identical to a test image.
-    pub dropped_matching_test: usize,
-    /// Validation images identical to a training image.
-    pub dropped_val_matching_train: usize,
 }
 
 /// Image indices per role, in [`Role::ALL`] order.

@@ -1,12 +1,12 @@
 //! `mlops-embed`: run the exported TorchScript model (`model.pt` of `mlops-train`) over data
-//! shards and write embeddings.
+//! shards and write embeddings; and [`Embedder`], the model inference any stage or server uses.
 //!
 //! The model is loaded with `tch::CModule` (the training code is never used to rebuild it);
-//! its `config.json` is checked against the data (input shape, normalisation) before anything
-//! runs. Each role is read shard by shard (checksums verified against the data manifest) and
-//! written as `<role>_embeddings_NNN.npy` (float32 `[n,dim]`, L2-normalised) beside a copy of
-//! the aligned `<role>_labels_NNN.npy`, so the output directory is all the index and eval
-//! stages need, with `classes.json`, `config.json` and `manifest.json`.
+//! its `model.json` is checked against the data (input shape, normalisation, classes) before
+//! anything runs. Each role is read shard by shard (checksums verified against the data
+//! manifest) and written as `<role>_embeddings_NNN.npy` (float32 `[n,dim]`, L2-normalised)
+//! beside a copy of the aligned `<role>_labels_NNN.npy`, so the output directory is all the
+//! index and eval stages need, with `classes.json`, `config.json` and `manifest.json`.
 //!
 //! ```no_run
 //! let config = mlops_embed::EmbedConfig {
@@ -16,8 +16,15 @@
 //!     ..Default::default()
 //! };
 //! let manifest = mlops_embed::run(&config)?;
-//! let summary: mlops_embed::EmbedSummary = manifest.summary_as(&config.out)?;
+//! let summary: mlops_core::artifact::EmbedSummary = manifest.summary_as(&config.out)?;
 //! println!("{} gallery vectors of dim {}", summary.roles["gallery"].rows, summary.dim);
+//!
+//! // The same inference on images in memory, as a server does:
+//! let model = mlops_core::artifact::ModelDir::open("runs/demo/train".as_ref())?;
+//! let embedder = mlops_embed::Embedder::load(&model, tch::Device::Cpu)?;
+//! let pixels = vec![0.5f32; 28 * 28];
+//! let embedding = embedder.embed(&pixels, 1, 256)?;
+//! assert_eq!(embedding.ncols(), embedder.description().embedding_dim);
 //! # Ok::<(), mlops_embed::Error>(())
 //! ```
 
@@ -25,15 +32,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mlops_core::{FileEntry, Manifest, OutputDir};
-use mlops_data::{DataDir, Role};
-use mlops_train::{DeviceSpec, ModelConfig, MODEL_CONFIG_FILE, MODEL_FILE};
+use mlops_core::artifact::embeddings::{embeddings_file, labels_file};
+use mlops_core::artifact::model::MODEL_DESCRIPTION_FILE;
+use mlops_core::artifact::{
+    DataDir, EmbedSummary, EmbeddedRole, EmbeddingShard, ModelDescription, ModelDir, Role,
+    CLASSES_FILE, CONFIG_FILE,
+};
+use mlops_core::{Manifest, OutputDir};
+use mlops_torch::DeviceSpec;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Tensor};
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = mlops_core::embeddings::EMBED_STAGE;
+pub const STAGE: &str = <EmbedSummary as mlops_core::artifact::StageSummary>::STAGE;
 
 /// Errors of the embed stage.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +53,9 @@ pub enum Error {
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
     #[error(transparent)]
-    Data(#[from] mlops_data::Error),
-    #[error(transparent)]
-    Train(#[from] mlops_train::Error),
+    Torch(#[from] mlops_torch::Error),
+    #[error("libtorch: {0}")]
+    Tch(#[from] tch::TchError),
     #[error("{}: cannot load TorchScript model: {source}", path.display())]
     Model {
         path: PathBuf,
@@ -52,8 +64,8 @@ pub enum Error {
     },
     #[error("{}: {message}", path.display())]
     Mismatch { path: PathBuf, message: String },
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Result alias for [`Error`].
@@ -63,13 +75,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbedConfig {
-    /// Output directory of `mlops-train` (holds `model.pt` and `config.json`).
+    /// Output directory of `mlops-train` (holds `model.pt` and `model.json`).
     pub model: PathBuf,
     /// Output directory of `mlops-data`.
     pub data: PathBuf,
     pub out: PathBuf,
-    /// Roles to embed.
-    pub roles: Vec<Role>,
+    /// Roles to embed; `None`: every role the data holds except `train` (nothing downstream
+    /// reads training embeddings), i.e. gallery, val and test, which is what the pipeline runs.
+    pub roles: Option<Vec<Role>>,
     /// Images per forward pass.
     pub batch_size: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`; embedding uses the first device it resolves to.
@@ -84,46 +97,12 @@ impl Default for EmbedConfig {
             model: PathBuf::from("train"),
             data: PathBuf::from("data"),
             out: PathBuf::from("embed"),
-            roles: vec![Role::Gallery, Role::Test],
+            roles: None,
             batch_size: 512,
             device: DeviceSpec::Auto,
             threads: 0,
         }
     }
-}
-
-pub use mlops_core::embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
-
-/// Reads and checks the manifest of an embed-stage directory.
-pub fn load_summary(dir: &Path) -> Result<(Manifest, EmbedSummary)> {
-    let opened = EmbeddingsDir::open(dir)?;
-    Ok((opened.manifest, opened.summary))
-}
-
-/// Loads `model.pt` from a train-stage directory after checking it against the train manifest.
-pub fn load_model(
-    model_dir: &Path,
-    device: Device,
-) -> Result<(CModule, ModelConfig, Vec<FileEntry>)> {
-    let manifest = Manifest::load_stage(model_dir, mlops_train::STAGE)?;
-    for name in [MODEL_FILE, MODEL_CONFIG_FILE] {
-        manifest.verified_output(model_dir, name)?;
-    }
-    let inputs = manifest.input_entries(model_dir, [MODEL_FILE, MODEL_CONFIG_FILE])?;
-    let config_path = model_dir.join(MODEL_CONFIG_FILE);
-    let text = std::fs::read(&config_path).map_err(|e| mlops_core::Error::io(&config_path, e))?;
-    let config: ModelConfig =
-        serde_json::from_slice(&text).map_err(|source| mlops_core::Error::Json {
-            path: config_path.clone(),
-            source,
-        })?;
-    let path = model_dir.join(MODEL_FILE);
-    let mut module = CModule::load_on_device(&path, device).map_err(|source| Error::Model {
-        path: path.clone(),
-        source,
-    })?;
-    module.set_eval();
-    Ok((module, config, inputs))
 }
 
 /// Embeds `images` (`[n,c,h,w]`) in batches with no gradients; returns `[n,dim]` on the CPU.
@@ -134,71 +113,141 @@ pub fn embed_batches(
     device: Device,
 ) -> Result<Tensor> {
     tch::no_grad(|| {
-        let n = images.size()[0];
+        let n = images.size().first().copied().unwrap_or(0);
         let mut parts = Vec::new();
         for start in (0..n).step_by(batch_size.max(1)) {
             let batch = images
-                .narrow(0, start, (n - start).min(batch_size as i64))
-                .to_device(device);
-            parts.push(module.forward_ts(&[batch])?.to_device(Device::Cpu));
+                .f_narrow(0, start, (n - start).min(batch_size as i64))?
+                .f_to_device(device)?;
+            parts.push(module.forward_ts(&[batch])?.f_to_device(Device::Cpu)?);
         }
-        Ok(Tensor::cat(&parts, 0))
+        Ok(Tensor::f_cat(&parts, 0)?)
     })
+}
+
+/// A loaded `model.pt` with its description: images in, L2-normalised embeddings out.
+#[derive(Debug)]
+pub struct Embedder {
+    module: CModule,
+    description: ModelDescription,
+    device: Device,
+    path: PathBuf,
+}
+
+impl Embedder {
+    /// Loads the model of a train-stage directory (checksums of `model.pt` and `model.json`
+    /// verified against its manifest) onto `device`.
+    pub fn load(model: &ModelDir, device: Device) -> Result<Self> {
+        let description = model.description()?;
+        Self::load_file(&model.model_path()?, description, device)
+    }
+
+    /// Loads a `model.pt` whose description the caller has read (e.g. from a registry).
+    pub fn load_file(path: &Path, description: ModelDescription, device: Device) -> Result<Self> {
+        let mut module = CModule::load_on_device(path, device).map_err(|source| Error::Model {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        module.set_eval();
+        Ok(Embedder {
+            module,
+            description,
+            device,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// What the model takes and gives.
+    pub fn description(&self) -> &ModelDescription {
+        &self.description
+    }
+
+    /// Embeds `n` preprocessed images (`n * c * h * w` values, the model's input shape) in
+    /// batches of `batch_size`: `[n, dim]`, checked to be the promised shape and finite.
+    pub fn embed(&self, pixels: &[f32], n: usize, batch_size: usize) -> Result<Array2<f32>> {
+        let [c, h, w] = self.description.input_shape;
+        let dim = self.description.embedding_dim;
+        if pixels.len() != n * c * h * w {
+            return Err(self.mismatch(format!(
+                "{} input values for {n} images of shape [{c}, {h}, {w}]",
+                pixels.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Array2::zeros((0, dim)));
+        }
+        let x =
+            Tensor::f_from_slice(pixels)?.f_reshape([n as i64, c as i64, h as i64, w as i64])?;
+        let emb = mlops_torch::catch("running the model", || {
+            embed_batches(&self.module, &x, batch_size, self.device)
+        })??;
+        if emb.size() != [n as i64, dim as i64] {
+            return Err(self.mismatch(format!(
+                "model produced shape {:?}, {MODEL_DESCRIPTION_FILE} promises [{n}, {dim}]",
+                emb.size()
+            )));
+        }
+        let values = Vec::<f32>::try_from(emb.f_flatten(0, -1)?)?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(self.mismatch("the model produced non-finite embeddings".into()));
+        }
+        Array2::from_shape_vec((n, dim), values).map_err(|e| self.mismatch(e.to_string()))
+    }
+
+    fn mismatch(&self, message: String) -> Error {
+        Error::Mismatch {
+            path: self.path.clone(),
+            message,
+        }
+    }
 }
 
 /// Runs the embed stage (see the crate docs).
 pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
-    if config.batch_size == 0 || config.roles.is_empty() {
-        return Err(
-            mlops_train::Error::Config("batch_size and roles must not be empty".into()).into(),
-        );
+    if config.batch_size == 0 || config.roles.as_ref().is_some_and(Vec::is_empty) {
+        return Err(Error::Config(
+            "batch_size must be at least 1 and roles, when given, not empty".into(),
+        ));
     }
     let device = config.device.resolve()?[0];
-    mlops_train::device::set_threads(config.threads);
+    mlops_torch::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
-    let (module, model_config, model_inputs) = load_model(&config.model, device)?;
-    check_compatible(&model_config, &data, &config.model)?;
-    manifest.inputs.extend(model_inputs);
-    manifest.inputs.extend(data.input_entries(&config.roles)?);
+    let model = ModelDir::open(&config.model)?;
+    let embedder = Embedder::load(&model, device)?;
+    check_compatible(embedder.description(), &data, &config.model)?;
+    let roles = config.roles.clone().unwrap_or_else(|| {
+        let mut roles = data.present_roles();
+        roles.retain(|&r| r != Role::Train);
+        roles
+    });
+    manifest.inputs.extend(model.model_input_entries()?);
+    manifest.inputs.extend(data.role_input_entries(&roles)?);
 
     let mut out = OutputDir::create(&config.out)?;
-    let [c, h, w] = model_config.input_shape;
-    let dim = model_config.embedding_dim;
-    let mut roles = BTreeMap::new();
+    let mut embedded = BTreeMap::new();
     let (mut images_done, mut seconds) = (0usize, 0.0f64);
-    for &role in &config.roles {
+    for &role in &roles {
         let rs = data.role(role)?;
         let bar = mlops_core::telemetry::progress(rs.rows as u64, &format!("embed {role}"));
         let mut shards = Vec::new();
         for (i, pair) in rs.shards.iter().enumerate() {
             let (images, labels) = data.read_shard(pair)?;
             let n = labels.len();
-            let x = Tensor::from_slice(images.as_slice().expect("standard layout"))
-                .reshape([n as i64, c as i64, h as i64, w as i64]);
             let started = Instant::now();
-            let emb = embed_batches(&module, &x, config.batch_size, device)?;
+            let emb = embedder
+                .embed(&images.into_raw_vec_and_offset().0, n, config.batch_size)
+                .map_err(|e| match e {
+                    Error::Mismatch { message, .. } => Error::Mismatch {
+                        path: config.data.join(&pair.images),
+                        message,
+                    },
+                    e => e,
+                })?;
             seconds += started.elapsed().as_secs_f64();
             images_done += n;
-            if emb.size() != [n as i64, dim as i64] {
-                return Err(Error::Mismatch {
-                    path: config.model.join(MODEL_FILE),
-                    message: format!(
-                        "model produced shape {:?}, config.json promises [{n}, {dim}]",
-                        emb.size()
-                    ),
-                });
-            }
-            let values: Vec<f32> = Vec::<f32>::try_from(emb.flatten(0, -1))?;
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Mismatch {
-                    path: config.data.join(&pair.images),
-                    message: "the model produced non-finite embeddings for this shard".into(),
-                });
-            }
-            let emb = Array2::from_shape_vec((n, dim), values).expect("length checked above");
-            let e = out.write_npy(&format!("{role}_embeddings_{i:03}.npy"), &emb)?;
-            let l = out.write_npy(&format!("{role}_labels_{i:03}.npy"), &labels)?;
+            let e = out.write_npy(&embeddings_file(role.as_str(), i), &emb)?;
+            let l = out.write_npy(&labels_file(role.as_str(), i), &labels)?;
             shards.push(EmbeddingShard {
                 embeddings: e.path.clone(),
                 labels: l.path.clone(),
@@ -209,7 +258,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         }
         bar.finish_and_clear();
         tracing::info!(role = %role, rows = rs.rows, "embedded");
-        roles.insert(
+        embedded.insert(
             role.as_str().to_string(),
             EmbeddedRole {
                 rows: rs.rows,
@@ -217,16 +266,15 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
             },
         );
     }
+    let classes = &embedder.description().classes;
     manifest
         .outputs
-        .push(out.write_json(mlops_data::CLASSES_FILE, &model_config.classes)?);
-    manifest
-        .outputs
-        .push(out.write_json("config.json", config)?);
+        .push(out.write_json(CLASSES_FILE, classes)?);
+    manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = EmbedSummary {
-        dim,
-        classes: model_config.classes.clone(),
-        roles,
+        dim: embedder.description().embedding_dim,
+        classes: classes.clone(),
+        roles: embedded,
         device: format!("{device:?}"),
         images_per_second: images_done as f64 / seconds.max(1e-9),
     };
@@ -238,9 +286,9 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     Ok(out.commit(manifest)?)
 }
 
-fn check_compatible(model: &ModelConfig, data: &DataDir, model_dir: &Path) -> Result<()> {
+fn check_compatible(model: &ModelDescription, data: &DataDir, model_dir: &Path) -> Result<()> {
     let mismatch = |message: String| Error::Mismatch {
-        path: model_dir.join(MODEL_CONFIG_FILE),
+        path: model_dir.join(MODEL_DESCRIPTION_FILE),
         message,
     };
     if model.input_shape != data.summary.image_shape {

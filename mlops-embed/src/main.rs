@@ -2,17 +2,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mlops_data::Role;
-use mlops_train::DeviceSpec;
+use mlops_core::artifact::Role;
+use mlops_torch::DeviceSpec;
 
 /// Run the exported TorchScript model (mlops-train's model.pt) over data shards and write
-/// <role>_embeddings_NNN.npy with aligned labels.
+/// <role>_embeddings_NNN.npy with aligned labels. Every setting of mlops_embed::EmbedConfig can
+/// also come from --config FILE.toml or --set key=value.
 #[derive(Parser)]
 #[command(name = "mlops-embed", version)]
 struct Args {
-    /// TOML file with an [EmbedConfig]; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// Output directory of mlops-train.
     #[arg(long)]
     model: PathBuf,
@@ -22,8 +28,8 @@ struct Args {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Roles to embed, comma separated [default: gallery,test].
-    #[arg(long, value_delimiter = ',', value_parser = parse_role)]
+    /// Roles to embed, comma separated [default: every role but train: gallery,val,test].
+    #[arg(long, value_delimiter = ',')]
     roles: Option<Vec<Role>>,
     /// Images per forward pass [default: 512].
     #[arg(long)]
@@ -36,29 +42,9 @@ struct Args {
     threads: Option<usize>,
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
-    Role::ALL
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .ok_or_else(|| format!("unknown role {s:?} (train, val, gallery, test)"))
-}
-
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_embed::EmbedConfig = match mlops_core::load_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return mlops_core::telemetry::report_error(&e),
-    };
-    c.model = args.model;
-    c.data = args.data;
-    c.out = args.out;
-    c.roles = args.roles.unwrap_or(c.roles);
-    c.batch_size = args.batch_size.unwrap_or(c.batch_size);
-    c.device = args.device.unwrap_or(c.device);
-    c.threads = args.threads.unwrap_or(c.threads);
-    match mlops_embed::run(&c) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_embed::EmbedConfig| {
+        mlops_embed::run(&c).map(|_| ExitCode::SUCCESS)
+    })
 }

@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use mlops_core::{npy, sha256_file, testing, Manifest};
+use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::{DataDir, EmbeddingsDir, ModelDescription, ModelDir, TrainSummary};
+use mlops_core::{npy, sha256_file, testing, Manifest, OutputDir};
 use mlops_data::fixtures::{self, IdxFixture};
-use mlops_data::{DataConfig, DataSummary};
-use mlops_embed::EmbedConfig;
+use mlops_data::DataConfig;
+use mlops_embed::{EmbedConfig, Embedder};
 use ndarray::{Array1, Array2, Ix1, Ix2};
+use tch::{nn, CModule, Device, Tensor};
 
 /// (data dir, train dir) shared by the tests; built once.
 fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
@@ -17,19 +20,63 @@ fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let data = make_data(tmp.path(), "data", 28);
         let train = tmp.path().join("train");
-        mlops_train::run(&mlops_train::TrainConfig {
-            data: data.clone(),
-            out: train.clone(),
-            embedding_dim: 16,
-            epochs: 1,
-            batch_size: 16,
-            threads: 1,
-            device: "cpu".parse().unwrap(),
-            ..Default::default()
-        })
-        .unwrap();
+        fixture_model(&train, &data);
         (tmp, data, train)
     })
+}
+
+/// A train-stage directory as the contract describes it, without the training code: a random
+/// linear map of the pixels, L2-normalised, traced to TorchScript, with its description.
+fn fixture_model(dir: &Path, data: &Path) {
+    let data = DataDir::open(data).unwrap();
+    tch::manual_seed(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let fc = nn::linear(vs.root() / "fc", 28 * 28, 16, Default::default());
+    vs.freeze();
+    let mut forward = |inputs: &[Tensor]| {
+        let x = inputs[0].flatten(1, -1).apply(&fc);
+        let norm = x
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        vec![x / norm]
+    };
+    let example = Tensor::rand([4, 1, 28, 28], tch::kind::FLOAT_CPU);
+    let module =
+        tch::no_grad(|| CModule::create_by_tracing("Fixture", "forward", &[example], &mut forward))
+            .unwrap();
+    let mut out = OutputDir::create(dir).unwrap();
+    module.save(out.staged_path(MODEL_FILE)).unwrap();
+    let description = ModelDescription {
+        arch: "fixture".into(),
+        input_shape: [1, 28, 28],
+        embedding_dim: 16,
+        normalization: data.summary.normalization,
+        value_range: data.summary.value_range,
+        classes: data.summary.classes.clone(),
+        arcface: Default::default(),
+        epochs_trained: 0,
+        best_epoch: 0,
+        best_val_accuracy: 0.0,
+        torch_version: mlops_torch::LIBTORCH_VERSION.into(),
+        data_manifest_sha256: sha256_file(&data.dir.join("manifest.json")).unwrap(),
+    };
+    let mut manifest = Manifest::begin("train", "fixture", &());
+    manifest.outputs.push(out.adopt(MODEL_FILE).unwrap());
+    manifest.outputs.push(
+        out.write_json(MODEL_DESCRIPTION_FILE, &description)
+            .unwrap(),
+    );
+    manifest.summary = serde_json::to_value(TrainSummary {
+        arch: "fixture".into(),
+        epochs: 0,
+        best_epoch: 0,
+        best_val_accuracy: 0.0,
+        devices: vec!["Cpu".into()],
+        threads: 1,
+        last: None,
+    })
+    .unwrap();
+    out.commit(manifest).unwrap();
 }
 
 fn make_data(root: &Path, name: &str, size: usize) -> PathBuf {
@@ -72,13 +119,17 @@ fn embeds_gallery_and_test_aligned_with_labels() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("embed");
     mlops_embed::run(&config(train, data, &out))?;
-    let (manifest, summary) = mlops_embed::load_summary(&out)?;
+    let opened = EmbeddingsDir::open(&out)?;
+    let (manifest, summary) = (opened.manifest, opened.summary);
     manifest.verify_outputs(&out)?;
     assert_eq!(summary.dim, 16);
     assert!(manifest.inputs.iter().any(|e| e.path.ends_with("model.pt")));
-    let (_, data_summary) = DataSummary::load(data)?;
+    let data_summary = DataDir::open(data)?.summary;
     let module = tch::CModule::load(train.join("model.pt"))?;
-    for role in ["gallery", "test"] {
+    // By default every role but train: what index and eval read.
+    let roles: Vec<&str> = summary.roles.keys().map(String::as_str).collect();
+    assert_eq!(roles, ["gallery", "test", "val"]);
+    for role in ["gallery", "test", "val"] {
         let embedded = &summary.roles[role];
         let source = &data_summary.roles[role];
         assert_eq!(embedded.rows, source.rows);
@@ -115,6 +166,29 @@ fn embeds_gallery_and_test_aligned_with_labels() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn embedder_in_memory_matches_the_stage() -> Result<()> {
+    let (_, data, train) = trained();
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("embed");
+    mlops_embed::run(&EmbedConfig {
+        roles: Some(vec!["test".parse().unwrap()]),
+        ..config(train, data, &out)
+    })?;
+    let stage = EmbeddingsDir::open(&out)?.read_role("test")?.0;
+    let (images, _) = DataDir::open(data)?.read_role("test".parse().unwrap())?;
+    let embedder = Embedder::load(&ModelDir::open(train)?, Device::Cpu)?;
+    let n = images.shape()[0];
+    let got = embedder.embed(images.as_slice().unwrap(), n, 5)?;
+    assert_eq!(got.shape(), stage.shape());
+    // Other batch boundaries than the stage's shards may round differently, by ulps at most.
+    let diff = (&got - &stage).iter().fold(0f32, |m, d| m.max(d.abs()));
+    assert!(diff < 1e-6, "max abs diff {diff}");
+    let err = embedder.embed(&[0.0; 10], 1, 5).unwrap_err().to_string();
+    assert!(err.contains("10 input values for 1 images"), "{err}");
+    Ok(())
+}
+
 fn run_bin(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
     let mut args = vec![
         std::ffi::OsStr::new("--model"),
@@ -139,7 +213,7 @@ fn assert_fails(model: &Path, data: &Path, extra: &[&str], expect: &str) {
 /// A copy of the train directory, for tests that damage it.
 fn copy_train(train: &Path, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
-    for name in ["model.pt", "config.json", "manifest.json"] {
+    for name in ["model.pt", "model.json", "manifest.json"] {
         std::fs::copy(train.join(name), to.join(name)).unwrap();
     }
     to.to_path_buf()

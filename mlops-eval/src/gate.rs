@@ -1,36 +1,6 @@
 //! The deploy gate: a pure policy from metrics to a decision; the caller does the I/O.
 
-use serde::{Deserialize, Serialize};
-
-/// Thresholds of the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GatePolicy {
-    /// Smallest acceptable test accuracy.
-    pub min_accuracy: f64,
-    /// Largest acceptable drop in accuracy against the currently deployed model.
-    pub max_regression: f64,
-}
-
-impl Default for GatePolicy {
-    fn default() -> Self {
-        GatePolicy {
-            min_accuracy: 0.8,
-            max_regression: 0.005,
-        }
-    }
-}
-
-/// Deploy or not, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    pub deploy: bool,
-    pub accuracy: f64,
-    /// Accuracy of the currently deployed model, when one was given.
-    pub current_accuracy: Option<f64>,
-    pub policy: GatePolicy,
-    /// One line per rule, passed or failed.
-    pub reasons: Vec<String>,
-}
+use mlops_core::artifact::{Decision, GatePolicy};
 
 /// Applies `policy` to a candidate's `accuracy` and, if given, the deployed model's.
 pub fn decide(accuracy: f64, current_accuracy: Option<f64>, policy: GatePolicy) -> Decision {

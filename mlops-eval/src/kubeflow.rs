@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::metrics::Metrics;
-use crate::Outcome;
+use mlops_core::artifact::EvalSummary as Outcome;
+use mlops_core::artifact::Metrics;
 
 /// `(file name, content)` of `mlpipeline-metrics.json` (v1), `mlpipeline-ui-metadata.json` and
 /// `metrics.json` (v2 style).
@@ -155,10 +155,11 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let m = crate::metrics::compute(&[0, 1], &[0, 0], &classes);
-        let o = crate::Outcome {
+        let o = Outcome {
             metrics: m,
             top1_accuracy: 0.5,
             k: 3,
+            vote: crate::Vote::Weighted,
             k_selection: vec![],
             queries_per_second: 1.0,
             classes_missing_in_gallery: vec![],

@@ -30,19 +30,18 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use faiss::Index;
-use mlops_core::embeddings::EmbeddingsDir;
+pub use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, REPORT_FILE};
+use mlops_core::artifact::{ClassifierSpec, EmbeddingsDir, CONFIG_FILE};
 use mlops_core::{FileEntry, Manifest, OutputDir};
+use mlops_index::{Classifier, Neighbours};
+use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-pub use gate::{decide, Decision, GatePolicy};
-pub use metrics::{Metrics, Vote};
+pub use gate::decide;
+pub use mlops_core::artifact::{Decision, EvalSummary, GatePolicy, Metrics, Vote};
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = "eval";
-/// The flat metrics file (also what `--current` reads from a previous evaluation).
-pub const METRICS_FILE: &str = "metrics.json";
-pub const DECISION_FILE: &str = "decision.json";
+pub const STAGE: &str = <EvalSummary as mlops_core::artifact::StageSummary>::STAGE;
 
 /// Errors of the eval stage.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +50,6 @@ pub enum Error {
     Artifact(#[from] mlops_core::Error),
     #[error(transparent)]
     Index(#[from] mlops_index::Error),
-    #[error("faiss search: {0}")]
-    Faiss(#[from] faiss::error::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("report: {0}")]
@@ -95,228 +92,242 @@ impl Default for EvalConfig {
     }
 }
 
-/// What an evaluation found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Outcome {
-    pub metrics: Metrics,
-    pub top1_accuracy: f64,
-    pub k: usize,
-    /// How `k` was chosen, and the validation accuracy of each candidate if it was.
-    pub k_selection: Vec<(usize, f64)>,
-    pub queries_per_second: f64,
-    /// Test classes with no gallery image: they can never be predicted.
-    pub classes_missing_in_gallery: Vec<String>,
-    pub decision: Decision,
-}
-
-/// Neighbour labels and similarities of every query: `[queries, k]`, row-major.
-struct Neighbours {
-    labels: Vec<Option<usize>>,
-    sims: Vec<f32>,
-    k: usize,
-}
-
-fn search(
-    index: &mut mlops_index::LoadedIndex,
-    queries: &[f32],
-    k: usize,
-    classes: usize,
-) -> Result<(Neighbours, f64)> {
-    let started = Instant::now();
-    let result = index.index.search(queries, k)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let labels = result
-        .labels
-        .iter()
-        .map(|id| {
-            id.get()
-                .and_then(|i| index.labels.get(i as usize).copied())
-                .and_then(|l| usize::try_from(l).ok())
-                .filter(|&l| l < classes)
-        })
-        .collect();
-    let sims = match index.summary.metric {
-        mlops_index::Metric::InnerProduct => result.distances,
-        // Squared L2 distance between unit vectors is 2 - 2cos: map it back to a similarity.
-        mlops_index::Metric::L2 => result.distances.iter().map(|d| 1.0 - d / 2.0).collect(),
-    };
-    Ok((Neighbours { labels, sims, k }, seconds))
-}
-
-/// Runs the eval stage (see the crate docs). A rejection is a result, not an error.
-pub fn run(config: &EvalConfig) -> Result<Outcome> {
-    if config.k == Some(0) || config.k_candidates.is_empty() || config.k_candidates.contains(&0) {
-        return Err(Error::Config(
-            "k and every k candidate must be at least 1".into(),
-        ));
+impl EvalConfig {
+    fn check(&self) -> Result<()> {
+        if self.k == Some(0) || self.k_candidates.is_empty() || self.k_candidates.contains(&0) {
+            return Err(Error::Config(
+                "k and every k candidate must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
-    let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
-    let mut index = mlops_index::load(&config.index)?;
+}
+
+/// Runs the eval stage (see the crate docs): prepare the inputs, compute the metrics and the
+/// decision, write the outputs. A rejection is a result, not an error.
+pub fn run(config: &EvalConfig) -> Result<EvalSummary> {
+    config.check()?;
+    let manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
+    let mut inputs = prepare(config)?;
+    let outcome = compute(config, &mut inputs)?;
+    write_outputs(config, &inputs, &outcome, manifest)?;
+    Ok(outcome)
+}
+
+/// The opened index and embeddings, checked against each other.
+struct Inputs {
+    classifier: Classifier,
+    emb: EmbeddingsDir,
+    test: Array2<f32>,
+    /// Test labels as class ids.
+    truth: Vec<usize>,
+    /// Validation embeddings and class ids, when they choose k.
+    val: Option<(Array2<f32>, Vec<usize>)>,
+    /// Predicted class of each test embedding (set by [`compute`]).
+    pred: Vec<usize>,
+}
+
+fn prepare(config: &EvalConfig) -> Result<Inputs> {
+    let index = mlops_index::load(&config.index)?;
     let emb = EmbeddingsDir::open(&config.embeddings)?;
-    if emb.summary.dim != index.summary.dim {
-        return Err(mlops_core::Error::invalid(
-            config.embeddings.join(mlops_core::MANIFEST_FILE),
-            format!(
+    let summary = index.summary();
+    if emb.summary.dim != summary.dim {
+        return Err(emb
+            .invalid(format!(
                 "embeddings have dimension {}, the index in {} has {}",
                 emb.summary.dim,
                 config.index.display(),
-                index.summary.dim
-            ),
-        )
-        .into());
+                summary.dim
+            ))
+            .into());
     }
-    let classes = index.summary.classes.clone();
-    if emb.summary.classes != classes {
-        return Err(mlops_core::Error::invalid(
-            config.embeddings.join(mlops_core::MANIFEST_FILE),
-            format!(
+    if emb.summary.classes != summary.classes {
+        return Err(emb
+            .invalid(format!(
                 "classes {:?} differ from the index's {:?}",
-                emb.summary.classes, classes
-            ),
-        )
-        .into());
+                emb.summary.classes, summary.classes
+            ))
+            .into());
     }
+    let n_classes = summary.classes.len();
     let (test, test_labels) = emb.read_role("test")?;
-    let truth = class_ids(&test_labels, classes.len(), &config.embeddings, "test")?;
-    let ntotal = index.summary.ntotal;
-    let k_max = config
-        .k
-        .unwrap_or(0)
-        .max(*config.k_candidates.iter().max().expect("non-empty"))
-        .min(ntotal)
-        .max(1);
-
+    let truth = class_ids(&test_labels, n_classes, &config.embeddings, "test")?;
     // Choose k on val when the embed stage wrote it; a val role that is there but unreadable
     // (tampered, misaligned) is an error, not a silent fallback.
     let val = match config.k {
-        None if emb.has_role("val") => Some(emb.read_role("val")?),
+        None if emb.has_role("val") => {
+            let (val, labels) = emb.read_role("val")?;
+            let truth = class_ids(&labels, n_classes, &config.embeddings, "val")?;
+            Some((val, truth))
+        }
         _ => None,
     };
-    let k_selection = match val {
-        Some((val, val_labels)) => {
-            let (nb, _) = search(
-                &mut index,
-                val.as_slice().expect("standard layout"),
-                k_max,
-                classes.len(),
-            )?;
-            let val_truth = class_ids(&val_labels, classes.len(), &config.embeddings, "val")?;
-            config
-                .k_candidates
-                .iter()
-                .map(|&k| {
-                    let pred = metrics::vote(
-                        &nb.labels,
-                        &nb.sims,
-                        nb.k,
-                        k.min(k_max),
-                        classes.len(),
-                        config.vote,
-                    );
-                    let acc = pred.iter().zip(&val_truth).filter(|(p, t)| p == t).count() as f64
-                        / val_truth.len() as f64;
-                    (k, acc)
-                })
-                .collect::<Vec<_>>()
+    let spec = ClassifierSpec {
+        k: config.k.unwrap_or(1),
+        vote: config.vote,
+    };
+    Ok(Inputs {
+        classifier: Classifier::new(index, spec),
+        emb,
+        test,
+        truth,
+        val,
+        pred: Vec::new(),
+    })
+}
+
+/// Chooses k, classifies the test set, computes the metrics and the gate's decision.
+fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
+    let classes = inputs.classifier.classes().to_vec();
+    let ntotal = inputs.classifier.index.summary().ntotal;
+    let largest_candidate = *config.k_candidates.iter().max().expect("checked non-empty");
+    let k_max = config
+        .k
+        .unwrap_or(0)
+        .max(largest_candidate)
+        .min(ntotal)
+        .max(1);
+
+    let k_selection = match &inputs.val {
+        Some((val, truth)) => {
+            let nb = inputs.classifier.neighbours(standard(val), k_max)?;
+            score_candidates(&nb, truth, &config.k_candidates, k_max, config.vote)
         }
         None => Vec::new(),
     };
     let k = match config.k {
         Some(k) => k.min(k_max),
-        None => k_selection
-            .iter()
-            .fold(None::<(usize, f64)>, |best, &(k, acc)| match best {
-                Some((_, b)) if b >= acc => best,
-                _ => Some((k, acc)),
-            })
-            .map_or(10.min(k_max), |(k, _)| k),
+        None => best_k(&k_selection).unwrap_or(10.min(k_max)),
     };
     tracing::info!(k, ?k_selection, "neighbours voting");
 
-    let (nb, seconds) = search(
-        &mut index,
-        test.as_slice().expect("standard layout"),
-        k_max,
-        classes.len(),
-    )?;
-    let queries_per_second = truth.len() as f64 / seconds.max(1e-9);
-    let pred = metrics::vote(&nb.labels, &nb.sims, nb.k, k, classes.len(), config.vote);
-    let top1 = metrics::vote(&nb.labels, &nb.sims, nb.k, 1, classes.len(), config.vote);
-    let m = metrics::compute(&truth, &pred, &classes);
-    let top1_accuracy = metrics::compute(&truth, &top1, &classes).accuracy;
-
-    let mut in_gallery = vec![false; classes.len()];
-    for &l in index.labels.iter() {
-        if let Some(slot) = usize::try_from(l).ok().and_then(|l| in_gallery.get_mut(l)) {
-            *slot = true;
-        }
-    }
-    let classes_missing_in_gallery: Vec<String> = (0..classes.len())
-        .filter(|&c| !in_gallery[c] && m.per_class[c].support > 0)
-        .map(|c| classes[c].clone())
-        .collect();
-    if !classes_missing_in_gallery.is_empty() {
-        tracing::warn!(classes = ?classes_missing_in_gallery, "test classes with no gallery image can never be predicted");
-    }
-
+    let started = Instant::now();
+    let nb = inputs
+        .classifier
+        .neighbours(standard(&inputs.test), k_max)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let truth = &inputs.truth;
+    inputs.pred = nb.vote(k, config.vote);
+    let m = metrics::compute(truth, &inputs.pred, &classes);
+    let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
+    let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
     let current_accuracy = match &config.current {
         Some(dir) => Some(read_current_accuracy(dir)?),
         None => None,
     };
-    let decision = gate::decide(m.accuracy, current_accuracy, config.gate);
-    let outcome = Outcome {
+    Ok(EvalSummary {
+        decision: gate::decide(m.accuracy, current_accuracy, config.gate),
         metrics: m,
         top1_accuracy,
         k,
+        vote: config.vote,
         k_selection,
-        queries_per_second,
+        queries_per_second: truth.len() as f64 / seconds.max(1e-9),
         classes_missing_in_gallery,
-        decision,
-    };
+    })
+}
 
-    manifest.inputs = index.manifest.input_entries(
-        &config.index,
-        [mlops_index::INDEX_FILE, mlops_index::LABELS_FILE],
-    )?;
+/// A matrix read by the embeddings reader is in standard layout.
+fn standard(m: &Array2<f32>) -> &[f32] {
+    m.as_slice()
+        .expect("read_role builds a standard-layout array")
+}
+
+/// Validation accuracy of each candidate k (capped at `k_max`).
+fn score_candidates(
+    nb: &Neighbours,
+    truth: &[usize],
+    candidates: &[usize],
+    k_max: usize,
+    vote: Vote,
+) -> Vec<(usize, f64)> {
+    candidates
+        .iter()
+        .map(|&k| {
+            let pred = nb.vote(k.min(k_max), vote);
+            let correct = pred.iter().zip(truth).filter(|(p, t)| p == t).count();
+            (k, correct as f64 / truth.len() as f64)
+        })
+        .collect()
+}
+
+/// The candidate with the best validation accuracy; the smaller k on ties.
+fn best_k(selection: &[(usize, f64)]) -> Option<usize> {
+    selection
+        .iter()
+        .fold(None::<(usize, f64)>, |best, &(k, acc)| match best {
+            Some((_, b)) if b >= acc => best,
+            _ => Some((k, acc)),
+        })
+        .map(|(k, _)| k)
+}
+
+/// Test classes with no gallery image: they can never be predicted.
+fn missing_in_gallery(classifier: &Classifier, m: &Metrics, classes: &[String]) -> Vec<String> {
+    let mut in_gallery = vec![false; classes.len()];
+    for &l in classifier.index.labels.iter() {
+        if let Some(slot) = usize::try_from(l).ok().and_then(|l| in_gallery.get_mut(l)) {
+            *slot = true;
+        }
+    }
+    let missing: Vec<String> = (0..classes.len())
+        .filter(|&c| !in_gallery[c] && m.per_class[c].support > 0)
+        .map(|c| classes[c].clone())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(classes = ?missing, "test classes with no gallery image can never be predicted");
+    }
+    missing
+}
+
+/// Writes the metrics files, decision, heat-map, report and manifest.
+fn write_outputs(
+    config: &EvalConfig,
+    inputs: &Inputs,
+    outcome: &EvalSummary,
+    mut manifest: Manifest,
+) -> Result<()> {
+    let classes = inputs.classifier.classes();
+    manifest.inputs = inputs.classifier.index.dir.index_input_entries()?;
     // The val shards count as inputs only when they chose k.
     let roles: &[&str] = if outcome.k_selection.is_empty() {
         &["test"]
     } else {
         &["test", "val"]
     };
-    manifest.inputs.extend(emb.input_entries(roles)?);
+    manifest
+        .inputs
+        .extend(inputs.emb.role_input_entries(roles)?);
     if let Some(dir) = &config.current {
         manifest
             .inputs
             .push(FileEntry::input_file(&dir.join(METRICS_FILE))?);
     }
     let mut out = OutputDir::create(&config.out)?;
-    for (name, value) in kubeflow::files(&outcome, &classes) {
+    for (name, value) in kubeflow::files(outcome, classes) {
         manifest.outputs.push(out.write_json(name, &value)?);
     }
     manifest.outputs.push(out.write_bytes(
         "confusion_matrix.csv",
-        kubeflow::confusion_csv(&outcome.metrics, &classes).as_bytes(),
+        kubeflow::confusion_csv(&outcome.metrics, classes).as_bytes(),
     )?);
     manifest
         .outputs
         .push(out.write_json(DECISION_FILE, &outcome.decision)?);
     let png_path = out.staged_path("confusion_matrix.png");
-    report::confusion_png(&png_path, &outcome.metrics.confusion, &classes)
-        .map_err(Error::Report)?;
+    report::confusion_png(&png_path, &outcome.metrics.confusion, classes).map_err(Error::Report)?;
     let heatmap = std::fs::read(&png_path).map_err(|e| mlops_core::Error::io(&png_path, e))?;
     manifest.outputs.push(out.adopt("confusion_matrix.png")?);
-    let (thumbnails, note) = misclassified_thumbnails(&emb, &truth, &pred, &classes, 24);
-    let html = report::html(&outcome, &heatmap, &thumbnails, &note);
+    let (thumbnails, note) =
+        misclassified_thumbnails(&inputs.emb, &inputs.truth, &inputs.pred, classes, 24);
+    let html = report::html(outcome, &heatmap, &thumbnails, &note);
     manifest
         .outputs
-        .push(out.write_bytes("report.html", html.as_bytes())?);
-    manifest
-        .outputs
-        .push(out.write_json("config.json", config)?);
-    manifest.summary = serde_json::to_value(&outcome).expect("plain data");
+        .push(out.write_bytes(REPORT_FILE, html.as_bytes())?);
+    manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
+    manifest.summary = serde_json::to_value(outcome).expect("plain data");
     out.commit(manifest)?;
-    Ok(outcome)
+    Ok(())
 }
 
 /// `labels` as class ids, or an error naming `dir` when one lies outside the `classes`.
@@ -357,7 +368,7 @@ fn misclassified_thumbnails(
             "The embed manifest names no data directory; thumbnails skipped.".into(),
         );
     };
-    let data = match mlops_data::DataDir::open(&data_path) {
+    let data = match mlops_core::artifact::DataDir::open(&data_path) {
         Ok(d) => d,
         Err(e) => {
             return (
@@ -366,7 +377,7 @@ fn misclassified_thumbnails(
             )
         }
     };
-    let Ok(role) = data.role(mlops_data::Role::Test) else {
+    let Ok(role) = data.role(mlops_core::artifact::Role::Test) else {
         return (
             Vec::new(),
             "The data directory has no test role; thumbnails skipped.".into(),

@@ -6,12 +6,21 @@ use mlops_eval::Vote;
 
 /// Classify test embeddings through the FAISS index, write metrics (Kubeflow files included)
 /// and the deploy decision. Exits 0 whether the gate deploys or rejects, unless --fail-on-reject.
+/// Every setting of mlops_eval::EvalConfig can also come from --config FILE.toml or --set.
 #[derive(Parser)]
 #[command(name = "mlops-eval", version)]
 struct Args {
-    /// TOML file with an [EvalConfig]; flags override it.
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+    /// Exit 3 when the gate rejects (for orchestrators that branch on exit codes).
     #[arg(long)]
-    config: Option<PathBuf>,
+    fail_on_reject: bool,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// Output directory of mlops-index.
     #[arg(long)]
     index: PathBuf,
@@ -27,54 +36,32 @@ struct Args {
     /// Voting neighbours [default: best on validation embeddings, else 10].
     #[arg(long)]
     k: Option<usize>,
-    /// Vote weighting [default: weighted].
-    #[arg(long, value_enum)]
+    /// Vote weighting: weighted or uniform [default: weighted].
+    #[arg(long)]
     vote: Option<Vote>,
     /// Smallest accuracy the gate accepts [default: 0.8].
     #[arg(long)]
+    #[serde(rename = "gate.min_accuracy")]
     min_accuracy: Option<f64>,
     /// Largest accuracy drop against --current the gate accepts [default: 0.005].
     #[arg(long)]
+    #[serde(rename = "gate.max_regression")]
     max_regression: Option<f64>,
-    /// Exit 3 when the gate rejects (for orchestrators that branch on exit codes).
-    #[arg(long)]
-    fail_on_reject: bool,
 }
 
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_eval::EvalConfig = match mlops_core::load_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return mlops_core::telemetry::report_error(&e),
-    };
-    c.index = args.index;
-    c.embeddings = args.embeddings;
-    c.out = args.out;
-    c.current = args.current.or(c.current);
-    c.k = args.k.or(c.k);
-    c.vote = args.vote.unwrap_or(c.vote);
-    c.gate.min_accuracy = args.min_accuracy.unwrap_or(c.gate.min_accuracy);
-    c.gate.max_regression = args.max_regression.unwrap_or(c.gate.max_regression);
-    match mlops_eval::run(&c) {
-        Ok(o) => {
-            let verdict = if o.decision.deploy {
-                "deploy"
-            } else {
-                "reject"
-            };
-            eprintln!(
-                "accuracy {:.4} (k = {}), decision: {verdict}: {}",
-                o.metrics.accuracy,
-                o.k,
-                o.decision.reasons.join("; ")
-            );
-            if args.fail_on_reject && !o.decision.deploy {
-                ExitCode::from(3)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_eval::EvalConfig| {
+        let o = mlops_eval::run(&c)?;
+        let d = &o.decision;
+        let verdict = if d.deploy { "deploy" } else { "reject" };
+        let (acc, k, why) = (o.metrics.accuracy, o.k, d.reasons.join("; "));
+        eprintln!("accuracy {acc:.4} (k = {k}), decision: {verdict}: {why}");
+        let reject = args.fail_on_reject && !d.deploy;
+        Ok::<_, mlops_eval::Error>(if reject {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
 }

@@ -1,29 +1,6 @@
 //! Classification metrics from predictions: pure functions, no I/O.
 
-use serde::{Deserialize, Serialize};
-
-/// Precision, recall, F1 and support of one class.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassMetrics {
-    pub class: String,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    /// Test samples of this class.
-    pub support: usize,
-}
-
-/// Everything computed from one set of predictions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    pub accuracy: f64,
-    pub macro_precision: f64,
-    pub macro_recall: f64,
-    pub macro_f1: f64,
-    pub per_class: Vec<ClassMetrics>,
-    /// `confusion[target][predicted]` counts.
-    pub confusion: Vec<Vec<usize>>,
-}
+use mlops_core::artifact::eval::{ClassMetrics, Metrics};
 
 /// Computes [`Metrics`] for `truth` and `pred` (class ids below `classes.len()`).
 /// Classes without test samples get zero recall and are left out of the macro averages.
@@ -74,55 +51,6 @@ pub fn compute(truth: &[usize], pred: &[usize], classes: &[String]) -> Metrics {
     }
 }
 
-/// How neighbours vote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Vote {
-    /// One vote per neighbour.
-    Uniform,
-    /// Each neighbour votes with its similarity (inner product + 1, so always positive).
-    Weighted,
-}
-
-/// Predicts one class per query from its `k` nearest neighbours' labels and similarities
-/// (row-major `[queries, k_max]`, `None` for missing neighbours); ties go to the class whose
-/// best neighbour is nearest.
-pub fn vote(
-    labels: &[Option<usize>],
-    sims: &[f32],
-    k_max: usize,
-    k: usize,
-    classes: usize,
-    how: Vote,
-) -> Vec<usize> {
-    let mut scores = vec![0f64; classes];
-    labels
-        .chunks(k_max)
-        .zip(sims.chunks(k_max))
-        .map(|(ls, ss)| {
-            scores.iter_mut().for_each(|s| *s = 0.0);
-            let mut first_seen = vec![usize::MAX; classes];
-            for (rank, (l, &s)) in ls.iter().zip(ss).take(k).enumerate() {
-                if let Some(c) = *l {
-                    scores[c] += match how {
-                        Vote::Uniform => 1.0,
-                        Vote::Weighted => f64::from(s) + 1.0,
-                    };
-                    first_seen[c] = first_seen[c].min(rank);
-                }
-            }
-            (0..classes)
-                .max_by(|&a, &b| {
-                    scores[a]
-                        .partial_cmp(&scores[b])
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                        .then(first_seen[b].cmp(&first_seen[a]))
-                })
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,30 +86,5 @@ mod tests {
         let m = compute(&[0, 1], &[0, 1], &names(3));
         assert_eq!(m.per_class[2].support, 0);
         assert!((m.macro_f1 - 1.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn votes() {
-        // One query, neighbours: class 1 (0.9), class 0 (0.8), class 0 (0.1)
-        let labels = [Some(1), Some(0), Some(0)];
-        let sims = [0.9, 0.8, 0.1];
-        assert_eq!(vote(&labels, &sims, 3, 1, 2, Vote::Uniform), vec![1]);
-        assert_eq!(vote(&labels, &sims, 3, 3, 2, Vote::Uniform), vec![0]);
-        // Weighted: class 1 = 1.9, class 0 = 1.8 + 1.1 = 2.9.
-        assert_eq!(vote(&labels, &sims, 3, 3, 2, Vote::Weighted), vec![0]);
-        // Tie at k = 2 (uniform): the nearer neighbour's class wins.
-        assert_eq!(vote(&labels, &sims, 3, 2, 2, Vote::Uniform), vec![1]);
-        // Missing neighbours are skipped.
-        assert_eq!(
-            vote(
-                &[None, Some(1), None],
-                &[0.0, 0.5, 0.0],
-                3,
-                3,
-                2,
-                Vote::Uniform
-            ),
-            vec![1]
-        );
     }
 }

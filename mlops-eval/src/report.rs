@@ -6,7 +6,7 @@ use base64::Engine;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, RGBColor};
 
-use crate::Outcome;
+use mlops_core::artifact::EvalSummary as Outcome;
 
 /// The font the heat-map is drawn with (Debian's `fonts-dejavu-core`; `MLOPS_FONT` overrides).
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";

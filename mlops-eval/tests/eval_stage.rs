@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use mlops_core::embeddings::write_clusters;
+use mlops_core::testing::write_clusters;
 use mlops_core::Manifest;
 use mlops_eval::EvalConfig;
 use mlops_index::IndexConfig;

@@ -6,7 +6,8 @@
 use std::time::Instant;
 
 use faiss::Index;
-use mlops_index::{build, recall_at_k, set_search_params, Metric};
+use mlops_core::artifact::Metric;
+use mlops_index::{build, recall_at_k, set_search_params};
 use rand::{Rng, SeedableRng};
 
 fn main() {

@@ -22,24 +22,25 @@
 //! # Ok::<(), mlops_index::Error>(())
 //! ```
 
+pub mod classifier;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use faiss::index::autotune::ParameterSpace;
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType};
-use mlops_core::embeddings::EmbeddingsDir;
+use mlops_core::artifact::index::{Recall, INDEX_FILE, LABELS_FILE};
+use mlops_core::artifact::{
+    EmbeddingsDir, IndexDir, IndexSummary, Metric, CLASSES_FILE, CONFIG_FILE,
+};
 use mlops_core::{Manifest, OutputDir};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = "index";
-/// The index file, in FAISS's format.
-pub const INDEX_FILE: &str = "index.faiss";
-/// Labels aligned with index ids.
-pub const LABELS_FILE: &str = "labels.npy";
+pub const STAGE: &str = <IndexSummary as mlops_core::artifact::StageSummary>::STAGE;
 
 /// Errors of the index stage.
 #[derive(Debug, thiserror::Error)]
@@ -59,26 +60,18 @@ pub enum Error {
 /// Result alias for [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn faiss_err(context: impl Into<String>) -> impl FnOnce(faiss::error::Error) -> Error {
+pub use classifier::{Classifier, Neighbours, Prediction};
+pub use mlops_core::artifact::{ClassifierSpec, Vote};
+
+pub(crate) fn faiss_err(context: impl Into<String>) -> impl FnOnce(faiss::error::Error) -> Error {
     let context = context.into();
     move |source| Error::Faiss { context, source }
 }
 
-/// Similarity used by the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Inner product: cosine similarity on the L2-normalised embeddings.
-    InnerProduct,
-    L2,
-}
-
-impl Metric {
-    fn faiss(self) -> MetricType {
-        match self {
-            Metric::InnerProduct => MetricType::InnerProduct,
-            Metric::L2 => MetricType::L2,
-        }
+fn faiss_metric(metric: Metric) -> MetricType {
+    match metric {
+        Metric::InnerProduct => MetricType::InnerProduct,
+        Metric::L2 => MetricType::L2,
     }
 }
 
@@ -124,31 +117,6 @@ impl Default for IndexConfig {
     }
 }
 
-/// The index stage's `summary` in its manifest, read back by the eval stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IndexSummary {
-    pub factory: String,
-    pub metric: Metric,
-    pub dim: usize,
-    pub ntotal: usize,
-    pub classes: Vec<String>,
-    pub nprobe: Option<usize>,
-    pub ef_search: Option<usize>,
-    pub trained_on: usize,
-    /// recall@k of this index against an exact one, for approximate indexes.
-    pub recall: Option<Recall>,
-    pub build_seconds: f64,
-}
-
-/// Agreement of an approximate index with exact search.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recall {
-    pub k: usize,
-    pub queries: usize,
-    /// Mean fraction of the exact top-k found in the approximate top-k.
-    pub recall_at_k: f64,
-}
-
 /// Builds an index over `vectors` (`n x dim`, row-major): trains it on a seeded sample of at
 /// most `train_size` rows when the type needs it, then adds the rows in order.
 pub fn build(
@@ -160,9 +128,9 @@ pub fn build(
     seed: u64,
 ) -> Result<(IndexImpl, usize)> {
     let mut index =
-        faiss::index_factory(dim as u32, factory, metric.faiss()).map_err(faiss_err(format!(
-            "unknown or invalid index factory string {factory:?}"
-        )))?;
+        faiss::index_factory(dim as u32, factory, faiss_metric(metric)).map_err(faiss_err(
+            format!("unknown or invalid index factory string {factory:?}"),
+        ))?;
     let n = vectors.len() / dim.max(1);
     let mut trained_on = 0;
     if !index.is_trained() {
@@ -248,7 +216,7 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     } else {
         &[&config.role]
     };
-    manifest.inputs = emb.input_entries(roles)?;
+    manifest.inputs = emb.role_input_entries(roles)?;
     if let Some(bad) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(mlops_core::Error::invalid(
             &config.embeddings,
@@ -307,10 +275,8 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     manifest.outputs.push(out.write_npy(LABELS_FILE, &labels)?);
     manifest
         .outputs
-        .push(out.write_json("classes.json", &emb.summary.classes)?);
-    manifest
-        .outputs
-        .push(out.write_json("config.json", config)?);
+        .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
+    manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = IndexSummary {
         factory: config.factory.clone(),
         metric: config.metric,
@@ -331,20 +297,28 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
 /// A finished index-stage output, loaded for searching.
 pub struct LoadedIndex {
     pub index: IndexImpl,
+    /// The class of each index id.
     pub labels: ndarray::Array1<i64>,
-    pub summary: IndexSummary,
-    pub manifest: Manifest,
+    pub dir: IndexDir,
+}
+
+impl LoadedIndex {
+    /// What the index stage recorded about the index.
+    pub fn summary(&self) -> &IndexSummary {
+        &self.dir.summary
+    }
 }
 
 /// Loads `index.faiss` and `labels.npy` from an index-stage directory (checksums verified),
 /// with the recorded search parameters applied.
 pub fn load(dir: &Path) -> Result<LoadedIndex> {
-    let manifest = Manifest::load_stage(dir, STAGE)?;
-    let summary: IndexSummary = manifest.summary_as(dir)?;
-    for name in [INDEX_FILE, LABELS_FILE] {
-        manifest.verified_output(dir, name)?;
-    }
-    let path = dir.join(INDEX_FILE);
+    load_dir(IndexDir::open(dir)?)
+}
+
+/// [`load`] for an index directory already opened.
+pub fn load_dir(dir: IndexDir) -> Result<LoadedIndex> {
+    let path = dir.index_path()?;
+    let summary = &dir.summary;
     let mut index = faiss::read_index(path.to_string_lossy().as_ref()).map_err(faiss_err(
         format!("{}: corrupt or unreadable index", path.display()),
     ))?;
@@ -362,24 +336,8 @@ pub fn load(dir: &Path) -> Result<LoadedIndex> {
         .into());
     }
     set_search_params(&mut index, summary.nprobe, summary.ef_search)?;
-    let labels: ndarray::Array1<i64> = mlops_core::npy::read(&dir.join(LABELS_FILE))?;
-    if labels.len() != summary.ntotal {
-        return Err(mlops_core::Error::invalid(
-            dir.join(LABELS_FILE),
-            format!(
-                "{} labels for {} indexed vectors",
-                labels.len(),
-                summary.ntotal
-            ),
-        )
-        .into());
-    }
-    Ok(LoadedIndex {
-        index,
-        labels,
-        summary,
-        manifest,
-    })
+    let labels = dir.labels()?;
+    Ok(LoadedIndex { index, labels, dir })
 }
 
 #[cfg(test)]

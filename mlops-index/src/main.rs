@@ -2,16 +2,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mlops_index::Metric;
+use mlops_core::artifact::Metric;
 
 /// Build a FAISS index over gallery embeddings (mlops-embed output) and write index.faiss with
-/// labels.npy aligned to index ids.
+/// labels.npy aligned to index ids. Every setting of mlops_index::IndexConfig can also come from
+/// --config FILE.toml or --set key=value.
 #[derive(Parser)]
 #[command(name = "mlops-index", version)]
 struct Args {
-    /// TOML file with an [IndexConfig]; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// Output directory of mlops-embed.
     #[arg(long)]
     embeddings: PathBuf,
@@ -21,8 +27,8 @@ struct Args {
     /// FAISS index_factory string, e.g. Flat, IVF256,Flat, HNSW32, IVF256,PQ16 [default: Flat].
     #[arg(long)]
     factory: Option<String>,
-    /// Similarity [default: inner-product].
-    #[arg(long, value_enum)]
+    /// Similarity: inner_product or l2 [default: inner_product].
+    #[arg(long)]
     metric: Option<Metric>,
     /// IVF lists visited per query.
     #[arg(long)]
@@ -39,28 +45,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_index::IndexConfig = match mlops_core::load_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return mlops_core::telemetry::report_error(&e),
-    };
-    c.embeddings = args.embeddings;
-    c.out = args.out;
-    c.factory = args.factory.unwrap_or(c.factory);
-    c.metric = args.metric.unwrap_or(c.metric);
-    c.nprobe = args.nprobe.or(c.nprobe);
-    c.ef_search = args.ef_search.or(c.ef_search);
-    c.train_size = args.train_size.unwrap_or(c.train_size);
-    c.seed = args.seed.unwrap_or(c.seed);
-    match mlops_index::run(&c) {
-        Ok(s) => {
-            eprintln!(
-                "indexed {} vectors of dim {} with {}",
-                s.ntotal, s.dim, s.factory
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_index::IndexConfig| {
+        let s = mlops_index::run(&c)?;
+        eprintln!(
+            "indexed {} vectors of dim {} with {}",
+            s.ntotal, s.dim, s.factory
+        );
+        Ok::<_, mlops_index::Error>(ExitCode::SUCCESS)
+    })
 }

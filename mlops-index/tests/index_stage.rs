@@ -11,7 +11,7 @@ use ndarray::{Array1, Array2};
 /// A synthetic embed-stage directory with gallery and test roles.
 fn embed_dir(root: &Path, dim: usize, per_class: usize, classes: usize) -> Result<PathBuf> {
     let dir = root.join("embed");
-    mlops_core::embeddings::write_clusters(
+    mlops_core::testing::write_clusters(
         &dir,
         dim,
         per_class,
@@ -53,7 +53,7 @@ fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
         assert_eq!(loaded.labels.len(), 400);
         // Id i is gallery row i: searching row 7 finds id 7 with its label.
         let (gallery, labels) =
-            mlops_core::embeddings::EmbeddingsDir::open(&emb)?.read_role("gallery")?;
+            mlops_core::artifact::EmbeddingsDir::open(&emb)?.read_role("gallery")?;
         use faiss::Index;
         let hit = loaded.index.search(gallery.row(7).as_slice().unwrap(), 1)?;
         let id = hit.labels[0].get().unwrap() as usize;
@@ -78,10 +78,7 @@ fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
 
 /// Python's faiss (from the set-up venv) reads our index file.
 fn python_faiss_reads(dir: &Path, ntotal: usize) -> Result<()> {
-    let Some(python) = std::env::var_os("MLOPS_PYTHON") else {
-        eprintln!(
-            "skipping python faiss check: MLOPS_PYTHON is not set (cargo xtask test sets it)"
-        );
+    let Some(python) = mlops_core::testing::python() else {
         return Ok(());
     };
     let script = "import sys, faiss; i = faiss.read_index(sys.argv[1]); print(i.ntotal, i.d)";

@@ -1,28 +1,7 @@
 //! ArcFace: additive angular margin loss (Deng et al., 2019).
 
-use tch::{nn, Kind, Tensor};
-
-/// ArcFace hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ArcFaceConfig {
-    /// Scale `s` applied to the cosines.
-    pub scale: f64,
-    /// Additive angular margin `m`, in radians.
-    pub margin: f64,
-    /// Apply the margin only where `cos(theta) > 0` instead of the `th`/`mm` fallback.
-    pub easy_margin: bool,
-}
-
-impl Default for ArcFaceConfig {
-    fn default() -> Self {
-        ArcFaceConfig {
-            scale: 32.0,
-            margin: 0.5,
-            easy_margin: false,
-        }
-    }
-}
+use mlops_core::artifact::model::ArcFaceConfig;
+use tch::{nn, Tensor};
 
 /// The ArcFace head: one learnable centre per class on the unit sphere.
 #[derive(Debug)]
@@ -97,16 +76,16 @@ pub fn normalize(xs: &Tensor) -> Tensor {
     xs / norm
 }
 
-/// Float tensor helper for tests and callers.
-pub fn f32_tensor(values: &[f32], shape: &[i64]) -> Tensor {
-    Tensor::from_slice(values)
-        .reshape(shape)
-        .to_kind(Kind::Float)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
+
+    fn f32_tensor(values: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(values)
+            .reshape(shape)
+            .to_kind(Kind::Float)
+    }
 
     /// A head with 2-d centres at angle 0 and 90 degrees, queried by unit vectors at `theta`.
     fn target_logit(theta_deg: f64, config: ArcFaceConfig) -> f64 {

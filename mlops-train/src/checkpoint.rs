@@ -2,6 +2,9 @@
 //! epoch, `best.safetensors` (weights) whenever validation accuracy improves. Each file is
 //! written to a temporary name and renamed; `state.json` goes last, so it only ever describes
 //! complete weight files.
+//!
+//! [`policy`] decides what to write (a pure function of the progress so far and the epoch's
+//! score); [`execute`] writes it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use crate::optim::Optimizer;
-use crate::{EpochMetrics, Error, Result, TrainConfig};
+use mlops_core::artifact::model::EpochMetrics;
+
+use crate::{Error, Result, TrainConfig};
 
 pub const DIR: &str = "checkpoints";
 pub const LAST: &str = "last.safetensors";
@@ -40,13 +45,74 @@ impl TrainState {
     }
 }
 
+impl TrainState {
+    /// Records a finished epoch; `best` when its weights are the new best.
+    pub fn record(&mut self, metrics: EpochMetrics, best: bool) {
+        self.epochs_done = metrics.epoch;
+        if best {
+            self.best_epoch = metrics.epoch;
+            self.best_val_accuracy = metrics.val_knn_accuracy;
+        }
+        self.metrics.push(metrics);
+    }
+}
+
+/// A checkpoint file to write after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The weights, as `best.safetensors`: they are the best so far.
+    SaveBest,
+    /// Weights and optimizer state as `last.safetensors`, then `state.json`.
+    SaveLast,
+}
+
+/// What to write after an epoch that scored `val_accuracy`, given the progress before it: the
+/// last checkpoint always (so a resume loses at most the epoch in flight), and the best weights
+/// when the score improved on every earlier epoch (the first epoch always does). Best before
+/// last, so `state.json`, written last, never names best weights that are not on disk.
+pub fn policy(state: &TrainState, val_accuracy: f64) -> Vec<Action> {
+    if val_accuracy > state.best_val_accuracy || state.best_epoch == 0 {
+        vec![Action::SaveBest, Action::SaveLast]
+    } else {
+        vec![Action::SaveLast]
+    }
+}
+
+/// Writes what [`policy`] decided, in its order.
+pub fn execute(
+    dir: &Path,
+    actions: &[Action],
+    vs: &nn::VarStore,
+    opt: &Optimizer,
+    state: &TrainState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
+    for action in actions {
+        match action {
+            Action::SaveBest => write_tensors(&dir.join(BEST), &named_vars(vs))?,
+            Action::SaveLast => {
+                let mut all = named_vars(vs);
+                all.extend(
+                    opt.state()
+                        .into_iter()
+                        .map(|(n, t)| (n, t.to_device(Device::Cpu))),
+                );
+                write_tensors(&dir.join(LAST), &all)?;
+                let text = serde_json::to_vec_pretty(state).expect("plain data");
+                mlops_core::write_atomic(&dir.join(STATE), &text)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The config without the fields that may differ between an interrupted run and its resume.
 fn fingerprint(config: &TrainConfig) -> serde_json::Value {
     let mut c = config.clone();
     c.resume = false;
     c.stop_after_epochs = None;
     c.threads = 0;
-    c.device = crate::DeviceSpec::Auto;
+    c.device = mlops_torch::DeviceSpec::Auto;
     c.out = Default::default();
     serde_json::to_value(c).expect("plain data")
 }
@@ -71,33 +137,8 @@ fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension("tmp.safetensors");
-    Tensor::write_safetensors(tensors, &tmp)?;
+    Tensor::write_safetensors(tensors, &tmp).map_err(mlops_torch::Error::from)?;
     std::fs::rename(&tmp, path).map_err(|e| mlops_core::Error::io(path, e))?;
-    Ok(())
-}
-
-/// Saves the end-of-epoch checkpoint (and the best weights when `best`).
-pub fn save(
-    dir: &Path,
-    vs: &nn::VarStore,
-    opt: &Optimizer,
-    state: &TrainState,
-    best: bool,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
-    let vars = named_vars(vs);
-    if best {
-        write_tensors(&dir.join(BEST), &vars)?;
-    }
-    let mut all = vars;
-    all.extend(
-        opt.state()
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu))),
-    );
-    write_tensors(&dir.join(LAST), &all)?;
-    let text = serde_json::to_vec_pretty(state).expect("plain data");
-    mlops_core::write_atomic(&dir.join(STATE), &text)?;
     Ok(())
 }
 
@@ -128,7 +169,12 @@ fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore
             )));
         }
         let mut var = var.shallow_clone();
-        tch::no_grad(|| var.copy_(&saved.to_device(var.device())));
+        tch::no_grad(|| {
+            saved
+                .f_to_device(var.device())
+                .and_then(|t| var.f_copy_(&t))
+        })
+        .map_err(|e| bad(format!("{name}: {e}")))?;
     }
     Ok(())
 }
@@ -177,4 +223,41 @@ pub fn load_best(dir: &Path, vs: &mut nn::VarStore) -> Result<()> {
     let best = dir.join(BEST);
     let named = read_tensors(&best)?;
     load_vars(&best, &named, vs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(epoch: usize, acc: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: 1.0,
+            val_knn_accuracy: acc,
+            val_centre_accuracy: acc,
+            lr: 0.1,
+            images_per_second: 1.0,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn policy_saves_best_only_on_improvement() {
+        let mut state = TrainState::new(&TrainConfig::default());
+        // The first epoch is always the best so far, even at zero accuracy.
+        assert_eq!(policy(&state, 0.0), [Action::SaveBest, Action::SaveLast]);
+        for (epoch, acc, best) in [
+            (1, 0.5, true),
+            (2, 0.7, true),
+            (3, 0.7, false),
+            (4, 0.6, false),
+        ] {
+            let actions = policy(&state, acc);
+            assert_eq!(actions.contains(&Action::SaveBest), best, "epoch {epoch}");
+            assert_eq!(actions.last(), Some(&Action::SaveLast));
+            state.record(metrics(epoch, acc), best);
+        }
+        assert_eq!((state.epochs_done, state.best_epoch), (4, 2));
+        assert_eq!(state.best_val_accuracy, 0.7);
+    }
 }

@@ -43,7 +43,8 @@ pub fn trace_and_verify(
     } else {
         f64::INFINITY
     };
-    if !(diff <= TOLERANCE) {
+    // NaN fails too.
+    if diff.is_nan() || diff > TOLERANCE {
         return Err(Error::Export {
             path,
             diff,

@@ -6,8 +6,8 @@
 //!
 //! - `model.pt`: the embedding network traced to TorchScript in eval mode (`[n,1,H,W]` float32
 //!   -> L2-normalised `[n,dim]`), loadable by `tch::CModule` and Python's `torch.jit.load`;
-//! - `config.json`: a [`ModelConfig`] (architecture, input shape, normalisation, dimension,
-//!   classes) so later stages never guess;
+//! - `model.json`: its [`ModelDescription`] (architecture, input shape, normalisation,
+//!   dimension, classes, libtorch version) so later stages never guess;
 //! - `metrics.jsonl`: one [`EpochMetrics`] line per epoch;
 //! - `checkpoints/`: `last.safetensors` (weights and optimizer state) with `state.json`, and
 //!   `best.safetensors` (the weights with the best validation accuracy, which are exported);
@@ -27,7 +27,6 @@
 
 pub mod arcface;
 mod checkpoint;
-pub mod device;
 pub mod export;
 pub mod model;
 pub mod optim;
@@ -38,18 +37,18 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use arcface::{ArcFace, ArcFaceConfig};
-pub use device::DeviceSpec;
+pub use arcface::ArcFace;
+pub use mlops_core::artifact::model::{
+    ArcFaceConfig, EpochMetrics, ModelDescription, MODEL_DESCRIPTION_FILE, MODEL_FILE,
+};
+pub use mlops_torch::DeviceSpec;
 pub use model::{Arch, EmbeddingNet};
 pub use optim::{OptimizerConfig, OptimizerKind, Schedule};
-pub use trainer::{run, EpochMetrics, Outcome, TrainNet};
+pub use trainer::{run, Outcome, TrainNet};
 
 /// Name of this stage in manifests.
-pub const STAGE: &str = "train";
-/// The exported TorchScript model.
-pub const MODEL_FILE: &str = "model.pt";
-/// The [`ModelConfig`] beside the model.
-pub const MODEL_CONFIG_FILE: &str = "config.json";
+pub const STAGE: &str =
+    <mlops_core::artifact::TrainSummary as mlops_core::artifact::StageSummary>::STAGE;
 
 /// Errors of the train stage.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +56,9 @@ pub enum Error {
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
     #[error(transparent)]
-    Data(#[from] mlops_data::Error),
+    Torch(#[from] mlops_torch::Error),
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-    #[error("{0}")]
-    Device(String),
+    Tch(#[from] tch::TchError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{}: corrupt or incompatible checkpoint: {message}", path.display())]
@@ -80,22 +77,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Data augmentation applied to training batches. Off by default: within the default
 /// five-minute budget (12 epochs) it slowed convergence on Fashion-MNIST (best validation kNN
 /// accuracy 0.9095 with shift 2 + flip against 0.9210 without); it pays off in longer runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Random translation of up to this many pixels in each direction (0 disables).
     pub max_shift: usize,
     /// Random horizontal flip (sensible for clothing, not for digits).
     pub hflip: bool,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        AugmentConfig {
-            max_shift: 0,
-            hflip: false,
-        }
-    }
 }
 
 /// Configuration of the train stage. The defaults train the `res` architecture on
@@ -171,7 +159,9 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.warmup_fraction) {
             return bad("dropout and warmup_fraction must lie in [0, 1)");
         }
-        if !(self.optimizer.lr() > 0.0)
+        let lr = self.optimizer.lr();
+        if lr.is_nan()
+            || lr <= 0.0
             || self.arcface.scale <= 0.0
             || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin)
         {
@@ -179,43 +169,4 @@ impl TrainConfig {
         }
         Ok(())
     }
-}
-
-/// What later stages need to use `model.pt`, saved beside it as `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    pub arch: Arch,
-    /// `[channels, height, width]` of one input image.
-    pub input_shape: [usize; 3],
-    pub embedding_dim: usize,
-    /// Normalisation the data stage applied (inputs must be preprocessed the same way).
-    pub normalization: Option<mlops_data::Normalization>,
-    /// Range of preprocessed pixel values.
-    pub value_range: [f32; 2],
-    pub classes: Vec<String>,
-    pub arcface: ArcFaceConfig,
-    pub epochs_trained: usize,
-    pub best_epoch: usize,
-    pub best_val_accuracy: f64,
-    /// libtorch version the model was traced with.
-    pub torch_version: String,
-    /// sha256 of the data manifest the model was trained from.
-    pub data_manifest_sha256: String,
-}
-
-/// Queries libtorch for its devices and intra-op thread count.
-pub fn torch_runtime() -> TorchRuntime {
-    TorchRuntime {
-        cuda_available: tch::Cuda::is_available(),
-        cuda_devices: tch::Cuda::device_count().max(0) as usize,
-        threads: tch::get_num_threads().max(1) as usize,
-    }
-}
-
-/// What the linked libtorch can run on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TorchRuntime {
-    pub cuda_available: bool,
-    pub cuda_devices: usize,
-    pub threads: usize,
 }

@@ -5,16 +5,23 @@ use clap::Parser;
 use mlops_train::{Arch, DeviceSpec, OptimizerKind, Schedule};
 
 /// Train an image-embedding network with ArcFace loss and export it to TorchScript (model.pt).
+/// Every setting of mlops_train::TrainConfig can also come from --config FILE.toml or
+/// --set key=value (e.g. --set arcface.easy_margin=true).
 #[derive(Parser)]
 #[command(name = "mlops-train", version)]
 struct Args {
-    /// TOML file with a [TrainConfig]; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// Output directory of mlops-data.
     #[arg(long)]
     data: PathBuf,
-    /// Output directory (model.pt, config.json, metrics.jsonl, checkpoints/).
+    /// Output directory (model.pt, model.json, metrics.jsonl, checkpoints/).
     #[arg(long)]
     out: PathBuf,
     /// Network architecture [default: res].
@@ -31,25 +38,30 @@ struct Args {
     batch_size: Option<usize>,
     /// Peak learning rate [default: 0.1 for sgd, 0.003 for adam].
     #[arg(long)]
+    #[serde(rename = "optimizer.lr")]
     lr: Option<f64>,
-    /// Weight decay on weight matrices and kernels [default: 0.2 for adam (decoupled), 5e-4
-    /// for sgd].
+    /// Weight decay on weight matrices and kernels [default: 5e-4 for sgd, 0.2 for adam
+    /// (decoupled)].
     #[arg(long)]
+    #[serde(rename = "optimizer.weight_decay")]
     weight_decay: Option<f64>,
-    /// Dropout before the embedding layer (res only) [default: 0].
-    #[arg(long)]
-    dropout: Option<f64>,
     /// Optimizer [default: sgd].
     #[arg(long, value_enum)]
+    #[serde(rename = "optimizer.kind")]
     optimizer: Option<OptimizerKind>,
     /// Learning-rate schedule [default: one-cycle].
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
+    /// Dropout before the embedding layer (res only) [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
     /// ArcFace scale s [default: 32].
     #[arg(long)]
+    #[serde(rename = "arcface.scale")]
     arcface_scale: Option<f64>,
     /// ArcFace margin m in radians [default: 0.5].
     #[arg(long)]
+    #[serde(rename = "arcface.margin")]
     arcface_margin: Option<f64>,
     /// Seed for initialisation, shuffling, augmentation and dropout [default: 42].
     #[arg(long)]
@@ -62,6 +74,7 @@ struct Args {
     device: Option<DeviceSpec>,
     /// Random shift (up to 2 px) and horizontal-flip augmentation [default: off].
     #[arg(long)]
+    #[serde(serialize_with = "augment_preset")]
     augment: bool,
     /// Continue an interrupted run from OUT/checkpoints.
     #[arg(long)]
@@ -71,54 +84,30 @@ struct Args {
     stop_after_epochs: Option<usize>,
 }
 
+/// `--augment` turns on the preset the flag has always meant; unset, it changes nothing.
+fn augment_preset<S: serde::Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    on.then_some(mlops_train::AugmentConfig {
+        max_shift: 2,
+        hflip: true,
+    })
+    .serialize(s)
+}
+
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut c: mlops_train::TrainConfig = match mlops_core::load_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => return mlops_core::telemetry::report_error(&e),
-    };
-    c.data = args.data;
-    c.out = args.out;
-    c.arch = args.arch.unwrap_or(c.arch);
-    c.embedding_dim = args.embedding_dim.unwrap_or(c.embedding_dim);
-    c.epochs = args.epochs.unwrap_or(c.epochs);
-    c.batch_size = args.batch_size.unwrap_or(c.batch_size);
-    c.optimizer.lr = args.lr.or(c.optimizer.lr);
-    c.optimizer.weight_decay = args.weight_decay.or(c.optimizer.weight_decay);
-    c.dropout = args.dropout.unwrap_or(c.dropout);
-    c.optimizer.kind = args.optimizer.unwrap_or(c.optimizer.kind);
-    c.schedule = args.schedule.unwrap_or(c.schedule);
-    c.arcface.scale = args.arcface_scale.unwrap_or(c.arcface.scale);
-    c.arcface.margin = args.arcface_margin.unwrap_or(c.arcface.margin);
-    c.seed = args.seed.unwrap_or(c.seed);
-    c.threads = args.threads.unwrap_or(c.threads);
-    c.device = args.device.unwrap_or(c.device);
-    if args.augment {
-        c.augment = mlops_train::AugmentConfig {
-            max_shift: 2,
-            hflip: true,
-        };
-    }
-    c.resume |= args.resume;
-    c.stop_after_epochs = args.stop_after_epochs.or(c.stop_after_epochs);
-    match mlops_train::run(&c) {
-        Ok(o) if o.finished => {
+    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_train::TrainConfig| {
+        let o = mlops_train::run(&c)?;
+        if o.finished {
+            let (acc, epoch) = (o.best_val_accuracy, o.best_epoch);
             eprintln!(
-                "best val accuracy {:.4} (epoch {}), model in {}",
-                o.best_val_accuracy,
-                o.best_epoch,
+                "best val accuracy {acc:.4} (epoch {epoch}), model in {}",
                 c.out.display()
             );
-            ExitCode::SUCCESS
+        } else {
+            let done = o.epochs_done;
+            eprintln!("stopped after epoch {done}; continue with --resume");
         }
-        Ok(o) => {
-            eprintln!(
-                "stopped after epoch {}; continue with --resume",
-                o.epochs_done
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+        Ok::<_, mlops_train::Error>(ExitCode::SUCCESS)
+    })
 }

@@ -46,16 +46,16 @@ pub struct EmbeddingNet {
 
 #[derive(Debug)]
 enum Body {
-    Seed(SeedNet),
-    Res(ResNet),
+    Seed(Box<SeedNet>),
+    Res(Box<ResNet>),
 }
 
 impl EmbeddingNet {
     /// Builds `arch` under `vs` for inputs of `input = [c, h, w]`.
     pub fn new(vs: &nn::Path, arch: Arch, input: [i64; 3], dim: i64, dropout: f64) -> Self {
         let body = match arch {
-            Arch::Seed => Body::Seed(SeedNet::new(vs, input, dim)),
-            Arch::Res => Body::Res(ResNet::new(vs, input, dim, dropout)),
+            Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
+            Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
         };
         EmbeddingNet { body }
     }
@@ -391,7 +391,7 @@ mod tests {
             tch::no_grad(|| {
                 for (name, mut t) in vs.variables() {
                     if name.ends_with("bn.weight") {
-                        let _ = t.copy_(&Tensor::randn(t.size(), (Kind::Float, Device::Cpu)));
+                        t.copy_(&Tensor::randn(t.size(), (Kind::Float, Device::Cpu)));
                     }
                 }
             });

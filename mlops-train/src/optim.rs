@@ -189,18 +189,33 @@ impl Optimizer {
                     like.size()
                 ));
             }
-            Ok(t.to_device(like.device()))
+            t.f_to_device(like.device())
+                .and_then(|t| t.f_to_kind(like.kind()))
+                .map_err(|e| format!("{name}: {e}"))
         };
         let step = named.get("opt.step").ok_or("missing opt.step")?;
-        let step = step.int64_value(&[0]);
+        if step.numel() != 1 {
+            return Err(format!(
+                "opt.step holds {} values, expected one",
+                step.numel()
+            ));
+        }
+        let step = step
+            .f_view([1])
+            .and_then(|s| s.f_int64_value(&[0]))
+            .map_err(|e| format!("opt.step is not a step count: {e}"))?;
         tch::no_grad(|| -> Result<(), String> {
             for i in 0..self.m.len() {
                 let t = get(&format!("opt.m.{i}"), &self.m[i])?;
-                self.m[i].copy_(&t);
+                self.m[i]
+                    .f_copy_(&t)
+                    .map_err(|e| format!("opt.m.{i}: {e}"))?;
             }
             for i in 0..self.v.len() {
                 let t = get(&format!("opt.v.{i}"), &self.v[i])?;
-                self.v[i].copy_(&t);
+                self.v[i]
+                    .f_copy_(&t)
+                    .map_err(|e| format!("opt.v.{i}: {e}"))?;
             }
             Ok(())
         })?;

@@ -50,10 +50,6 @@ impl<M: Send> DataParallel<M> {
         &mut self.replicas[0]
     }
 
-    pub fn devices(&self) -> Vec<Device> {
-        self.replicas.iter().map(|r| r.vs.device()).collect()
-    }
-
     /// An optimizer over the primary replica's trainable variables.
     pub fn optimizer(&self, config: crate::optim::OptimizerConfig) -> Optimizer {
         Optimizer::new(config, self.replicas[0].vs.trainable_variables())

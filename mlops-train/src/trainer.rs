@@ -2,22 +2,19 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use mlops_core::artifact::model::{EpochMetrics, ModelDescription, MODEL_DESCRIPTION_FILE};
+use mlops_core::artifact::{DataDir, Role, TrainSummary};
 use mlops_core::{Manifest, OutputDir};
-use mlops_data::{DataDir, Role};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
-use crate::optim::lr_at;
+use crate::optim::{lr_at, Optimizer};
 use crate::parallel::DataParallel;
-use crate::{
-    export, ArcFace, EmbeddingNet, Error, ModelConfig, Result, TrainConfig, MODEL_CONFIG_FILE,
-    STAGE,
-};
+use crate::{export, ArcFace, EmbeddingNet, Error, Result, TrainConfig, STAGE};
 
 /// The embedding network with its ArcFace head: what is trained.
 #[derive(Debug)]
@@ -41,20 +38,6 @@ impl TrainNet {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub train_loss: f64,
-    /// Leave-one-out kNN accuracy among the validation embeddings.
-    pub val_knn_accuracy: f64,
-    /// Accuracy of the nearest ArcFace class centre.
-    pub val_centre_accuracy: f64,
-    pub lr: f64,
-    pub images_per_second: f64,
-    pub seconds: f64,
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -69,7 +52,8 @@ pub struct Outcome {
 const METRICS_FILE: &str = "metrics.jsonl";
 const TRAIN_CONFIG_FILE: &str = "train_config.json";
 
-/// Runs the train stage (see the crate docs).
+/// Runs the train stage (see the crate docs): prepare, train epoch by epoch (checkpointing as
+/// [`checkpoint::policy`] says), export.
 ///
 /// Deterministic given the config on one device and thread count. libtorch's random generator
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
@@ -82,9 +66,49 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         ..config.clone()
     };
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
-    let devices = config.device.resolve()?;
-    let threads = crate::device::set_threads(config.threads);
+    let prepared = prepare(config, &mut manifest)?;
+    let mut session = Session::start(config, &prepared)?;
+    let last_epoch = config
+        .stop_after_epochs
+        .map_or(config.epochs, |s| s.min(config.epochs));
+    for epoch in session.state.epochs_done..last_epoch {
+        let metrics = session.train_epoch(config, &prepared, epoch)?;
+        session.end_epoch(metrics)?;
+    }
+    if session.state.epochs_done < config.epochs {
+        tracing::info!(
+            epochs = session.state.epochs_done,
+            "stopped before the last epoch; resume with --resume"
+        );
+        return Ok(outcome(false, &session.state));
+    }
+    export_model(config, &prepared, &session.state, manifest)?;
+    Ok(outcome(true, &session.state))
+}
 
+/// The data, devices and threads a run uses, read and checked before anything trains.
+struct Prepared {
+    devices: Vec<Device>,
+    threads: usize,
+    data: DataDir,
+    /// `[channels, height, width]`.
+    input: [i64; 3],
+    classes: usize,
+    train_pixels: Vec<f32>,
+    train_labels: Vec<i64>,
+    val_images: Tensor,
+    val_labels: Tensor,
+}
+
+impl Prepared {
+    fn frame(&self) -> usize {
+        self.input.iter().product::<i64>() as usize
+    }
+}
+
+fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
+    let devices = config.device.resolve()?;
+    let threads = mlops_torch::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
     let [c, h, w] = data.summary.image_shape;
     if let Some(expected) = config.input_shape {
@@ -104,70 +128,102 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
             config.data.display()
         )));
     }
-    let n_classes = data.summary.classes.len();
+    let classes = data.summary.classes.len();
     let (train_x, train_y) = data.read_role(Role::Train)?;
     let (val_x, val_y) = data.read_role(Role::Val)?;
-    manifest.inputs = data.input_entries(&[Role::Train, Role::Val])?;
-    let n_train = train_y.len();
-    if n_train < config.batch_size {
+    manifest.inputs = data.role_input_entries(&[Role::Train, Role::Val])?;
+    if train_y.len() < config.batch_size {
         return Err(Error::Config(format!(
-            "batch_size {} exceeds the {n_train} training images",
-            config.batch_size
+            "batch_size {} exceeds the {} training images",
+            config.batch_size,
+            train_y.len()
         )));
     }
-    let frame = c * h * w;
-    let train_pixels = train_x.into_raw_vec_and_offset().0;
-    let train_labels: Vec<i64> = train_y.to_vec();
-    let val_images =
-        Tensor::from_slice(val_x.as_slice().expect("read_role builds a standard array")).reshape([
-            val_y.len() as i64,
-            c as i64,
-            h as i64,
-            w as i64,
-        ]);
-    let val_labels = Tensor::from_slice(val_y.as_slice().expect("contiguous"));
-
-    tracing::info!(
-        arch = %config.arch, devices = ?devices, threads, train = n_train, val = val_y.len(),
-        classes = n_classes, "training"
-    );
-    tch::manual_seed(config.seed as i64);
     let input = [c as i64, h as i64, w as i64];
-    let mut dp = DataParallel::new(&devices, |p| {
-        TrainNet::new(p, config, input, n_classes as i64)
-    })?;
-    let mut opt = dp.optimizer(config.optimizer);
+    let val_images = Tensor::f_from_slice(&val_x.into_raw_vec_and_offset().0)?.f_reshape([
+        val_y.len() as i64,
+        input[0],
+        input[1],
+        input[2],
+    ])?;
+    tracing::info!(
+        arch = %config.arch, devices = ?devices, threads, train = train_y.len(),
+        val = val_y.len(), classes, "training"
+    );
+    Ok(Prepared {
+        devices,
+        threads,
+        input,
+        classes,
+        train_pixels: train_x.into_raw_vec_and_offset().0,
+        train_labels: train_y.to_vec(),
+        val_labels: Tensor::f_from_slice(&val_y.to_vec())?,
+        val_images,
+        data,
+    })
+}
 
-    std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
-    // From here on the directory is being rewritten: drop an earlier run's manifest so that an
-    // interruption never leaves it looking finished (OutputDir::create does the same at export).
-    let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
-    if old_manifest.exists() {
-        std::fs::remove_file(&old_manifest).map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
+/// The model, optimizer and progress of a run in flight.
+struct Session {
+    dp: DataParallel<TrainNet>,
+    opt: Optimizer,
+    state: TrainState,
+    ckpt_dir: std::path::PathBuf,
+    metrics_path: std::path::PathBuf,
+}
+
+impl Session {
+    /// Builds the model (from the seed, or the last checkpoint with `resume`).
+    fn start(config: &TrainConfig, p: &Prepared) -> Result<Self> {
+        tch::manual_seed(config.seed as i64);
+        let mut dp = DataParallel::new(&p.devices, |path| {
+            TrainNet::new(path, config, p.input, p.classes as i64)
+        })?;
+        let mut opt = dp.optimizer(config.optimizer);
+        std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
+        // From here on the directory is being rewritten: drop an earlier run's manifest so that
+        // an interruption never leaves it looking finished (OutputDir::create does the same).
+        let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
+        if old_manifest.exists() {
+            std::fs::remove_file(&old_manifest)
+                .map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
+        }
+        let ckpt_dir = config.out.join(checkpoint::DIR);
+        let state = if config.resume {
+            let state =
+                checkpoint::load_last(&ckpt_dir, config, &mut dp.primary_mut().vs, &mut opt)?;
+            dp.broadcast();
+            tracing::info!(epoch = state.epochs_done, "resumed");
+            state
+        } else {
+            checkpoint::clear(&ckpt_dir)?;
+            TrainState::new(config)
+        };
+        let metrics_path = config.out.join(METRICS_FILE);
+        rewrite_metrics(&metrics_path, &state.metrics)?;
+        Ok(Session {
+            dp,
+            opt,
+            state,
+            ckpt_dir,
+            metrics_path,
+        })
     }
-    let ckpt_dir = config.out.join(checkpoint::DIR);
-    let mut state = if config.resume {
-        let state = checkpoint::load_last(&ckpt_dir, config, &mut dp.primary_mut().vs, &mut opt)?;
-        dp.broadcast();
-        tracing::info!(epoch = state.epochs_done, "resumed");
-        state
-    } else {
-        checkpoint::clear(&ckpt_dir)?;
-        TrainState::new(config)
-    };
-    let metrics_path = config.out.join(METRICS_FILE);
-    let mut metrics = state.metrics.clone();
-    rewrite_metrics(&metrics_path, &metrics)?;
 
-    let steps_per_epoch = n_train / config.batch_size;
-    let total_steps = steps_per_epoch * config.epochs;
-    let warmup = (total_steps as f64 * config.warmup_fraction) as usize;
-    let fill = data.summary.value_range[0];
-    let last_epoch = config
-        .stop_after_epochs
-        .map_or(config.epochs, |s| s.min(config.epochs));
-    for epoch in state.epochs_done..last_epoch {
+    /// One pass over the shuffled training set, then the validation scores.
+    fn train_epoch(
+        &mut self,
+        config: &TrainConfig,
+        p: &Prepared,
+        epoch: usize,
+    ) -> Result<EpochMetrics> {
         let started = Instant::now();
+        let n_train = p.train_labels.len();
+        let steps_per_epoch = n_train / config.batch_size;
+        let total_steps = steps_per_epoch * config.epochs;
+        let warmup = (total_steps as f64 * config.warmup_fraction) as usize;
+        let frame = p.frame();
+        let fill = p.data.summary.value_range[0];
         let mut rng = ChaCha8Rng::seed_from_u64(
             config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
         );
@@ -184,34 +240,32 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         let mut batch = vec![0f32; config.batch_size * frame];
         for step in 0..steps_per_epoch {
             let idx = &order[step * config.batch_size..(step + 1) * config.batch_size];
-            let labels: Vec<i64> = idx.iter().map(|&i| train_labels[i]).collect();
+            let labels: Vec<i64> = idx.iter().map(|&i| p.train_labels[i]).collect();
             for (row, &i) in idx.iter().enumerate() {
-                let src = &train_pixels[i * frame..(i + 1) * frame];
-                augment(
-                    src,
-                    &mut batch[row * frame..(row + 1) * frame],
-                    h,
-                    w,
-                    config,
-                    fill,
-                    &mut rng,
-                );
+                let src = &p.train_pixels[i * frame..(i + 1) * frame];
+                let (h, w) = (p.input[1] as usize, p.input[2] as usize);
+                let dst = &mut batch[row * frame..(row + 1) * frame];
+                augment(src, dst, h, w, config, fill, &mut rng);
             }
-            let xs = Tensor::from_slice(&batch).reshape([
+            let xs = Tensor::f_from_slice(&batch)?.f_reshape([
                 idx.len() as i64,
-                input[0],
-                input[1],
-                input[2],
-            ]);
-            let ys = Tensor::from_slice(&labels);
+                p.input[0],
+                p.input[1],
+                p.input[2],
+            ])?;
+            let ys = Tensor::f_from_slice(&labels)?;
+            let global_step = epoch * steps_per_epoch + step;
             lr = lr_at(
                 config.schedule,
                 config.optimizer.lr(),
-                epoch * steps_per_epoch + step,
+                global_step,
                 total_steps,
                 warmup,
             );
-            let loss = dp.step(&xs, &ys, TrainNet::loss, &mut opt, lr);
+            let (dp, opt) = (&mut self.dp, &mut self.opt);
+            let loss = mlops_torch::catch("running a training step", || {
+                dp.step(&xs, &ys, TrainNet::loss, opt, lr)
+            })?;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
@@ -229,15 +283,18 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let (knn, centre) = evaluate(
-            &dp.primary().model,
-            dp.primary().vs.device(),
-            &val_images,
-            &val_labels,
-            config.val_k,
-            n_classes,
-        );
-        let m = EpochMetrics {
+        let primary = self.dp.primary();
+        let (knn, centre) = mlops_torch::catch("scoring the validation set", || {
+            evaluate(
+                &primary.model,
+                primary.vs.device(),
+                &p.val_images,
+                &p.val_labels,
+                config.val_k,
+                p.classes,
+            )
+        })?;
+        Ok(EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / steps_per_epoch as f64,
             val_knn_accuracy: knn,
@@ -245,60 +302,71 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
             lr,
             images_per_second: (steps_per_epoch * config.batch_size) as f64 / train_seconds,
             seconds: started.elapsed().as_secs_f64(),
-        };
+        })
+    }
+
+    /// Logs and records the epoch, then writes the checkpoints the policy asks for.
+    fn end_epoch(&mut self, m: EpochMetrics) -> Result<()> {
         tracing::info!(
             epoch = m.epoch,
             loss = format!("{:.4}", m.train_loss),
-            val_knn = format!("{:.4}", knn),
-            val_centre = format!("{centre:.4}"),
+            val_knn = format!("{:.4}", m.val_knn_accuracy),
+            val_centre = format!("{:.4}", m.val_centre_accuracy),
             img_per_s = format!("{:.0}", m.images_per_second),
             "epoch done"
         );
-        append_metrics(&metrics_path, &m)?;
-        metrics.push(m);
-        state.epochs_done = epoch + 1;
-        state.metrics = metrics.clone();
-        let improved = knn > state.best_val_accuracy || state.best_epoch == 0;
-        if improved {
-            state.best_val_accuracy = knn;
-            state.best_epoch = epoch + 1;
-        }
-        checkpoint::save(&ckpt_dir, &dp.primary().vs, &opt, &state, improved)?;
+        append_metrics(&self.metrics_path, &m)?;
+        let actions = checkpoint::policy(&self.state, m.val_knn_accuracy);
+        self.state
+            .record(m, actions.contains(&checkpoint::Action::SaveBest));
+        checkpoint::execute(
+            &self.ckpt_dir,
+            &actions,
+            &self.dp.primary().vs,
+            &self.opt,
+            &self.state,
+        )
     }
-    if state.epochs_done < config.epochs {
-        tracing::info!(
-            epochs = state.epochs_done,
-            "stopped before the last epoch; resume with --resume"
-        );
-        return Ok(outcome(false, &state));
-    }
+}
 
-    // Export the best epoch's weights, traced on the CPU so the model loads anywhere.
+/// Exports the best epoch's weights, traced on the CPU so the model loads anywhere, with its
+/// description, and commits the stage's output.
+fn export_model(
+    config: &TrainConfig,
+    p: &Prepared,
+    state: &TrainState,
+    mut manifest: Manifest,
+) -> Result<()> {
+    let ckpt_dir = config.out.join(checkpoint::DIR);
     let mut export_vs = nn::VarStore::new(Device::Cpu);
-    let mut export_net = TrainNet::new(&export_vs.root(), config, input, n_classes as i64);
+    let mut export_net = TrainNet::new(&export_vs.root(), config, p.input, p.classes as i64);
     checkpoint::load_best(&ckpt_dir, &mut export_vs)?;
     let mut out = OutputDir::create(&config.out)?;
-    let example = val_images.narrow(0, 0, val_y.len().min(256) as i64);
-    let model_entry =
-        export::trace_and_verify(&mut export_vs, &mut export_net.net, &example, &mut out)?;
-    let model_config = ModelConfig {
-        arch: config.arch,
+    let example = p
+        .val_images
+        .f_narrow(0, 0, p.val_images.size()[0].min(256))?;
+    let model_entry = mlops_torch::catch("exporting the model", || {
+        export::trace_and_verify(&mut export_vs, &mut export_net.net, &example, &mut out)
+    })??;
+    let [c, h, w] = p.data.summary.image_shape;
+    let description = ModelDescription {
+        arch: config.arch.to_string(),
         input_shape: [c, h, w],
         embedding_dim: config.embedding_dim,
-        normalization: data.summary.normalization,
-        value_range: data.summary.value_range,
-        classes: data.summary.classes.clone(),
+        normalization: p.data.summary.normalization,
+        value_range: p.data.summary.value_range,
+        classes: p.data.summary.classes.clone(),
         arcface: config.arcface,
         epochs_trained: state.epochs_done,
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,
-        torch_version: "2.13.0".to_string(),
+        torch_version: mlops_torch::LIBTORCH_VERSION.to_string(),
         data_manifest_sha256: manifest.inputs[0].sha256.clone(),
     };
     manifest.outputs.push(model_entry);
     manifest
         .outputs
-        .push(out.write_json(MODEL_CONFIG_FILE, &model_config)?);
+        .push(out.write_json(MODEL_DESCRIPTION_FILE, &description)?);
     manifest
         .outputs
         .push(out.write_json(TRAIN_CONFIG_FILE, config)?);
@@ -310,17 +378,18 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     ] {
         manifest.outputs.push(out.keep_in_place(&name)?);
     }
-    manifest.summary = serde_json::json!({
-        "arch": config.arch,
-        "epochs": state.epochs_done,
-        "best_epoch": state.best_epoch,
-        "best_val_accuracy": state.best_val_accuracy,
-        "devices": devices.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>(),
-        "threads": threads,
-        "final": metrics.last(),
-    });
+    let summary = TrainSummary {
+        arch: config.arch.to_string(),
+        epochs: state.epochs_done,
+        best_epoch: state.best_epoch,
+        best_val_accuracy: state.best_val_accuracy,
+        devices: p.devices.iter().map(|d| format!("{d:?}")).collect(),
+        threads: p.threads,
+        last: state.metrics.last().cloned(),
+    };
+    manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;
-    Ok(outcome(true, &state))
+    Ok(())
 }
 
 fn outcome(finished: bool, state: &TrainState) -> Outcome {

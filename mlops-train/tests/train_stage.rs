@@ -6,7 +6,7 @@ use anyhow::Result;
 use mlops_core::Manifest;
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::DataConfig;
-use mlops_train::{Arch, ModelConfig, TrainConfig};
+use mlops_train::{Arch, ModelDescription, TrainConfig};
 use tch::{CModule, Tensor};
 
 /// libtorch's random generator is process-wide, so training runs in one test process must not
@@ -69,8 +69,10 @@ fn trains_exports_and_records_both_architectures() -> Result<()> {
             .any(|e| e.path.ends_with("train_images_000.npy")));
         let lines = std::fs::read_to_string(out.join("metrics.jsonl"))?;
         assert_eq!(lines.lines().count(), 2);
-        let config: ModelConfig = serde_json::from_slice(&std::fs::read(out.join("config.json"))?)?;
-        assert_eq!(config.arch, arch);
+        let config: ModelDescription =
+            serde_json::from_slice(&std::fs::read(out.join("model.json"))?)?;
+        assert_eq!(config.arch, arch.to_string());
+        assert_eq!(config.torch_version, mlops_torch::LIBTORCH_VERSION);
         assert_eq!(config.input_shape, [1, 28, 28]);
         assert_eq!(config.embedding_dim, 16);
         assert_eq!(config.classes, vec!["0", "1", "2"]);
@@ -263,7 +265,7 @@ fn bad_inputs_fail_cleanly() -> Result<()> {
     );
 
     // A shard changed after the data stage wrote it.
-    let (_, summary) = mlops_data::DataSummary::load(&data)?;
+    let summary = mlops_core::artifact::DataDir::open(&data)?.summary;
     let shard = &summary.roles["val"].shards[0].labels;
     let mut bytes = std::fs::read(data.join(shard))?;
     let last = bytes.len() - 1;
@@ -276,5 +278,65 @@ fn bad_inputs_fail_cleanly() -> Result<()> {
     manifest.summary["roles"]["train"]["rows"] = serde_json::json!(0);
     std::fs::write(data.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
     assert_fails(&data, &t.join("o8"), &[], "train role is empty");
+    Ok(())
+}
+
+/// Failures inside libtorch (a label outside the classes) and a checkpoint whose optimizer
+/// step is empty end as errors naming the problem, never as panics.
+#[test]
+fn libtorch_failures_and_bad_checkpoints_fail_cleanly() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    let data = data_dir(t, 20, 28)?;
+
+    let out = t.join("empty-step");
+    mlops_train::run(&TrainConfig {
+        stop_after_epochs: Some(1),
+        ..tiny(&data, &out, Arch::Seed, 2)
+    })?;
+    let last = out.join("checkpoints/last.safetensors");
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&last)?
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if name == "opt.step" {
+                Tensor::from_slice::<i64>(&[])
+            } else {
+                t
+            };
+            (name, t)
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, &last)?;
+    let resume = [
+        "--arch",
+        "seed",
+        "--epochs",
+        "2",
+        "--embedding-dim",
+        "16",
+        "--resume",
+    ];
+    assert_fails(&data, &out, &resume, "opt.step holds 0 values");
+
+    // A label outside the classes, with its checksum updated as a buggy producer would: the
+    // ArcFace head's one-hot scatter fails inside libtorch.
+    let summary = mlops_core::artifact::DataDir::open(&data)?.summary;
+    let shard = summary.roles["train"].shards[0].labels.clone();
+    let mut labels: ndarray::Array1<i64> = mlops_core::npy::read(&data.join(&shard))?;
+    labels.fill(99);
+    ndarray_npy::write_npy(data.join(&shard), &labels)?;
+    let mut manifest = Manifest::load(&data)?;
+    let sha = mlops_core::sha256_file(&data.join(&shard))?;
+    for e in manifest.outputs.iter_mut().filter(|e| e.path == shard) {
+        e.sha256 = sha.clone();
+    }
+    std::fs::write(data.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
+    assert_fails(
+        &data,
+        &t.join("bad-label"),
+        &[],
+        "libtorch failed while running a training step",
+    );
     Ok(())
 }

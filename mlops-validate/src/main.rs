@@ -4,13 +4,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// Check a mlops-data output (checksums, shapes, dtypes, ranges, labels, class coverage,
-/// leakage, totals) and write validation.json; exit 1 if any check fails.
+/// leakage, totals) and write validation.json; exit 1 if any check fails. Every setting of
+/// mlops_validate::ValidateConfig can also come from --config FILE.toml or --set key=value.
 #[derive(Parser)]
 #[command(name = "mlops-validate", version)]
 struct Args {
-    /// TOML file with a [ValidateConfig]; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: mlops_core::cli::ConfigArgs,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct Flags {
     /// Output directory of mlops-data.
     #[arg(long)]
     data: PathBuf,
@@ -23,25 +29,18 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    mlops_core::telemetry::init_logging();
     let args = Args::parse();
-    let mut config: mlops_validate::ValidateConfig =
-        match mlops_core::load_config(args.config.as_deref()) {
-            Ok(config) => config,
-            Err(e) => return mlops_core::telemetry::report_error(&e),
-        };
-    config.data = args.data;
-    config.out = args.out;
-    config.min_per_class = args.min_per_class.unwrap_or(config.min_per_class);
-    match mlops_validate::run(&config) {
-        Ok(report) => {
+    mlops_core::cli::main(
+        &args.config,
+        &args.flags,
+        |c: mlops_validate::ValidateConfig| {
+            let report = mlops_validate::run(&c)?;
             eprintln!(
                 "all {} checks passed for {}",
                 report.checks.len(),
                 report.data
             );
-            ExitCode::SUCCESS
-        }
-        Err(e) => mlops_core::telemetry::report_error(&e),
-    }
+            Ok::<_, mlops_validate::Error>(ExitCode::SUCCESS)
+        },
+    )
 }

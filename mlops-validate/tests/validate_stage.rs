@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use mlops_core::{sha256_file, Manifest};
 use mlops_data::fixtures::{self, IdxFixture};
-use mlops_data::{DataConfig, DataSummary, Role};
+use mlops_data::{DataConfig, Role};
 use mlops_validate::{validate, ValidateConfig};
 use ndarray::{Array1, Array4};
 use ndarray_npy::write_npy;
@@ -27,7 +27,7 @@ fn data_dir(tmp: &Path, fixture: IdxFixture, remove_duplicates: bool) -> Result<
 }
 
 fn first_shard(data: &Path, role: Role) -> (String, String) {
-    let (_, summary) = DataSummary::load(data).unwrap();
+    let summary = mlops_core::artifact::DataDir::open(data).unwrap().summary;
     let pair = &summary.role(role).unwrap().shards[0];
     (pair.images.clone(), pair.labels.clone())
 }

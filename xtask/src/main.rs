@@ -64,12 +64,57 @@ fn test(cargo_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where the workspace is, as cargo sees it from the current directory at run time (never a
+/// path compiled in: with a `CARGO_TARGET_DIR` shared between checkouts, the xtask binary one
+/// checkout built must still act on the checkout it is run in).
+struct Workspace {
+    root: PathBuf,
+    target: PathBuf,
+}
+
+fn workspace() -> &'static Workspace {
+    static WORKSPACE: std::sync::OnceLock<Workspace> = std::sync::OnceLock::new();
+    WORKSPACE.get_or_init(|| {
+        locate().unwrap_or_else(|e| {
+            eprintln!("error: cannot locate the workspace: {e:#}");
+            std::process::exit(1)
+        })
+    })
+}
+
+fn locate() -> Result<Workspace> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("cargo metadata printed invalid json")?;
+    let path = |key: &str| {
+        meta[key]
+            .as_str()
+            .map(PathBuf::from)
+            .with_context(|| format!("cargo metadata has no {key}"))
+    };
+    Ok(Workspace {
+        root: path("workspace_root")?,
+        target: path("target_directory")?,
+    })
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    workspace().root.clone()
+}
+
+/// Where cargo puts release binaries for this workspace (`CARGO_TARGET_DIR` respected).
+pub fn release_dir() -> PathBuf {
+    workspace().target.join("release")
 }
 
 /// `cargo` from the environment cargo gave us, run in the workspace root.

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, root, run_cmd, setup};
+use crate::{cargo, release_dir, root, run_cmd, setup};
 
 /// Fashion-MNIST as Debian's `dataset-fashion-mnist` installs it.
 pub const DEFAULT_SOURCE: &str = "/usr/share/datasets/fashion-mnist";
@@ -93,8 +93,7 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
             .arg("--data")
             .arg(&data)
             .arg("--out")
-            .arg(&embed)
-            .args(["--roles", "gallery,test,val"]),
+            .arg(&embed),
         "embed",
     )?;
     run_stage(
@@ -119,7 +118,7 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
 }
 
 fn stage(name: &str) -> Command {
-    let mut cmd = Command::new(root().join("target/release").join(name));
+    let mut cmd = Command::new(release_dir().join(name));
     cmd.current_dir(root());
     cmd
 }

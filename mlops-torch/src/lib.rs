@@ -1,11 +1,76 @@
-//! `--device auto|cpu|cuda|cuda:N`.
+//! The libtorch runtime shared by the stages that run models (train, embed, serve): device
+//! selection, intra-op threads, the version of the libtorch actually linked, and one boundary
+//! that turns libtorch failures into errors.
+//!
+//! ```no_run
+//! use mlops_torch::DeviceSpec;
+//! let devices = "auto".parse::<DeviceSpec>().unwrap().resolve()?;
+//! let threads = mlops_torch::set_threads(0);
+//! println!("libtorch {} on {devices:?}, {threads} threads", mlops_torch::LIBTORCH_VERSION);
+//! let sum = mlops_torch::catch("adding", || (tch::Tensor::ones([2], tch::kind::FLOAT_CPU) * 2).sum(tch::Kind::Float))?;
+//! # Ok::<(), mlops_torch::Error>(())
+//! ```
+
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::{Error, Result};
+/// Version of the libtorch this build links, read from its headers at build time.
+pub const LIBTORCH_VERSION: &str = env!("MLOPS_LIBTORCH_VERSION");
 
-/// Where to train.
+/// Errors of the torch runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("libtorch: {0}")]
+    Tch(#[from] tch::TchError),
+    /// libtorch raised an error inside a method of tch that panics instead of returning it.
+    #[error("libtorch failed while {what}: {message}")]
+    Failed { what: String, message: String },
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Result alias for [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+thread_local! {
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it (tch's non-`f_` methods panic when libtorch throws: out
+/// of memory, a label out of range, a corrupt tensor) into [`Error::Failed`] naming `what`.
+///
+/// This is the one boundary where such panics are caught; the panic message is not printed, the
+/// error carries it instead.
+pub fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CATCHING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown failure");
+        Error::Failed {
+            what: what.to_string(),
+            message: message.lines().next().unwrap_or_default().to_string(),
+        }
+    })
+}
+
+/// Where to run: `auto`, `cpu`, `cuda` (every GPU) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
@@ -118,5 +183,30 @@ mod tests {
             let err = DeviceSpec::Cuda(3).resolve().unwrap_err().to_string();
             assert!(err.contains("cuda:3 is not available"), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod catch_tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_failures_become_errors() {
+        let err = catch("indexing", || {
+            tch::Tensor::zeros([2], tch::kind::FLOAT_CPU).get(5)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("libtorch failed while indexing"), "{err}");
+        assert_eq!(catch("adding", || 1 + 1).unwrap(), 2);
+    }
+
+    #[test]
+    fn version_comes_from_the_headers() {
+        let parts: Vec<u32> = LIBTORCH_VERSION
+            .split('.')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(parts.len(), 3, "{LIBTORCH_VERSION}");
     }
 }

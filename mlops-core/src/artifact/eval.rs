@@ -1,0 +1,142 @@
+//! The eval stage's output: metrics, the classifier settings it chose, and the deploy decision.
+
+use serde::{Deserialize, Serialize};
+
+use super::{StageDir, StageSummary};
+use crate::{FileEntry, Result};
+
+/// The flat metrics file (also what a later evaluation reads as the deployed model's).
+pub const METRICS_FILE: &str = "metrics.json";
+/// The gate's [`Decision`].
+pub const DECISION_FILE: &str = "decision.json";
+/// The human report.
+pub const REPORT_FILE: &str = "report.html";
+
+/// How neighbours vote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vote {
+    /// One vote per neighbour.
+    Uniform,
+    /// Each neighbour votes with its similarity (inner product + 1, so always positive).
+    Weighted,
+}
+
+impl std::str::FromStr for Vote {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "uniform" => Ok(Vote::Uniform),
+            "weighted" => Ok(Vote::Weighted),
+            _ => Err(format!("unknown vote {s:?} (expected uniform or weighted)")),
+        }
+    }
+}
+
+/// The classifier over an index: how many neighbours vote and how. The eval stage chooses it
+/// (k on validation) and records it, so a server classifies exactly as eval measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassifierSpec {
+    pub k: usize,
+    pub vote: Vote,
+}
+
+/// Precision, recall, F1 and support of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub class: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Test samples of this class.
+    pub support: usize,
+}
+
+/// Everything computed from one set of predictions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub accuracy: f64,
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
+    pub per_class: Vec<ClassMetrics>,
+    /// `confusion[target][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Thresholds of the deploy gate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatePolicy {
+    /// Smallest acceptable test accuracy.
+    pub min_accuracy: f64,
+    /// Largest acceptable drop in accuracy against the currently deployed model.
+    pub max_regression: f64,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        GatePolicy {
+            min_accuracy: 0.8,
+            max_regression: 0.005,
+        }
+    }
+}
+
+/// Deploy or not, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub deploy: bool,
+    pub accuracy: f64,
+    /// Accuracy of the currently deployed model, when one was given.
+    pub current_accuracy: Option<f64>,
+    pub policy: GatePolicy,
+    /// One line per rule, passed or failed.
+    pub reasons: Vec<String>,
+}
+
+/// The eval stage's `summary` in its manifest: what an evaluation found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSummary {
+    pub metrics: Metrics,
+    pub top1_accuracy: f64,
+    /// Neighbours that vote (chosen on validation unless fixed).
+    pub k: usize,
+    pub vote: Vote,
+    /// The validation accuracy of each candidate k, when k was chosen on validation.
+    pub k_selection: Vec<(usize, f64)>,
+    pub queries_per_second: f64,
+    /// Test classes with no gallery image: they can never be predicted.
+    pub classes_missing_in_gallery: Vec<String>,
+    pub decision: Decision,
+}
+
+impl EvalSummary {
+    /// The classifier this evaluation measured.
+    pub fn classifier(&self) -> ClassifierSpec {
+        ClassifierSpec {
+            k: self.k,
+            vote: self.vote,
+        }
+    }
+}
+
+impl StageSummary for EvalSummary {
+    const STAGE: &'static str = "eval";
+}
+
+/// A finished eval-stage output.
+pub type EvalDir = StageDir<EvalSummary>;
+
+impl StageDir<EvalSummary> {
+    /// The gate's decision (checksum verified).
+    pub fn decision(&self) -> Result<Decision> {
+        self.read_json(DECISION_FILE)
+    }
+
+    /// Input entries for a stage that consumes the evaluation (metrics and decision).
+    pub fn eval_input_entries(&self) -> Result<Vec<FileEntry>> {
+        self.input_entries([METRICS_FILE, DECISION_FILE])
+    }
+}

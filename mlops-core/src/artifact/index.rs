@@ -1,0 +1,107 @@
+//! The index stage's output: a FAISS index over the gallery and the labels of its ids.
+
+use ndarray::Array1;
+use serde::{Deserialize, Serialize};
+
+use super::{StageDir, StageSummary};
+use crate::{npy, Error, FileEntry, Result};
+
+/// The index file, in FAISS's own format (Python's `faiss.read_index` reads it).
+pub const INDEX_FILE: &str = "index.faiss";
+/// Labels aligned with index ids: `labels.npy[i]` is the class of vector `i`.
+pub const LABELS_FILE: &str = "labels.npy";
+
+/// Similarity used by the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Inner product: cosine similarity on the L2-normalised embeddings.
+    InnerProduct,
+    L2,
+}
+
+impl std::str::FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "inner_product" | "inner-product" | "ip" => Ok(Metric::InnerProduct),
+            "l2" | "L2" => Ok(Metric::L2),
+            _ => Err(format!(
+                "unknown metric {s:?} (expected inner_product or l2)"
+            )),
+        }
+    }
+}
+
+impl Metric {
+    /// A similarity (higher is nearer) from what the index returns for this metric.
+    pub fn similarity(self, distance: f32) -> f32 {
+        match self {
+            Metric::InnerProduct => distance,
+            // Squared L2 distance between unit vectors is 2 - 2cos: map it back to a cosine.
+            Metric::L2 => 1.0 - distance / 2.0,
+        }
+    }
+}
+
+/// Agreement of an approximate index with exact search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recall {
+    pub k: usize,
+    pub queries: usize,
+    /// Mean fraction of the exact top-k found in the approximate top-k.
+    pub recall_at_k: f64,
+}
+
+/// The index stage's `summary` in its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexSummary {
+    pub factory: String,
+    pub metric: Metric,
+    pub dim: usize,
+    pub ntotal: usize,
+    pub classes: Vec<String>,
+    pub nprobe: Option<usize>,
+    pub ef_search: Option<usize>,
+    pub trained_on: usize,
+    /// recall@k of this index against an exact one, for approximate indexes.
+    pub recall: Option<Recall>,
+    pub build_seconds: f64,
+}
+
+impl StageSummary for IndexSummary {
+    const STAGE: &'static str = "index";
+}
+
+/// A finished index-stage output (the FAISS file itself is loaded by `mlops-index`).
+pub type IndexDir = StageDir<IndexSummary>;
+
+impl StageDir<IndexSummary> {
+    /// The path of `index.faiss` after verifying its checksum.
+    pub fn index_path(&self) -> Result<std::path::PathBuf> {
+        self.verified(INDEX_FILE)
+    }
+
+    /// The labels of the index ids (checksum verified, one per indexed vector).
+    pub fn labels(&self) -> Result<Array1<i64>> {
+        let path = self.verified(LABELS_FILE)?;
+        let labels: Array1<i64> = npy::read(&path)?;
+        if labels.len() != self.summary.ntotal {
+            return Err(Error::invalid(
+                path,
+                format!(
+                    "{} labels for {} indexed vectors",
+                    labels.len(),
+                    self.summary.ntotal
+                ),
+            ));
+        }
+        Ok(labels)
+    }
+
+    /// Input entries for a stage that searches the index: the manifest, the index and labels.
+    pub fn index_input_entries(&self) -> Result<Vec<FileEntry>> {
+        self.input_entries([INDEX_FILE, LABELS_FILE])
+    }
+}

@@ -1,0 +1,111 @@
+//! The train stage's output: the exported TorchScript model and its description.
+
+use serde::{Deserialize, Serialize};
+
+use super::data::Normalization;
+use super::{StageDir, StageSummary};
+use crate::{FileEntry, Result};
+
+/// The TorchScript model: `[n,c,h,w]` float32 -> L2-normalised `[n,dim]` float32.
+pub const MODEL_FILE: &str = "model.pt";
+/// The [`ModelDescription`] beside the model.
+pub const MODEL_DESCRIPTION_FILE: &str = "model.json";
+
+/// ArcFace hyper-parameters (the training head; recorded so a model says how it was trained).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArcFaceConfig {
+    /// Scale `s` applied to the cosines.
+    pub scale: f64,
+    /// Additive angular margin `m`, in radians.
+    pub margin: f64,
+    /// Apply the margin only where `cos(theta) > 0` instead of the `th`/`mm` fallback.
+    pub easy_margin: bool,
+}
+
+impl Default for ArcFaceConfig {
+    fn default() -> Self {
+        ArcFaceConfig {
+            scale: 32.0,
+            margin: 0.5,
+            easy_margin: false,
+        }
+    }
+}
+
+/// What a consumer needs to use `model.pt`, saved beside it as `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDescription {
+    /// Architecture name (`res`, `seed`).
+    pub arch: String,
+    /// `[channels, height, width]` of one input image.
+    pub input_shape: [usize; 3],
+    pub embedding_dim: usize,
+    /// Normalisation the data stage applied (inputs must be preprocessed the same way).
+    pub normalization: Option<Normalization>,
+    /// Range of preprocessed pixel values.
+    pub value_range: [f32; 2],
+    pub classes: Vec<String>,
+    pub arcface: ArcFaceConfig,
+    pub epochs_trained: usize,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    /// Version of the libtorch the model was traced with (read from the linked library's
+    /// headers at build time).
+    pub torch_version: String,
+    /// sha256 of the data manifest the model was trained from.
+    pub data_manifest_sha256: String,
+}
+
+/// One line of the train stage's `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    /// Leave-one-out kNN accuracy among the validation embeddings.
+    pub val_knn_accuracy: f64,
+    /// Accuracy of the nearest ArcFace class centre.
+    pub val_centre_accuracy: f64,
+    pub lr: f64,
+    pub images_per_second: f64,
+    pub seconds: f64,
+}
+
+/// The train stage's `summary` in its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub arch: String,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    /// Devices the replicas ran on (`Cpu`, `Cuda(0)`, ...).
+    pub devices: Vec<String>,
+    pub threads: usize,
+    /// The last epoch's metrics.
+    #[serde(rename = "final")]
+    pub last: Option<EpochMetrics>,
+}
+
+impl StageSummary for TrainSummary {
+    const STAGE: &'static str = "train";
+}
+
+/// A finished train-stage output.
+pub type ModelDir = StageDir<TrainSummary>;
+
+impl StageDir<TrainSummary> {
+    /// The model's description (checksum verified).
+    pub fn description(&self) -> Result<ModelDescription> {
+        self.read_json(MODEL_DESCRIPTION_FILE)
+    }
+
+    /// The path of `model.pt` after verifying its checksum.
+    pub fn model_path(&self) -> Result<std::path::PathBuf> {
+        self.verified(MODEL_FILE)
+    }
+
+    /// Input entries for a stage that loads the model: the manifest, `model.pt`, `model.json`.
+    pub fn model_input_entries(&self) -> Result<Vec<FileEntry>> {
+        self.input_entries([MODEL_FILE, MODEL_DESCRIPTION_FILE])
+    }
+}

@@ -1,0 +1,42 @@
+//! What every stage binary shares: `--config` / `--set`, logging, and error reporting.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::telemetry::{init_logging, report_error};
+
+/// `--config FILE.toml` and `--set key=value`, flattened into each stage's clap arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML file with the stage's settings (the field names of its config struct); --set and
+    /// flags override it.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Any setting of the stage's config struct, as key=value (TOML value; dotted keys reach
+    /// nested settings, e.g. optimizer.lr=0.05); repeatable; flags override it.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The body of a stage binary: starts logging, merges defaults, `--config`, `--set` and `flags`
+/// into the stage's config (see [`crate::config::merge`]), calls `run` and reports an error with
+/// its chain of causes (exit 1).
+pub fn main<C, F, E>(
+    args: &ConfigArgs,
+    flags: &F,
+    run: impl FnOnce(C) -> Result<ExitCode, E>,
+) -> ExitCode
+where
+    C: Serialize + DeserializeOwned + Default,
+    F: Serialize,
+    E: std::error::Error + 'static,
+{
+    init_logging();
+    match crate::config::merge(args.config.as_deref(), &args.set, flags) {
+        Ok(config) => run(config).unwrap_or_else(|e| report_error(&e)),
+        Err(e) => report_error(&e),
+    }
+}

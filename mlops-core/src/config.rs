@@ -1,0 +1,226 @@
+//! One way to build a stage's settings: defaults, then a TOML file, then `--set key=value`
+//! pairs, then the binary's named flags, merged as JSON values and deserialised once.
+//!
+//! A setting is declared once, as a field of the stage's config struct (with its default); every
+//! field is then settable from a file and from `--set` without further code. Named flags are a
+//! convenience on top: a flags struct that serialises to the dotted field names it overrides
+//! (`null` and `false` mean "not given", so switches can only turn a setting on).
+//!
+//! ```
+//! #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Inner { lr: f64 }
+//! #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Config { epochs: usize, optimizer: Inner }
+//!
+//! #[derive(serde::Serialize)]
+//! struct Flags { epochs: Option<usize>, #[serde(rename = "optimizer.lr")] lr: Option<f64> }
+//!
+//! let sets = vec!["optimizer.lr=0.5".to_string()];
+//! let flags = Flags { epochs: Some(3), lr: None };
+//! let c: Config = mlops_core::config::merge(None, &sets, &flags).unwrap();
+//! assert_eq!(c, Config { epochs: 3, optimizer: Inner { lr: 0.5 } });
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// Where settings come from, for error messages.
+fn origin(file: Option<&Path>) -> PathBuf {
+    file.map_or_else(|| PathBuf::from("<command line>"), Path::to_path_buf)
+}
+
+/// Builds a config: `C::default()`, overlaid with the TOML `file`, the `key=value` pairs of
+/// `sets` (dotted keys reach nested fields; values are TOML, bare words are strings), and the
+/// non-null, non-false fields of `flags` (dotted names).
+pub fn merge<C, F>(file: Option<&Path>, sets: &[String], flags: &F) -> Result<C>
+where
+    C: Serialize + DeserializeOwned + Default,
+    F: Serialize,
+{
+    let bad = |message: String| Error::Config {
+        path: origin(file),
+        message,
+    };
+    let mut value = serde_json::to_value(C::default()).map_err(|e| bad(e.to_string()))?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let overlay = serde_json::to_value(table).map_err(|e| bad(e.to_string()))?;
+        overlay_value(&mut value, overlay);
+    }
+    for pair in sets {
+        let (key, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("--set {pair:?}: expected key=value")))?;
+        set_path(&mut value, key.trim(), parse_value(raw.trim())).map_err(bad)?;
+    }
+    if let Value::Object(given) = serde_json::to_value(flags).map_err(|e| bad(e.to_string()))? {
+        for (key, v) in given {
+            if !(v.is_null() || v == Value::Bool(false)) {
+                set_path(&mut value, &key, v).map_err(bad)?;
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+/// A `--set` value: TOML syntax (`3`, `0.5`, `true`, `[1, 2]`, `"text"`), or a bare string.
+fn parse_value(raw: &str) -> Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
+fn overlay_value(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay_value(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Sets the dotted `key` in `value`, creating tables where a level is missing or null.
+fn set_path(value: &mut Value, key: &str, new: Value) -> std::result::Result<(), String> {
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(format!("invalid setting name {key:?}"));
+    }
+    let mut slot = value;
+    let parts: Vec<&str> = key.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        if slot.is_null() {
+            *slot = Value::Object(Map::new());
+        }
+        slot = match slot {
+            Value::Object(map) => map
+                .entry(part.to_string())
+                .or_insert(Value::Object(Map::new())),
+            _ => return Err(format!("{key}: {part} is not a table of settings")),
+        };
+    }
+    match slot {
+        Value::Object(map) => {
+            map.insert(parts[parts.len() - 1].to_string(), new);
+            Ok(())
+        }
+        _ => Err(format!("{key}: not a table of settings")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Inner {
+        lr: Option<f64>,
+        names: Vec<String>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Config {
+        epochs: usize,
+        flag: bool,
+        inner: Inner,
+    }
+
+    impl Default for Inner {
+        fn default() -> Self {
+            Inner {
+                lr: None,
+                names: vec!["a".into()],
+            }
+        }
+    }
+
+    impl Default for Config {
+        fn default() -> Self {
+            Config {
+                epochs: 12,
+                flag: true,
+                inner: Inner::default(),
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn file_then_sets_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "epochs = 3\n[inner]\nlr = 0.25\n").unwrap();
+        let c: Config = merge(Some(&file), &[], &NoFlags {}).unwrap();
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.inner.lr, Some(0.25));
+        assert_eq!(c.inner.names, vec!["a"], "untouched nested defaults stay");
+
+        let sets = vec!["epochs=5".into(), "inner.names=[\"x\", \"y\"]".into()];
+        #[derive(Serialize)]
+        struct Flags {
+            epochs: Option<usize>,
+            flag: bool,
+        }
+        let c: Config = merge(
+            Some(&file),
+            &sets,
+            &Flags {
+                epochs: Some(7),
+                flag: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.epochs, 7, "flags win over --set and the file");
+        assert!(c.flag, "an unset switch leaves the setting alone");
+        assert_eq!(c.inner.names, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn errors_name_the_source() {
+        let err = merge::<Config, _>(None, &["nope=1".into()], &NoFlags {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("<command line>") && err.contains("nope"),
+            "{err}"
+        );
+        let err = merge::<Config, _>(None, &["epochs".into()], &NoFlags {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key=value"), "{err}");
+        let err = merge::<Config, _>(None, &["epochs=many".into()], &NoFlags {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid type"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "epochs = [").unwrap();
+        let err = merge::<Config, _>(Some(&file), &[], &NoFlags {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Classification by nearest neighbours: search the index, let the `k` nearest gallery
+//! vectors vote. The eval stage measures with this type and a server predicts with it, so a
+//! served prediction is exactly the one eval counted.
+
+use faiss::Index;
+use mlops_core::artifact::{ClassifierSpec, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::{LoadedIndex, Result};
+
+/// The `k_max` nearest gallery vectors of each query, row-major `[queries, k_max]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbours {
+    /// Index ids (gallery rows); `None` where the index returned fewer than `k_max`.
+    pub ids: Vec<Option<u64>>,
+    /// The class of each neighbour; `None` for a missing neighbour or an unknown label.
+    pub labels: Vec<Option<usize>>,
+    /// Similarity of each neighbour (cosine for normalised embeddings; higher is nearer).
+    pub sims: Vec<f32>,
+    /// Neighbours per query.
+    pub k_max: usize,
+    /// Number of classes votes are cast for.
+    pub classes: usize,
+}
+
+impl Neighbours {
+    /// Number of queries.
+    pub fn queries(&self) -> usize {
+        self.labels.len() / self.k_max.max(1)
+    }
+
+    /// One class per query from its `k` nearest neighbours (see [`vote`]).
+    pub fn vote(&self, k: usize, how: Vote) -> Vec<usize> {
+        vote(&self.labels, &self.sims, self.k_max, k, self.classes, how)
+    }
+}
+
+/// One neighbour of a prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neighbour {
+    /// Gallery row (index id).
+    pub id: u64,
+    pub class: usize,
+    pub score: f32,
+}
+
+/// A predicted class with the share of the vote it won and the neighbours that voted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub class: usize,
+    /// The winning class's share of the (weighted) vote, in `[0, 1]`.
+    pub score: f64,
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// A loaded index with the vote that turns neighbours into classes.
+pub struct Classifier {
+    pub index: LoadedIndex,
+    pub spec: ClassifierSpec,
+}
+
+impl Classifier {
+    /// Classifies with `spec` over `index`; `k` is capped at the number of indexed vectors.
+    pub fn new(index: LoadedIndex, spec: ClassifierSpec) -> Self {
+        let k = spec.k.clamp(1, index.summary().ntotal.max(1));
+        Classifier {
+            index,
+            spec: ClassifierSpec { k, ..spec },
+        }
+    }
+
+    /// The classes the labels index into.
+    pub fn classes(&self) -> &[String] {
+        &self.index.summary().classes
+    }
+
+    /// The `k_max` nearest neighbours of each query (`queries` is `[m, dim]` row-major).
+    pub fn neighbours(&mut self, queries: &[f32], k_max: usize) -> Result<Neighbours> {
+        let classes = self.classes().len();
+        let metric = self.index.summary().metric;
+        let result = self
+            .index
+            .index
+            .search(queries, k_max)
+            .map_err(crate::faiss_err("search"))?;
+        let labels = &self.index.labels;
+        let ids: Vec<Option<u64>> = result.labels.iter().map(|id| id.get()).collect();
+        let class_of = |id: &Option<u64>| {
+            id.and_then(|i| labels.get(i as usize).copied())
+                .and_then(|l| usize::try_from(l).ok())
+                .filter(|&l| l < classes)
+        };
+        Ok(Neighbours {
+            labels: ids.iter().map(class_of).collect(),
+            ids,
+            sims: result
+                .distances
+                .iter()
+                .map(|&d| metric.similarity(d))
+                .collect(),
+            k_max,
+            classes,
+        })
+    }
+
+    /// Predicts each query's class with this classifier's `k` and vote.
+    pub fn classify(&mut self, queries: &[f32]) -> Result<Vec<Prediction>> {
+        let ClassifierSpec { k, vote: how } = self.spec;
+        let nb = self.neighbours(queries, k)?;
+        let classes = nb.vote(k, how);
+        Ok(classes
+            .iter()
+            .enumerate()
+            .map(|(q, &class)| {
+                let row = q * k..(q + 1) * k;
+                let mut total = 0.0;
+                let mut won = 0.0;
+                let mut neighbours = Vec::new();
+                for ((id, label), &sim) in nb.ids[row.clone()]
+                    .iter()
+                    .zip(&nb.labels[row.clone()])
+                    .zip(&nb.sims[row])
+                {
+                    let (Some(id), Some(label)) = (id, label) else {
+                        continue;
+                    };
+                    let weight = ballot(sim, how);
+                    total += weight;
+                    if *label == class {
+                        won += weight;
+                    }
+                    neighbours.push(Neighbour {
+                        id: *id,
+                        class: *label,
+                        score: sim,
+                    });
+                }
+                Prediction {
+                    class,
+                    score: if total > 0.0 { won / total } else { 0.0 },
+                    neighbours,
+                }
+            })
+            .collect())
+    }
+}
+
+/// The weight of one neighbour's vote.
+fn ballot(sim: f32, how: Vote) -> f64 {
+    match how {
+        Vote::Uniform => 1.0,
+        // Similarity + 1 is positive for any cosine, so a far neighbour still counts a little.
+        Vote::Weighted => f64::from(sim) + 1.0,
+    }
+}
+
+/// Predicts one class per query from its `k` nearest neighbours' labels and similarities
+/// (row-major `[queries, k_max]`, `None` for missing neighbours); ties go to the class whose
+/// best neighbour is nearest.
+pub fn vote(
+    labels: &[Option<usize>],
+    sims: &[f32],
+    k_max: usize,
+    k: usize,
+    classes: usize,
+    how: Vote,
+) -> Vec<usize> {
+    let mut scores = vec![0f64; classes];
+    labels
+        .chunks(k_max.max(1))
+        .zip(sims.chunks(k_max.max(1)))
+        .map(|(ls, ss)| {
+            scores.iter_mut().for_each(|s| *s = 0.0);
+            let mut first_seen = vec![usize::MAX; classes];
+            for (rank, (l, &s)) in ls.iter().zip(ss).take(k).enumerate() {
+                if let Some(c) = *l {
+                    scores[c] += ballot(s, how);
+                    first_seen[c] = first_seen[c].min(rank);
+                }
+            }
+            (0..classes)
+                .max_by(|&a, &b| {
+                    scores[a]
+                        .partial_cmp(&scores[b])
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(first_seen[b].cmp(&first_seen[a]))
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn votes() {
+        // One query, neighbours: class 1 (0.9), class 0 (0.8), class 0 (0.1)
+        let labels = [Some(1), Some(0), Some(0)];
+        let sims = [0.9, 0.8, 0.1];
+        assert_eq!(vote(&labels, &sims, 3, 1, 2, Vote::Uniform), vec![1]);
+        assert_eq!(vote(&labels, &sims, 3, 3, 2, Vote::Uniform), vec![0]);
+        // Weighted: class 1 = 1.9, class 0 = 1.8 + 1.1 = 2.9.
+        assert_eq!(vote(&labels, &sims, 3, 3, 2, Vote::Weighted), vec![0]);
+        // Tie at k = 2 (uniform): the nearer neighbour's class wins.
+        assert_eq!(vote(&labels, &sims, 3, 2, 2, Vote::Uniform), vec![1]);
+        // Missing neighbours are skipped.
+        assert_eq!(
+            vote(
+                &[None, Some(1), None],
+                &[0.0, 0.5, 0.0],
+                3,
+                3,
+                2,
+                Vote::Uniform
+            ),
+            vec![1]
+        );
+    }
+}
