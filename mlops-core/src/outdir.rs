@@ -172,6 +172,10 @@ impl OutputDir {
         for name in &self.written {
             let from = self.staging.join(name);
             let to = self.root.join(name);
+            // Outputs may sit in sub-directories (`k8s/deployment.yaml`).
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
             std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
         }
         manifest.finish();

@@ -28,6 +28,9 @@
 //! # Ok::<(), mlops_embed::Error>(())
 //! ```
 
+#[cfg(feature = "test-support")]
+pub mod testing;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -4,14 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
-use mlops_core::artifact::{DataDir, EmbeddingsDir, ModelDescription, ModelDir, TrainSummary};
-use mlops_core::{npy, sha256_file, testing, Manifest, OutputDir};
+use mlops_core::artifact::{DataDir, EmbeddingsDir, ModelDir};
+use mlops_core::{npy, sha256_file, testing, Manifest};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::DataConfig;
 use mlops_embed::{EmbedConfig, Embedder};
 use ndarray::{Array1, Array2, Ix1, Ix2};
-use tch::{nn, CModule, Device, Tensor};
+use tch::Device;
 
 /// (data dir, train dir) shared by the tests; built once.
 fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
@@ -20,63 +19,9 @@ fn trained() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let data = make_data(tmp.path(), "data", 28);
         let train = tmp.path().join("train");
-        fixture_model(&train, &data);
+        mlops_embed::testing::fixture_model(&train, &data).unwrap();
         (tmp, data, train)
     })
-}
-
-/// A train-stage directory as the contract describes it, without the training code: a random
-/// linear map of the pixels, L2-normalised, traced to TorchScript, with its description.
-fn fixture_model(dir: &Path, data: &Path) {
-    let data = DataDir::open(data).unwrap();
-    tch::manual_seed(0);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let fc = nn::linear(vs.root() / "fc", 28 * 28, 16, Default::default());
-    vs.freeze();
-    let mut forward = |inputs: &[Tensor]| {
-        let x = inputs[0].flatten(1, -1).apply(&fc);
-        let norm = x
-            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-            .clamp_min(1e-12);
-        vec![x / norm]
-    };
-    let example = Tensor::rand([4, 1, 28, 28], tch::kind::FLOAT_CPU);
-    let module =
-        tch::no_grad(|| CModule::create_by_tracing("Fixture", "forward", &[example], &mut forward))
-            .unwrap();
-    let mut out = OutputDir::create(dir).unwrap();
-    module.save(out.staged_path(MODEL_FILE)).unwrap();
-    let description = ModelDescription {
-        arch: "fixture".into(),
-        input_shape: [1, 28, 28],
-        embedding_dim: 16,
-        normalization: data.summary.normalization,
-        value_range: data.summary.value_range,
-        classes: data.summary.classes.clone(),
-        arcface: Default::default(),
-        epochs_trained: 0,
-        best_epoch: 0,
-        best_val_accuracy: 0.0,
-        torch_version: mlops_torch::LIBTORCH_VERSION.into(),
-        data_manifest_sha256: sha256_file(&data.dir.join("manifest.json")).unwrap(),
-    };
-    let mut manifest = Manifest::begin("train", "fixture", &());
-    manifest.outputs.push(out.adopt(MODEL_FILE).unwrap());
-    manifest.outputs.push(
-        out.write_json(MODEL_DESCRIPTION_FILE, &description)
-            .unwrap(),
-    );
-    manifest.summary = serde_json::to_value(TrainSummary {
-        arch: "fixture".into(),
-        epochs: 0,
-        best_epoch: 0,
-        best_val_accuracy: 0.0,
-        devices: vec!["Cpu".into()],
-        threads: 1,
-        last: None,
-    })
-    .unwrap();
-    out.commit(manifest).unwrap();
 }
 
 fn make_data(root: &Path, name: &str, size: usize) -> PathBuf {

@@ -13,6 +13,7 @@
 //! | `embed`      | [`EmbeddingsDir`] | [`EmbedSummary`]    | `<role>_embeddings_NNN.npy`, `<role>_labels_NNN.npy` |
 //! | `index`      | [`IndexDir`]    | [`IndexSummary`]      | `index.faiss`, `labels.npy`             |
 //! | `eval`       | [`EvalDir`]     | [`EvalSummary`]       | `metrics.json`, `decision.json`, ...    |
+//! | registry version | [`VersionDir`] | [`VersionSummary`] | all of the above a server needs       |
 //!
 //! Every directory also holds `manifest.json` (written last) and `config.json`, the settings of
 //! the run that produced it.
@@ -22,6 +23,7 @@ pub mod embeddings;
 pub mod eval;
 pub mod index;
 pub mod model;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,7 @@ pub use embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
 pub use eval::{ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, Vote};
 pub use index::{IndexDir, IndexSummary, Metric};
 pub use model::{ModelDescription, ModelDir, TrainSummary};
+pub use registry::{ModelPointer, VersionDir, VersionSummary};
 
 /// File holding the settings a stage ran with, in every stage directory.
 pub const CONFIG_FILE: &str = "config.json";

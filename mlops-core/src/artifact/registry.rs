@@ -1,0 +1,211 @@
+//! The model registry: `REGISTRY/NAME/<version>/` directories, each a self-contained deployable
+//! model (TorchScript model, its description, the index, its labels, the evaluation that
+//! admitted it), and `REGISTRY/NAME/registry.json`, the pointer to the default version.
+//!
+//! A version directory is a stage directory like the others (stage `register`): its manifest
+//! lists every file with its sha256 and the source manifests it was copied from, so a server
+//! refuses a version whose files changed. The pointer file is replaced atomically (write and
+//! rename), so a reader sees the old or the new default, never a torn one.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::eval::{ClassifierSpec, Decision};
+use super::index::IndexSummary;
+use super::model::{ModelDescription, MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use super::{StageDir, StageSummary};
+use crate::{Error, Result};
+
+/// Per-model pointer file: default version, promotion history, next version number.
+pub const POINTER_FILE: &str = "registry.json";
+/// The lock file that serialises changes to a registry.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Whether `name` may name a model: 1-64 of `[A-Za-z0-9._-]`, starting alphanumeric (so never
+/// `.`, `..`, a hidden file or a path).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Which version of a model is served by default, and which were before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPointer {
+    /// The default version, once one was promoted.
+    pub default: Option<u64>,
+    /// Promoted versions, oldest first; the last is the default. `rollback` pops it.
+    pub history: Vec<u64>,
+    /// The number the next registered version gets (versions never repeat, even after prune).
+    pub next_version: u64,
+}
+
+impl ModelPointer {
+    /// The version promoted before the default, which a rollback returns to.
+    pub fn previous(&self) -> Option<u64> {
+        let n = self.history.len();
+        (n >= 2).then(|| self.history[n - 2])
+    }
+}
+
+/// The `summary` of a registered version's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionSummary {
+    pub name: String,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    /// Test accuracy the eval stage measured.
+    pub accuracy: f64,
+    /// The deploy gate's decision on it.
+    pub decision: Decision,
+    /// Registered although the gate rejected it (`--force`).
+    pub forced: bool,
+    /// How the server classifies: eval's k and vote.
+    pub classifier: ClassifierSpec,
+    /// The index stage's record (metric, search parameters) for loading `index.faiss`.
+    pub index: IndexSummary,
+}
+
+impl StageSummary for VersionSummary {
+    const STAGE: &'static str = "register";
+}
+
+/// A registered model version.
+pub type VersionDir = StageDir<VersionSummary>;
+
+impl StageDir<VersionSummary> {
+    /// Opens version `version` of `name` and verifies every file against its manifest, naming
+    /// the first file that fails.
+    pub fn open_verified(registry: &Path, name: &str, version: u64) -> Result<Self> {
+        let dir = Self::open(&version_dir(registry, name, version)?)?;
+        dir.manifest.verify_outputs(&dir.dir)?;
+        Ok(dir)
+    }
+
+    /// The model's description (checksum verified).
+    pub fn description(&self) -> Result<ModelDescription> {
+        self.read_json(MODEL_DESCRIPTION_FILE)
+    }
+
+    /// The path of `model.pt` (checksum verified).
+    pub fn model_path(&self) -> Result<PathBuf> {
+        self.verified(MODEL_FILE)
+    }
+
+    /// The version's index as an index directory (its files are listed in this manifest).
+    pub fn index_dir(&self) -> super::IndexDir {
+        StageDir {
+            dir: self.dir.clone(),
+            manifest: self.manifest.clone(),
+            summary: self.summary.index.clone(),
+        }
+    }
+}
+
+/// `registry/name`, after checking that `name` is a valid model name.
+pub fn model_dir(registry: &Path, name: &str) -> Result<PathBuf> {
+    if !valid_name(name) {
+        return Err(Error::invalid(
+            registry,
+            format!("{name:?} is not a valid model name (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit)"),
+        ));
+    }
+    Ok(registry.join(name))
+}
+
+/// `registry/name/version`.
+pub fn version_dir(registry: &Path, name: &str, version: u64) -> Result<PathBuf> {
+    Ok(model_dir(registry, name)?.join(version.to_string()))
+}
+
+/// The pointer of model `name` (the default when the model has none yet).
+pub fn read_pointer(registry: &Path, name: &str) -> Result<ModelPointer> {
+    let path = model_dir(registry, name)?.join(POINTER_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Json { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelPointer::default()),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// The models in a registry (directories with a valid name), sorted.
+pub fn models(registry: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(registry).map_err(|e| Error::io(registry, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(registry, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && valid_name(&name) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The registered versions of `name` (directories whose name is a number and that hold a
+/// finished manifest), ascending.
+pub fn versions(registry: &Path, name: &str) -> Result<Vec<u64>> {
+    let dir = model_dir(registry, name)?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let Ok(v) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        if entry.path().join(crate::MANIFEST_FILE).is_file() {
+            found.push(v);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_registry() {
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "../x",
+            "name with space",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad), "{bad:?}");
+            assert!(model_dir(Path::new("/r"), bad).is_err());
+        }
+        for good in ["fashion", "Fashion-MNIST_2.0", "7"] {
+            assert!(valid_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn previous_is_the_one_promoted_before() {
+        let p = ModelPointer {
+            default: Some(5),
+            history: vec![1, 3, 5],
+            next_version: 6,
+        };
+        assert_eq!(p.previous(), Some(3));
+        assert_eq!(ModelPointer::default().previous(), None);
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    mlops_torch_build::link_libtorch();
+}

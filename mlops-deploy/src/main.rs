@@ -1,0 +1,233 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mlops_core::cli::ConfigArgs;
+use mlops_deploy::{package, registry, serve};
+
+/// Register, promote, roll back, list and prune model versions; package them for TorchServe and
+/// Kubernetes; serve a registry over TorchServe's and KServe's HTTP APIs.
+#[derive(Parser)]
+#[command(name = "mlops-deploy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy a trained model with its index and evaluation into the registry as a new version.
+    Register {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        flags: RegisterFlags,
+    },
+    /// Make VERSION the default of NAME.
+    Promote {
+        #[command(flatten)]
+        at: At,
+        version: u64,
+    },
+    /// Return NAME to the version promoted before the default.
+    Rollback {
+        #[command(flatten)]
+        at: At,
+    },
+    /// List the versions of NAME.
+    List {
+        #[command(flatten)]
+        at: At,
+    },
+    /// Remove old versions of NAME, never the default nor the previous one.
+    Prune {
+        #[command(flatten)]
+        at: At,
+        /// Newest versions to keep.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+    },
+    /// Write a TorchServe archive, its config.properties and Kubernetes manifests.
+    Package {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        flags: PackageFlags,
+    },
+    /// Serve every model of a registry (TorchServe and KServe v2 APIs) until SIGTERM.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        flags: ServeFlags,
+        /// Bearer token for management calls that change state (never printed).
+        #[arg(long, env = "MLOPS_MANAGEMENT_TOKEN", hide_env_values = true)]
+        management_token: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct At {
+    #[arg(long, env = "MLOPS_REGISTRY")]
+    registry: PathBuf,
+    /// Model name.
+    name: String,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct RegisterFlags {
+    /// Output directory of mlops-train.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory of mlops-index.
+    #[arg(long)]
+    index: PathBuf,
+    /// Output directory of mlops-eval.
+    #[arg(long)]
+    eval: PathBuf,
+    #[arg(long, env = "MLOPS_REGISTRY")]
+    registry: PathBuf,
+    /// Model name [default: fashion-mnist].
+    #[arg(long)]
+    name: Option<String>,
+    /// Make the new version the default.
+    #[arg(long)]
+    promote: bool,
+    /// Register although the deploy gate rejected the model.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct PackageFlags {
+    #[arg(long, env = "MLOPS_REGISTRY")]
+    registry: PathBuf,
+    /// Model name [default: fashion-mnist].
+    #[arg(long)]
+    name: Option<String>,
+    /// Version to package [default: the default version].
+    #[arg(long)]
+    version: Option<u64>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Container image for the Kubernetes Deployment.
+    #[arg(long)]
+    image: Option<String>,
+}
+
+#[derive(clap::Args, serde::Serialize)]
+struct ServeFlags {
+    #[arg(long, env = "MLOPS_REGISTRY")]
+    registry: PathBuf,
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "MLOPS_INFERENCE_ADDR")]
+    inference_addr: Option<String>,
+    /// [default: 127.0.0.1:8081]
+    #[arg(long, env = "MLOPS_MANAGEMENT_ADDR")]
+    management_addr: Option<String>,
+    /// [default: 127.0.0.1:8082]
+    #[arg(long, env = "MLOPS_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Most images per inference batch [default: 32].
+    #[arg(long, env = "MLOPS_BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, from the first request's arrival [default: 2].
+    #[arg(long, env = "MLOPS_MAX_BATCH_DELAY_MS")]
+    max_batch_delay_ms: Option<f64>,
+    /// libtorch threads, 0 = one per core [default: 0].
+    #[arg(long, env = "MLOPS_THREADS")]
+    threads: Option<usize>,
+    /// HTTP threads, 0 = one per core [default: 0].
+    #[arg(long, env = "MLOPS_IO_THREADS")]
+    io_threads: Option<usize>,
+    /// Voting neighbours [default: the k the eval stage chose].
+    #[arg(long, env = "MLOPS_K")]
+    k: Option<usize>,
+    /// Largest request body in bytes [default: 10485760].
+    #[arg(long, env = "MLOPS_BODY_LIMIT")]
+    body_limit: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Register { config, flags } => {
+            mlops_core::cli::main(&config, &flags, |c: registry::RegisterConfig| {
+                let v = registry::register(&c)?;
+                println!("registered {} version {}", v.name, v.version);
+                Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
+            })
+        }
+        Command::Promote { at, version } => plain(|| {
+            registry::promote(&at.registry, &at.name, version)?;
+            println!("{} now serves version {version} by default", at.name);
+            Ok(())
+        }),
+        Command::Rollback { at } => plain(|| {
+            let p = registry::rollback(&at.registry, &at.name)?;
+            println!(
+                "{} rolled back to version {}",
+                at.name,
+                p.default.unwrap_or(0)
+            );
+            Ok(())
+        }),
+        Command::List { at } => plain(|| {
+            println!(
+                "{:>7}  {:>8}  {:<25}  notes",
+                "version", "accuracy", "created"
+            );
+            for v in registry::list(&at.registry, &at.name)? {
+                let mut notes = Vec::new();
+                if v.default {
+                    notes.push("default");
+                }
+                if v.forced {
+                    notes.push("forced past the gate");
+                }
+                let created = v.created_at.format("%Y-%m-%d %H:%M:%S UTC");
+                let (version, accuracy) = (v.version, v.accuracy);
+                println!(
+                    "{version:>7}  {accuracy:>8.4}  {created:<25}  {}",
+                    notes.join(", ")
+                );
+            }
+            Ok(())
+        }),
+        Command::Prune { at, keep } => plain(|| {
+            let removed = registry::prune(&at.registry, &at.name, keep)?;
+            println!("removed versions {removed:?}");
+            Ok(())
+        }),
+        Command::Package { config, flags } => {
+            mlops_core::cli::main(&config, &flags, |c: package::PackageConfig| {
+                package::run(&c).map(|_| ExitCode::SUCCESS)
+            })
+        }
+        Command::Serve {
+            config,
+            flags,
+            management_token,
+        } => {
+            mlops_core::cli::main(&config, &flags, |mut c: serve::ServeConfig| {
+                c.management_token = management_token.map(serve::Secret::new);
+                serve::run_with(c, |bound| {
+                    // One line on stdout for scripts and tests to find the ports.
+                    println!(
+                        "listening {}",
+                        serde_json::to_string(&bound).unwrap_or_default()
+                    );
+                })
+                .map(|()| ExitCode::SUCCESS)
+            })
+        }
+    }
+}
+
+fn plain(f: impl FnOnce() -> mlops_deploy::Result<()>) -> ExitCode {
+    mlops_core::telemetry::init_logging();
+    match f() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => mlops_core::telemetry::report_error(&e),
+    }
+}

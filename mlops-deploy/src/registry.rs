@@ -1,0 +1,361 @@
+//! Registry operations: register, promote, rollback, list, prune.
+//!
+//! The layout and readers are the contract's ([`mlops_core::artifact::registry`]); this module
+//! changes it. Every change holds the registry's lock file (`REGISTRY/.lock`, an exclusive
+//! `File::lock`), so concurrent CLI calls and a server's `set-default` never interleave. The
+//! decisions (which version a rollback returns to, which versions a prune removes) are pure
+//! functions; the functions around them do the I/O.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE};
+use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
+use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::registry::{
+    self, model_dir, read_pointer, version_dir, ModelPointer, VersionSummary, LOCK_FILE,
+    POINTER_FILE,
+};
+use mlops_core::artifact::{EvalDir, IndexDir, ModelDir, StageSummary, VersionDir, CLASSES_FILE};
+use mlops_core::{write_atomic, Manifest, OutputDir};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What `register` copies into the registry, and from where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegisterConfig {
+    /// Output directory of `mlops-train`.
+    pub model: PathBuf,
+    /// Output directory of `mlops-index`.
+    pub index: PathBuf,
+    /// Output directory of `mlops-eval` (its decision admits the model).
+    pub eval: PathBuf,
+    pub registry: PathBuf,
+    /// The model's name in the registry (and in the server's URLs).
+    pub name: String,
+    /// Make the new version the default.
+    pub promote: bool,
+    /// Register even when the deploy gate rejected the model.
+    pub force: bool,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig {
+            model: PathBuf::from("train"),
+            index: PathBuf::from("index"),
+            eval: PathBuf::from("eval"),
+            registry: PathBuf::from("registry"),
+            name: "fashion-mnist".into(),
+            promote: false,
+            force: false,
+        }
+    }
+}
+
+/// Holds a registry's lock until dropped.
+pub struct RegistryLock {
+    _file: File,
+}
+
+impl RegistryLock {
+    /// Waits for the exclusive lock on `registry` (creating the registry directory).
+    pub fn acquire(registry: &Path) -> Result<Self> {
+        std::fs::create_dir_all(registry).map_err(|e| mlops_core::Error::io(registry, e))?;
+        let path = registry.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| mlops_core::Error::io(&path, e))?;
+        file.lock().map_err(|e| mlops_core::Error::io(&path, e))?;
+        Ok(RegistryLock { _file: file })
+    }
+}
+
+fn write_pointer(registry: &Path, name: &str, pointer: &ModelPointer) -> Result<()> {
+    let path = model_dir(registry, name)?.join(POINTER_FILE);
+    let mut text = serde_json::to_vec_pretty(pointer).expect("plain data");
+    text.push(b'\n');
+    write_atomic(&path, &text)?;
+    Ok(())
+}
+
+/// The files a version holds, with the stage directory each comes from.
+const MODEL_FILES: [&str; 2] = [MODEL_FILE, MODEL_DESCRIPTION_FILE];
+const INDEX_FILES: [&str; 3] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE];
+const EVAL_FILES: [&str; 2] = [METRICS_FILE, DECISION_FILE];
+
+/// Registers the model of `config.model` with the index and evaluation that go with it as the
+/// next version of `config.name`; returns the version. Refused when the gate rejected the model
+/// (unless `force`), or when the three directories do not belong together.
+pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
+    let model = ModelDir::open(&config.model)?;
+    let index = IndexDir::open(&config.index)?;
+    let eval = EvalDir::open(&config.eval)?;
+    let description = model.description()?;
+    let decision = eval.decision()?;
+    if !decision.deploy && !config.force {
+        return Err(Error::Rejected {
+            path: config.eval.join(DECISION_FILE),
+            reasons: decision.reasons.join("; "),
+        });
+    }
+    check_together(config, &model, &index, &eval, &description)?;
+    let models_dir = model_dir(&config.registry, &config.name)?;
+
+    let _lock = RegistryLock::acquire(&config.registry)?;
+    std::fs::create_dir_all(&models_dir).map_err(|e| mlops_core::Error::io(&models_dir, e))?;
+    let mut pointer = read_pointer(&config.registry, &config.name)?;
+    let existing = registry::versions(&config.registry, &config.name)?;
+    let version = pointer
+        .next_version
+        .max(existing.last().map_or(1, |v| v + 1))
+        .max(1);
+    let partial = models_dir.join(format!(".v{version}.partial"));
+    let mut out = OutputDir::create(&partial)?;
+    let mut manifest = Manifest::begin(VersionSummary::STAGE, env!("CARGO_PKG_VERSION"), config);
+    for (dir, names) in [
+        (&model.dir, &MODEL_FILES[..]),
+        (&index.dir, &INDEX_FILES[..]),
+        (&eval.dir, &EVAL_FILES[..]),
+    ] {
+        let source = Manifest::load(dir)?;
+        for name in names {
+            manifest
+                .outputs
+                .push(copy_verified(&source, dir, name, &mut out)?);
+        }
+        manifest
+            .inputs
+            .extend(source.input_entries(dir, names.iter().copied())?);
+    }
+    let summary = VersionSummary {
+        name: config.name.clone(),
+        version,
+        created_at: Utc::now(),
+        accuracy: eval.summary.metrics.accuracy,
+        decision,
+        forced: !eval.summary.decision.deploy,
+        classifier: eval.summary.classifier(),
+        index: index.summary.clone(),
+    };
+    manifest.summary = serde_json::to_value(&summary).expect("plain data");
+    out.commit(manifest)?;
+    // The version appears whole: a directory named by its number exists only once complete.
+    let final_dir = version_dir(&config.registry, &config.name, version)?;
+    std::fs::rename(&partial, &final_dir).map_err(|e| mlops_core::Error::io(&final_dir, e))?;
+    pointer.next_version = version + 1;
+    if config.promote {
+        pointer = promoted(&pointer, version);
+    }
+    write_pointer(&config.registry, &config.name, &pointer)?;
+    tracing::info!(name = %config.name, version, promoted = config.promote, "registered");
+    Ok(summary)
+}
+
+/// Copies output `name` of the stage directory `dir` into `out`, checking both the source and
+/// the copy against the source manifest's sha256.
+fn copy_verified(
+    source: &Manifest,
+    dir: &Path,
+    name: &str,
+    out: &mut OutputDir,
+) -> Result<mlops_core::FileEntry> {
+    let expected = source.verified_output(dir, name)?.sha256.clone();
+    let to = out.staged_path(name);
+    std::fs::copy(dir.join(name), &to).map_err(|e| mlops_core::Error::io(&to, e))?;
+    let entry = out.adopt(name)?;
+    if entry.sha256 != expected {
+        return Err(mlops_core::Error::Checksum {
+            path: dir.join(name),
+            expected,
+            actual: entry.sha256,
+        }
+        .into());
+    }
+    Ok(entry)
+}
+
+/// The model, index and evaluation must describe one candidate: the index's classes and
+/// dimension are the model's, and the evaluation searched this very index.
+fn check_together(
+    config: &RegisterConfig,
+    model: &ModelDir,
+    index: &IndexDir,
+    eval: &EvalDir,
+    description: &mlops_core::artifact::ModelDescription,
+) -> Result<()> {
+    let mismatch = |path: &Path, message: String| -> Error {
+        mlops_core::Error::invalid(path.join(mlops_core::MANIFEST_FILE), message).into()
+    };
+    if index.summary.classes != description.classes
+        || index.summary.dim != description.embedding_dim
+    {
+        return Err(mismatch(
+            &config.index,
+            format!(
+                "index of dimension {} over classes {:?} does not match the model in {} (dimension {}, classes {:?})",
+                index.summary.dim,
+                index.summary.classes,
+                model.dir.display(),
+                description.embedding_dim,
+                description.classes
+            ),
+        ));
+    }
+    let index_sha = &index.manifest.listed_output(&index.dir, INDEX_FILE)?.sha256;
+    let evaluated = eval
+        .manifest
+        .inputs
+        .iter()
+        .any(|e| e.path.ends_with(INDEX_FILE) && &e.sha256 == index_sha);
+    if !evaluated {
+        return Err(mismatch(
+            &config.eval,
+            format!(
+                "this evaluation did not search the index in {}",
+                config.index.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The pointer after promoting `version` (pure).
+pub fn promoted(pointer: &ModelPointer, version: u64) -> ModelPointer {
+    let mut next = pointer.clone();
+    if next.default != Some(version) {
+        next.history.push(version);
+    }
+    next.default = Some(version);
+    next
+}
+
+/// The pointer after a rollback to the previously promoted version (pure); `None` when there
+/// is none.
+pub fn rolled_back(pointer: &ModelPointer) -> Option<ModelPointer> {
+    let previous = pointer.previous()?;
+    let mut next = pointer.clone();
+    next.history.pop();
+    next.default = Some(previous);
+    Some(next)
+}
+
+/// The versions a prune removes (pure): all but the newest `keep`, never the default nor the
+/// version a rollback would return to.
+pub fn prune_plan(versions: &[u64], pointer: &ModelPointer, keep: usize) -> Vec<u64> {
+    let mut sorted = versions.to_vec();
+    sorted.sort_unstable();
+    let cut = sorted.len().saturating_sub(keep);
+    sorted[..cut]
+        .iter()
+        .copied()
+        .filter(|v| Some(*v) != pointer.default && Some(*v) != pointer.previous())
+        .collect()
+}
+
+/// Makes `version` (which must exist and verify) the default of `name`.
+pub fn promote(registry: &Path, name: &str, version: u64) -> Result<ModelPointer> {
+    let _lock = RegistryLock::acquire(registry)?;
+    VersionDir::open_verified(registry, name, version)?;
+    let pointer = promoted(&read_pointer(registry, name)?, version);
+    write_pointer(registry, name, &pointer)?;
+    tracing::info!(name, version, "promoted");
+    Ok(pointer)
+}
+
+/// Returns `name` to the version promoted before the current default.
+pub fn rollback(registry: &Path, name: &str) -> Result<ModelPointer> {
+    let _lock = RegistryLock::acquire(registry)?;
+    let current = read_pointer(registry, name)?;
+    let pointer = rolled_back(&current).ok_or_else(|| Error::Registry {
+        path: model_dir(registry, name).unwrap_or_default(),
+        message: "no previously promoted version to roll back to".into(),
+    })?;
+    let version = pointer.default.expect("rolled_back sets a default");
+    VersionDir::open_verified(registry, name, version)?;
+    write_pointer(registry, name, &pointer)?;
+    tracing::info!(name, version, "rolled back");
+    Ok(pointer)
+}
+
+/// Removes old versions of `name` as [`prune_plan`] says; returns the removed versions.
+pub fn prune(registry: &Path, name: &str, keep: usize) -> Result<Vec<u64>> {
+    let _lock = RegistryLock::acquire(registry)?;
+    let pointer = read_pointer(registry, name)?;
+    let plan = prune_plan(&registry::versions(registry, name)?, &pointer, keep);
+    for &v in &plan {
+        let dir = version_dir(registry, name, v)?;
+        // The manifest goes first: a half-removed directory never looks like a version.
+        let manifest = dir.join(mlops_core::MANIFEST_FILE);
+        std::fs::remove_file(&manifest).map_err(|e| mlops_core::Error::io(&manifest, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| mlops_core::Error::io(&dir, e))?;
+    }
+    tracing::info!(name, removed = ?plan, "pruned");
+    Ok(plan)
+}
+
+/// One line of `list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub accuracy: f64,
+    pub created_at: chrono::DateTime<Utc>,
+    pub default: bool,
+    pub forced: bool,
+}
+
+/// The versions of `name`, oldest first.
+pub fn list(registry: &Path, name: &str) -> Result<Vec<VersionInfo>> {
+    let pointer = read_pointer(registry, name)?;
+    registry::versions(registry, name)?
+        .into_iter()
+        .map(|v| {
+            let dir = VersionDir::open(&version_dir(registry, name, v)?)?;
+            Ok(VersionInfo {
+                version: v,
+                accuracy: dir.summary.accuracy,
+                created_at: dir.summary.created_at,
+                default: pointer.default == Some(v),
+                forced: dir.summary.forced,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointer(history: &[u64]) -> ModelPointer {
+        ModelPointer {
+            default: history.last().copied(),
+            history: history.to_vec(),
+            next_version: 10,
+        }
+    }
+
+    #[test]
+    fn promote_and_rollback_walk_the_history() {
+        let p = promoted(&promoted(&ModelPointer::default(), 1), 3);
+        assert_eq!((p.default, p.history.clone()), (Some(3), vec![1, 3]));
+        assert_eq!(promoted(&p, 3), p, "promoting the default changes nothing");
+        let back = rolled_back(&p).unwrap();
+        assert_eq!((back.default, back.history.clone()), (Some(1), vec![1]));
+        assert!(rolled_back(&back).is_none());
+    }
+
+    #[test]
+    fn prune_keeps_newest_default_and_previous() {
+        let versions = [1, 2, 3, 4, 5, 6, 7];
+        assert_eq!(prune_plan(&versions, &pointer(&[2, 4]), 3), vec![1, 3]);
+        assert_eq!(prune_plan(&versions, &pointer(&[7]), 3), vec![1, 2, 3, 4]);
+        assert!(prune_plan(&versions, &pointer(&[]), 10).is_empty());
+        assert_eq!(prune_plan(&versions, &pointer(&[]), 0), versions.to_vec());
+    }
+}

@@ -1,0 +1,783 @@
+//! The three listeners' routes: inference (TorchServe and KServe v2), management, metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State as AxumState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine;
+use mlops_core::artifact::registry as layout;
+use mlops_core::artifact::VersionDir;
+use mlops_index::Prediction;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::state::{Lookup, State};
+use super::worker::{Job, LoadedVersion, Refused};
+
+type Shared = AxumState<Arc<State>>;
+
+/// An error answer: TorchServe's `{"code", "type", "message"}`, or KServe's `{"error"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    kserve: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            kserve: false,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequestException", message)
+    }
+
+    fn model_not_found(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "ModelNotFoundException",
+            format!("Model not found: {name}"),
+        )
+    }
+
+    fn version_not_found(name: &str, version: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "ModelVersionNotFoundException",
+            format!("Model version {version} does not exist for model {name}"),
+        )
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerException",
+            message,
+        )
+    }
+
+    /// The same error in KServe's shape.
+    fn kserve(mut self) -> Self {
+        self.kserve = true;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = if self.kserve {
+            json!({ "error": self.message })
+        } else {
+            json!({ "code": self.status.as_u16(), "type": self.kind, "message": self.message })
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Routes of the inference listener.
+pub fn inference(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/predictions/{name}", post(predict_default))
+        .route("/predictions/{name}/{version}", post(predict_version))
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/v2/models/{name}", get(v2_model))
+        .route("/v2/models/{name}/ready", get(v2_model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(v2_model_version),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(v2_model_version_ready),
+        )
+        .route("/v2/models/{name}/infer", post(v2_infer_default))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(v2_infer_version),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.body_limit,
+        ))
+        .with_state(state)
+}
+
+/// Routes of the management listener.
+pub fn management(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/models", get(list_models))
+        .route("/models/{name}", get(describe_default))
+        .route(
+            "/models/{name}/{version}",
+            get(describe_version).delete(unregister),
+        )
+        .route("/models/{name}/{version}/set-default", put(set_default))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .with_state(state)
+}
+
+/// Routes of the metrics listener.
+pub fn metrics(state: Arc<State>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|AxumState(s): Shared| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn count_errors(AxumState(state): Shared, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        state.metrics.observe_error(status.as_u16());
+    }
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        "Requested resource is not found, please refer to API document.",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowedException",
+        "Requested method is not allowed, please refer to API document.",
+    )
+}
+
+async fn ping(AxumState(state): Shared) -> Response {
+    if state.ready() {
+        (StatusCode::OK, Json(json!({ "status": "Healthy" }))).into_response()
+    } else {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "status": "Unhealthy" })),
+        )
+            .into_response()
+    }
+}
+
+fn parse_version(name: &str, version: &str) -> ApiResult<u64> {
+    version
+        .parse::<u64>()
+        .map_err(|_| ApiError::version_not_found(name, version))
+}
+
+/// The loaded version a request is for, or the matching 404.
+async fn resolve(
+    state: &Arc<State>,
+    name: &str,
+    version: Option<&str>,
+) -> ApiResult<Arc<LoadedVersion>> {
+    if !layout::valid_name(name) {
+        return Err(ApiError::model_not_found(name));
+    }
+    let v = version.map(|v| parse_version(name, v)).transpose()?;
+    match state.lookup(name, v).await? {
+        Lookup::Found(loaded) => Ok(loaded),
+        Lookup::NoModel => Err(ApiError::model_not_found(name)),
+        Lookup::NoVersion => match version {
+            Some(v) => Err(ApiError::version_not_found(name, v)),
+            None => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                format!("Model {name} has no default version loaded yet"),
+            )),
+        },
+    }
+}
+
+async fn predict_default(
+    AxumState(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    predict(state, name, None, headers, body).await
+}
+
+async fn predict_version(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    predict(state, name, Some(version), headers, body).await
+}
+
+async fn predict(
+    state: Arc<State>,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let arrived = Instant::now();
+    let loaded = resolve(&state, &name, version.as_deref()).await?;
+    let body = body.map_err(body_error)?;
+    let image = image_from_request(&headers, body).await?;
+    let pixels = preprocess(&loaded, image).await?;
+    let prediction = infer(&loaded, pixels, arrived).await?;
+    Ok(Json(prediction_json(&loaded, &prediction)))
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "PayloadTooLargeException"
+    } else {
+        "BadRequestException"
+    };
+    ApiError::new(status, kind, rejection.body_text())
+}
+
+/// The image in a request: the raw body (an image content type, octet-stream or none), or the
+/// multipart field `data`.
+async fn image_from_request(headers: &HeaderMap, body: Bytes) -> ApiResult<Bytes> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let image = if content_type.starts_with("multipart/form-data") {
+        let boundary = multer::parse_boundary(&content_type)
+            .map_err(|e| ApiError::bad_request(format!("invalid multipart request: {e}")))?;
+        let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+        let mut form = multer::Multipart::new(stream, boundary);
+        let mut found = None;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid multipart request: {e}")))?
+        {
+            if field.name() == Some("data") {
+                found = Some(field.bytes().await.map_err(|e| {
+                    ApiError::bad_request(format!("invalid multipart request: {e}"))
+                })?);
+                break;
+            }
+        }
+        found.ok_or_else(|| ApiError::bad_request("multipart request has no field named data"))?
+    } else if content_type.is_empty()
+        || content_type.starts_with("image/")
+        || content_type.starts_with("application/octet-stream")
+    {
+        body
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "BadRequestException",
+            format!("unsupported content type {content_type:?}: send an image (image/*, application/octet-stream) or multipart/form-data with a field named data"),
+        ));
+    };
+    if image.is_empty() {
+        return Err(ApiError::bad_request("empty request body: send an image"));
+    }
+    Ok(image)
+}
+
+/// Decodes and preprocesses an image exactly as the data stage did; large images off the
+/// async threads.
+async fn preprocess(loaded: &Arc<LoadedVersion>, image: Bytes) -> ApiResult<Vec<f32>> {
+    let pre = loaded.preprocess;
+    let small = image.len() <= INLINE_DECODE_BYTES;
+    let run = move || {
+        pre.image_bytes(&image)
+            .map_err(|e| ApiError::bad_request(format!("cannot decode the image: {e}")))
+    };
+    // Decoding a few kilobytes costs less than a hop to the blocking pool; a large image must
+    // not stall the async threads.
+    if small {
+        run()
+    } else {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+}
+
+/// Encoded images up to this size are decoded on the async thread that received them.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// Queues one image on `loaded`'s inference thread and waits for its prediction.
+async fn infer(
+    loaded: &Arc<LoadedVersion>,
+    pixels: Vec<f32>,
+    arrived: Instant,
+) -> ApiResult<Prediction> {
+    let (reply, answer) = oneshot::channel();
+    loaded
+        .submit(Job {
+            pixels,
+            arrived,
+            reply,
+        })
+        .map_err(|refused| {
+            let why = match refused {
+                Refused::Full => "the inference queue is full; retry later",
+                Refused::Stopped => "the model version is being unloaded; retry",
+            };
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                why,
+            )
+        })?;
+    answer
+        .await
+        .map_err(|_| ApiError::internal("the inference thread stopped"))?
+        .map_err(ApiError::internal)
+}
+
+fn prediction_json(loaded: &LoadedVersion, p: &Prediction) -> Value {
+    let classes = &loaded.description.classes;
+    let label = |c: usize| classes.get(c).cloned().unwrap_or_default();
+    json!({
+        "class": p.class,
+        "label": label(p.class),
+        "score": p.score,
+        "neighbors": p.neighbours.iter().map(|n| json!({
+            "id": n.id,
+            "label": label(n.class),
+            "score": n.score,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn v2_ready(AxumState(state): Shared) -> Response {
+    let ready = state.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn v2_model(AxumState(state): Shared, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let loaded = resolve(&state, &name, None)
+        .await
+        .map_err(ApiError::kserve)?;
+    let versions = layout::versions(state.registry(), &name).unwrap_or_default();
+    Ok(Json(v2_metadata(&loaded, &versions)))
+}
+
+async fn v2_model_version(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let loaded = resolve(&state, &name, Some(&version))
+        .await
+        .map_err(ApiError::kserve)?;
+    Ok(Json(v2_metadata(&loaded, &[loaded.version])))
+}
+
+fn v2_metadata(loaded: &LoadedVersion, versions: &[u64]) -> Value {
+    let [c, h, w] = loaded.description.input_shape;
+    json!({
+        "name": loaded.name,
+        "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": "pytorch_torchscript",
+        "inputs": [
+            { "name": "image", "datatype": "BYTES", "shape": [-1] },
+            { "name": "input", "datatype": "FP32", "shape": [-1, c, h, w] },
+        ],
+        "outputs": [
+            { "name": "label", "datatype": "BYTES", "shape": [-1] },
+            { "name": "class", "datatype": "INT64", "shape": [-1] },
+            { "name": "score", "datatype": "FP32", "shape": [-1] },
+        ],
+    })
+}
+
+async fn v2_model_ready(AxumState(state): Shared, Path(name): Path<String>) -> Response {
+    match state.model_ready(&name) {
+        None => ApiError::model_not_found(&name).kserve().into_response(),
+        Some(ready) => ready_answer(&name, ready),
+    }
+}
+
+async fn v2_model_version_ready(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    match resolve(&state, &name, Some(&version)).await {
+        Ok(loaded) => ready_answer(&name, loaded.ready()),
+        Err(e) => e.kserve().into_response(),
+    }
+}
+
+fn ready_answer(name: &str, ready: bool) -> Response {
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "name": name, "ready": ready }))).into_response()
+}
+
+async fn v2_infer_default(
+    AxumState(state): Shared,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    v2_infer(state, name, None, body)
+        .await
+        .map_err(ApiError::kserve)
+}
+
+async fn v2_infer_version(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    v2_infer(state, name, Some(version), body)
+        .await
+        .map_err(ApiError::kserve)
+}
+
+/// KServe v2 inference: one input, either `BYTES` (base64 images) or an `FP32` tensor of the
+/// model's input shape `[n, c, h, w]` (already preprocessed).
+async fn v2_infer(
+    state: Arc<State>,
+    name: String,
+    version: Option<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let arrived = Instant::now();
+    let loaded = resolve(&state, &name, version.as_deref()).await?;
+    let body = body.map_err(body_error)?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON: {e}")))?;
+    let inputs = request["inputs"]
+        .as_array()
+        .filter(|i| i.len() == 1)
+        .ok_or_else(|| ApiError::bad_request("expected \"inputs\" with exactly one tensor"))?;
+    let input = &inputs[0];
+    let shape: Vec<i64> = input["shape"]
+        .as_array()
+        .and_then(|s| s.iter().map(Value::as_i64).collect())
+        .ok_or_else(|| ApiError::bad_request("input \"shape\" must be an array of integers"))?;
+    let mut data = Vec::new();
+    flatten(&input["data"], &mut data);
+    let images = match input["datatype"].as_str() {
+        Some("BYTES") => v2_bytes(&loaded, &shape, &data).await?,
+        Some("FP32") => v2_fp32(&loaded, &shape, &data)?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "datatype {other:?} is not supported: use BYTES (base64 images) or FP32"
+            )))
+        }
+    };
+    let answers = futures_util::future::join_all(
+        images
+            .into_iter()
+            .map(|pixels| infer(&loaded, pixels, arrived)),
+    )
+    .await;
+    let predictions: Vec<Prediction> = answers.into_iter().collect::<ApiResult<_>>()?;
+    let n = predictions.len();
+    let classes = &loaded.description.classes;
+    Ok(Json(json!({
+        "model_name": loaded.name,
+        "model_version": loaded.version.to_string(),
+        "id": request.get("id").cloned().unwrap_or(Value::Null),
+        "outputs": [
+            { "name": "label", "datatype": "BYTES", "shape": [n],
+              "data": predictions.iter().map(|p| classes.get(p.class).cloned().unwrap_or_default()).collect::<Vec<_>>() },
+            { "name": "class", "datatype": "INT64", "shape": [n],
+              "data": predictions.iter().map(|p| p.class).collect::<Vec<_>>() },
+            { "name": "score", "datatype": "FP32", "shape": [n],
+              "data": predictions.iter().map(|p| p.score).collect::<Vec<_>>() },
+        ],
+    })))
+}
+
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        other => out.push(other),
+    }
+}
+
+const MAX_BATCH: usize = 1024;
+
+async fn v2_bytes(
+    loaded: &Arc<LoadedVersion>,
+    shape: &[i64],
+    data: &[&Value],
+) -> ApiResult<Vec<Vec<f32>>> {
+    let n = data.len();
+    if shape.iter().product::<i64>() != n as i64 || n == 0 || n > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "BYTES input of shape {shape:?} holds {n} elements: shape must match, 1..={MAX_BATCH} images"
+        )));
+    }
+    let mut images = Vec::with_capacity(n);
+    for (i, item) in data.iter().enumerate() {
+        let text = item
+            .as_str()
+            .ok_or_else(|| ApiError::bad_request(format!("element {i} is not a base64 string")))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| ApiError::bad_request(format!("element {i} is not valid base64: {e}")))?;
+        images.push(
+            preprocess(loaded, Bytes::from(bytes))
+                .await
+                .map_err(|e| ApiError::bad_request(format!("element {i}: {}", e.message)))?,
+        );
+    }
+    Ok(images)
+}
+
+fn v2_fp32(loaded: &LoadedVersion, shape: &[i64], data: &[&Value]) -> ApiResult<Vec<Vec<f32>>> {
+    let [c, h, w] = loaded.description.input_shape.map(|d| d as i64);
+    let ok =
+        shape.len() == 4 && shape[1..] == [c, h, w] && (1..=MAX_BATCH as i64).contains(&shape[0]);
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "FP32 input must have shape [n, {c}, {h}, {w}] with n in 1..={MAX_BATCH}, got {shape:?}"
+        )));
+    }
+    let frame = (c * h * w) as usize;
+    if data.len() != shape[0] as usize * frame {
+        return Err(ApiError::bad_request(format!(
+            "FP32 input of shape {shape:?} needs {} values, got {}",
+            shape[0] as usize * frame,
+            data.len()
+        )));
+    }
+    let values: Vec<f32> = data
+        .iter()
+        .map(|v| v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::bad_request("FP32 data must be finite numbers"))?;
+    Ok(values.chunks(frame).map(<[f32]>::to_vec).collect())
+}
+
+// Management.
+
+fn authorize(state: &State, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &state.config.management_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if token.matches(g) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UnauthorizedException",
+            "this call needs Authorization: Bearer <management token>",
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    next_page_token: Option<String>,
+}
+
+async fn list_models(AxumState(state): Shared, Query(page): Query<Page>) -> ApiResult<Json<Value>> {
+    let names = state.names();
+    let start: usize = match page.next_page_token.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid next_page_token {t:?}")))?,
+    };
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let chunk: Vec<Value> = names
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|n| json!({ "modelName": n, "modelUrl": state.registry().join(n).display().to_string() }))
+        .collect();
+    let mut answer = json!({ "models": chunk });
+    if start + limit < names.len() {
+        answer["nextPageToken"] = json!((start + limit).to_string());
+    }
+    Ok(Json(answer))
+}
+
+/// TorchServe's description of one version, with what we know beyond it.
+fn describe(
+    state: &State,
+    name: &str,
+    v: u64,
+    loaded: Option<&LoadedVersion>,
+    is_default: bool,
+) -> ApiResult<Value> {
+    let dir = VersionDir::open(
+        &layout::version_dir(state.registry(), name, v)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+    )
+    .map_err(|_| ApiError::version_not_found(name, &v.to_string()))?;
+    let workers = match loaded {
+        Some(l) => json!([{
+            "id": format!("infer-{name}-{v}"),
+            "startTime": l.loaded_at.to_rfc3339(),
+            "status": if l.ready() { "READY" } else { "LOADING" },
+            "memoryUsage": 0,
+            "pid": std::process::id(),
+            "gpu": !matches!(state.device, tch::Device::Cpu),
+        }]),
+        None => json!([]),
+    };
+    Ok(json!({
+        "modelName": name,
+        "modelVersion": v.to_string(),
+        "modelUrl": dir.dir.display().to_string(),
+        "runtime": "rust",
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": state.config.batch_size,
+        "maxBatchDelay": state.config.max_batch_delay_ms,
+        "loadedAtStartup": is_default,
+        "isDefault": is_default,
+        "accuracy": dir.summary.accuracy,
+        "classifier": dir.summary.classifier,
+        "createdAt": dir.summary.created_at.to_rfc3339(),
+        "workers": workers,
+        "jobQueueStatus": { "remainingCapacity": state.config.queue_capacity, "pendingRequests": 0 },
+    }))
+}
+
+async fn describe_default(
+    AxumState(state): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let default = state
+        .loaded(&name)
+        .ok_or_else(|| ApiError::model_not_found(&name))?
+        .default;
+    let d = default.ok_or_else(|| {
+        ApiError::internal(
+            state
+                .failure(&name)
+                .unwrap_or_else(|| "no default version loaded".into()),
+        )
+    })?;
+    Ok(Json(json!([describe(
+        &state,
+        &name,
+        d.version,
+        Some(&d),
+        true
+    )?])))
+}
+
+async fn describe_version(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let super::state::Loaded { default, others } = state
+        .loaded(&name)
+        .ok_or_else(|| ApiError::model_not_found(&name))?;
+    let default_v = default.as_ref().map(|d| d.version);
+    let find = |v: u64| -> Option<&LoadedVersion> {
+        default
+            .as_deref()
+            .filter(|d| d.version == v)
+            .or_else(|| others.iter().map(|o| o.as_ref()).find(|o| o.version == v))
+    };
+    let versions: Vec<u64> = if version == "all" {
+        layout::versions(state.registry(), &name).map_err(|e| ApiError::internal(e.to_string()))?
+    } else {
+        vec![parse_version(&name, &version)?]
+    };
+    let described = versions
+        .iter()
+        .map(|&v| describe(&state, &name, v, find(v), default_v == Some(v)))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(Value::Array(described)))
+}
+
+async fn set_default(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers)?;
+    if !layout::valid_name(&name) || state.loaded(&name).is_none() {
+        return Err(ApiError::model_not_found(&name));
+    }
+    let v = parse_version(&name, &version)?;
+    let exists = layout::versions(state.registry(), &name)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .contains(&v);
+    if !exists {
+        return Err(ApiError::version_not_found(&name, &version));
+    }
+    state.set_default(&name, v).await?;
+    Ok(Json(json!({
+        "status": format!("Default version successfully updated for model \"{name}\" to \"{v}\"")
+    })))
+}
+
+async fn unregister(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers)?;
+    let v = parse_version(&name, &version)?;
+    match state.unload(&name, v) {
+        Ok(true) => Ok(Json(json!({
+            "status": format!("Model \"{name}\" version {v} unregistered")
+        }))),
+        Ok(false) => Err(ApiError::version_not_found(&name, &version)),
+        Err("default") => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "InvalidModelVersionException",
+            format!("Cannot remove default version {v} for model {name}"),
+        )),
+        Err(_) => Err(ApiError::model_not_found(&name)),
+    }
+}

@@ -1,0 +1,258 @@
+//! `mlops-deploy serve`: an HTTP server for every model in a registry, on TorchServe's three
+//! listeners (inference 8080, management 8081, metrics 8082), answering TorchServe's and
+//! KServe's (Open Inference Protocol v2) APIs, so their existing clients work unchanged.
+//!
+//! - Each model's default version is loaded at start (files verified against the version's
+//!   manifest) and answers a warm-up prediction before `/ping` says Healthy.
+//! - Requests are batched dynamically per version on its own inference thread ([`worker`]).
+//! - The registry is watched: `mlops-deploy promote` (or `rollback`) on it reaches a running
+//!   server within `watch_interval_ms`; `PUT /models/{m}/{v}/set-default` swaps at once. Either
+//!   way requests in flight finish on the old version and none fails.
+//! - SIGTERM or Ctrl-C: stop accepting, finish what is in flight, exit 0.
+
+mod http;
+pub mod metrics;
+pub mod state;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mlops_torch::DeviceSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+use state::State;
+
+/// A secret (the management token): never printed, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Settings of the server (`serve.toml`; every field also a flag or environment variable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The registry whose models are served.
+    pub registry: PathBuf,
+    /// TorchServe inference API and KServe v2.
+    pub inference_addr: String,
+    /// TorchServe management API.
+    pub management_addr: String,
+    /// Prometheus metrics.
+    pub metrics_addr: String,
+    /// Most images per inference batch.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill, from the first queued request's arrival (ms).
+    pub max_batch_delay_ms: f64,
+    /// Requests waiting per model version before the server answers 503.
+    pub queue_capacity: usize,
+    /// libtorch intra-op threads for inference; 0 means one per core.
+    pub threads: usize,
+    /// Threads serving HTTP; 0 means one per core.
+    pub io_threads: usize,
+    /// Neighbours that vote; `None` uses the k the eval stage chose for the version.
+    pub k: Option<usize>,
+    /// Largest request body accepted (bytes).
+    pub body_limit: usize,
+    /// How often the registry is checked for promoted versions (ms).
+    pub watch_interval_ms: u64,
+    /// `auto`, `cpu` or `cuda:N` for inference.
+    pub device: DeviceSpec,
+    /// Bearer token for the management API's changing calls; required when the management
+    /// listener is not on loopback. From `--management-token` or `MLOPS_MANAGEMENT_TOKEN`.
+    #[serde(skip)]
+    pub management_token: Option<Secret>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            registry: PathBuf::from("registry"),
+            inference_addr: "127.0.0.1:8080".into(),
+            management_addr: "127.0.0.1:8081".into(),
+            metrics_addr: "127.0.0.1:8082".into(),
+            batch_size: 32,
+            max_batch_delay_ms: 2.0,
+            queue_capacity: 1024,
+            threads: 0,
+            io_threads: 0,
+            k: None,
+            body_limit: 10 << 20,
+            watch_interval_ms: 1000,
+            device: DeviceSpec::Auto,
+            management_token: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    fn check(&self) -> Result<[SocketAddr; 3]> {
+        let parse = |what: &str, addr: &str| -> Result<SocketAddr> {
+            addr.parse()
+                .map_err(|e| Error::Config(format!("{what} address {addr:?}: {e}")))
+        };
+        let addrs = [
+            parse("inference", &self.inference_addr)?,
+            parse("management", &self.management_addr)?,
+            parse("metrics", &self.metrics_addr)?,
+        ];
+        if !addrs[1].ip().is_loopback() && self.management_token.is_none() {
+            return Err(Error::Config(format!(
+                "the management listener {} is not on loopback: set --management-token or MLOPS_MANAGEMENT_TOKEN",
+                addrs[1]
+            )));
+        }
+        if self.batch_size == 0 || self.queue_capacity == 0 || self.body_limit == 0 {
+            return Err(Error::Config(
+                "batch_size, queue_capacity and body_limit must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=10_000.0).contains(&self.max_batch_delay_ms) {
+            return Err(Error::Config(
+                "max_batch_delay_ms must lie in 0..=10000".into(),
+            ));
+        }
+        if !self.registry.is_dir() {
+            return Err(
+                mlops_core::Error::invalid(&self.registry, "no such registry directory").into(),
+            );
+        }
+        Ok(addrs)
+    }
+}
+
+/// The addresses the server listens on (port 0 in the config gets a free port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bound {
+    pub inference: SocketAddr,
+    pub management: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Serves until SIGTERM or Ctrl-C (see the module docs).
+pub fn run(config: ServeConfig) -> Result<()> {
+    run_with(config, |_| {})
+}
+
+/// [`run`], calling `on_bound` once the listeners are bound (the binary prints the addresses).
+pub fn run_with(config: ServeConfig, on_bound: impl FnOnce(Bound)) -> Result<()> {
+    let addrs = config.check()?;
+    let device = config.device.resolve()?[0];
+    let threads = mlops_torch::set_threads(config.threads);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.io_threads > 0 {
+        runtime.worker_threads(config.io_threads);
+    }
+    let runtime = runtime.enable_all().build().map_err(|source| Error::Io {
+        what: "starting the async runtime".into(),
+        source,
+    })?;
+    runtime.block_on(async move {
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Io {
+                    what: format!("cannot listen on {addr}"),
+                    source,
+                })
+        };
+        let inference = bind(addrs[0]).await?;
+        let management = bind(addrs[1]).await?;
+        let metrics = bind(addrs[2]).await?;
+        let local = |l: &tokio::net::TcpListener| {
+            l.local_addr().map_err(|source| Error::Io {
+                what: "reading a bound address".into(),
+                source,
+            })
+        };
+        let bound = Bound {
+            inference: local(&inference)?,
+            management: local(&management)?,
+            metrics: local(&metrics)?,
+        };
+        tracing::info!(?bound, ?device, threads, registry = %config.registry.display(), "listening");
+        on_bound(bound);
+        let state = Arc::new(State::new(config, device));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(watch_registry(state.clone(), stop_rx.clone()));
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = stop_tx.send(true);
+        });
+        let serve = |listener, router: axum::Router| {
+            let mut stop = stop_rx.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .map_err(|source| Error::Io {
+                        what: "serving".into(),
+                        source,
+                    })
+            }
+        };
+        tokio::try_join!(
+            serve(inference, http::inference(state.clone())),
+            serve(management, http::management(state.clone())),
+            serve(metrics, http::metrics(state.clone())),
+        )?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Loads defaults at start, then follows the registry's pointers until shutdown.
+async fn watch_registry(state: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = std::time::Duration::from_millis(state.config.watch_interval_ms.max(50));
+    loop {
+        state.sync().await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

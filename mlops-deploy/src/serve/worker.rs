@@ -1,0 +1,195 @@
+//! One loaded model version: its model and index owned by an inference thread that takes
+//! requests from a queue in dynamic batches.
+//!
+//! A batch closes when it holds `batch_size` images or when `max_batch_delay` has passed since
+//! the first queued request arrived, whichever comes first (TorchServe users report that its
+//! delay is counted from the wrong moment, serve#2478). Inference runs on this thread, never on
+//! the async executor's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlops_core::artifact::{ModelDescription, VersionDir, VersionSummary};
+use mlops_core::preprocess::Preprocess;
+use mlops_embed::Embedder;
+use mlops_index::{Classifier, Prediction};
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::Result;
+
+/// One image waiting for a prediction.
+pub struct Job {
+    /// Preprocessed model input (`c * h * w` values).
+    pub pixels: Vec<f32>,
+    /// When the request arrived: the batch delay counts from the first job's.
+    pub arrived: Instant,
+    pub reply: oneshot::Sender<Result<Prediction, String>>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: the server is overloaded.
+    Full,
+    /// The worker has stopped.
+    Stopped,
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub batch_size: usize,
+    pub max_delay: Duration,
+    pub queue: usize,
+}
+
+/// A model version ready to serve.
+pub struct LoadedVersion {
+    pub name: String,
+    pub version: u64,
+    pub summary: VersionSummary,
+    pub description: ModelDescription,
+    pub preprocess: Preprocess,
+    pub loaded_at: chrono::DateTime<chrono::Utc>,
+    sender: SyncSender<Job>,
+    warmed: AtomicBool,
+}
+
+impl LoadedVersion {
+    /// Loads a registered version (every file verified against its manifest), starts its
+    /// inference thread and runs one warm-up prediction through it.
+    pub fn load(
+        dir: VersionDir,
+        device: tch::Device,
+        k: Option<usize>,
+        batching: Batching,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        dir.manifest.verify_outputs(&dir.dir)?;
+        let description = dir.description()?;
+        let embedder = Embedder::load_file(&dir.model_path()?, description.clone(), device)?;
+        let index = mlops_index::load_dir(dir.index_dir())?;
+        let mut spec = dir.summary.classifier;
+        if let Some(k) = k {
+            spec.k = k;
+        }
+        let classifier = Classifier::new(index, spec);
+        let (sender, receiver) = sync_channel(batching.queue.max(1));
+        let summary = dir.summary.clone();
+        let labels = (summary.name.clone(), summary.version.to_string());
+        std::thread::Builder::new()
+            .name(format!("infer-{}-{}", summary.name, summary.version))
+            .spawn(move || work(receiver, embedder, classifier, batching, metrics, labels))
+            .map_err(|source| crate::Error::Io {
+                what: "starting an inference thread".into(),
+                source,
+            })?;
+        let loaded = Arc::new(LoadedVersion {
+            name: summary.name.clone(),
+            version: summary.version,
+            preprocess: Preprocess::new(description.input_shape, description.normalization),
+            description,
+            summary,
+            loaded_at: chrono::Utc::now(),
+            sender,
+            warmed: AtomicBool::new(false),
+        });
+        loaded.warm_up()?;
+        Ok(loaded)
+    }
+
+    /// One prediction on a blank image, so the first client does not pay for lazy set-up, and
+    /// proof the version answers before it is called ready.
+    fn warm_up(&self) -> Result<()> {
+        let [c, h, w] = self.description.input_shape;
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job {
+            pixels: vec![self.description.value_range[0]; c * h * w],
+            arrived: Instant::now(),
+            reply: tx,
+        })
+        .map_err(|e| crate::Error::Config(format!("warm-up refused: {e:?}")))?;
+        rx.blocking_recv()
+            .map_err(|_| crate::Error::Config("warm-up: the inference thread stopped".into()))?
+            .map_err(|e| crate::Error::Config(format!("warm-up failed: {e}")))?;
+        self.warmed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the version has answered its warm-up prediction.
+    pub fn ready(&self) -> bool {
+        self.warmed.load(Ordering::Acquire)
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        self.sender.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => Refused::Full,
+            TrySendError::Disconnected(_) => Refused::Stopped,
+        })
+    }
+}
+
+/// The inference thread: collect a batch, embed, classify, answer; until every sender is gone.
+fn work(
+    jobs: Receiver<Job>,
+    embedder: Embedder,
+    mut classifier: Classifier,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+    (name, version): (String, String),
+) {
+    let frame: usize = embedder.description().input_shape.iter().product();
+    while let Ok(first) = jobs.recv() {
+        let deadline = first.arrived + batching.max_delay;
+        let mut batch = vec![first];
+        while batch.len() < batching.batch_size {
+            let now = Instant::now();
+            if now >= deadline {
+                // Late already: take what is queued, but do not wait for more.
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            match jobs.recv_timeout(deadline - now) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let started = Instant::now();
+        let mut pixels = Vec::with_capacity(batch.len() * frame);
+        for job in &batch {
+            pixels.extend_from_slice(&job.pixels);
+        }
+        let result = embedder
+            .embed(&pixels, batch.len(), batch.len())
+            .map_err(|e| e.to_string())
+            .and_then(|emb| {
+                let flat = emb
+                    .as_slice()
+                    .expect("embed returns a standard-layout array");
+                classifier.classify(flat).map_err(|e| e.to_string())
+            });
+        let done = Instant::now();
+        metrics.observe_batch(&name, &version, batch.len());
+        match result {
+            Ok(predictions) => {
+                for (job, prediction) in batch.into_iter().zip(predictions) {
+                    metrics.observe_job(&name, &version, job.arrived, started, done);
+                    let _ = job.reply.send(Ok(prediction));
+                }
+            }
+            Err(message) => {
+                tracing::error!(model = %name, version = %version, "inference failed: {message}");
+                for job in batch {
+                    let _ = job.reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}

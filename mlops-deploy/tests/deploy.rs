@@ -1,0 +1,783 @@
+//! Integration tests of the registry, the packaging and the real server (started as the binary
+//! on free loopback ports) over a small run made with the real stages and a fixture model.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mlops_core::artifact::{DataDir, EvalDir, Role};
+use mlops_data::fixtures::{self, IdxFixture};
+use mlops_deploy::registry::{self, RegisterConfig};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mlops-deploy");
+
+/// data -> fixture model -> embed -> index -> eval, once for all tests.
+struct Run {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    train: PathBuf,
+    index: PathBuf,
+    eval: PathBuf,
+}
+
+fn run() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        fixtures::write_idx(&t.join("src"), &IdxFixture::default()).unwrap();
+        let data = t.join("data");
+        mlops_data::run(&mlops_data::DataConfig {
+            sources: vec![t.join("src")],
+            out: data.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let train = t.join("train");
+        mlops_embed::testing::fixture_model(&train, &data).unwrap();
+        let embed = t.join("embed");
+        mlops_embed::run(&mlops_embed::EmbedConfig {
+            model: train.clone(),
+            data: data.clone(),
+            out: embed.clone(),
+            threads: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let index = t.join("index");
+        mlops_index::run(&mlops_index::IndexConfig {
+            embeddings: embed.clone(),
+            out: index.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let eval = t.join("eval");
+        mlops_eval::run(&mlops_eval::EvalConfig {
+            index: index.clone(),
+            embeddings: embed,
+            out: eval.clone(),
+            gate: mlops_eval::GatePolicy {
+                min_accuracy: 0.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        Run {
+            _tmp: tmp,
+            data,
+            train,
+            index,
+            eval,
+        }
+    })
+}
+
+fn register(registry: &Path, promote: bool) -> Result<u64> {
+    let r = run();
+    Ok(registry::register(&RegisterConfig {
+        model: r.train.clone(),
+        index: r.index.clone(),
+        eval: r.eval.clone(),
+        registry: registry.to_path_buf(),
+        name: "fashion".into(),
+        promote,
+        force: false,
+    })?
+    .version)
+}
+
+/// The server binary, stopped with SIGTERM.
+struct Server {
+    child: Child,
+    inference: String,
+    management: String,
+    metrics: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(registry: &Path, extra: &[&str], token: Option<&str>) -> Result<Server> {
+        let log = registry.with_extension(format!("{}.log", std::process::id()));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--registry"])
+            .arg(registry)
+            .args([
+                "--inference-addr",
+                "127.0.0.1:0",
+                "--management-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--io-threads",
+                "2",
+            ])
+            .args(["--set", "watch_interval_ms=100"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("MLOPS_MANAGEMENT_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        if let Some(t) = token {
+            cmd.env("MLOPS_MANAGEMENT_TOKEN", t);
+        }
+        let mut child = cmd.spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let Some(json) = line.strip_prefix("listening ") else {
+            let _ = child.kill();
+            bail!(
+                "server did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        };
+        let bound: Value = serde_json::from_str(json)?;
+        let url = |k: &str| format!("http://{}", bound[k].as_str().unwrap());
+        let server = Server {
+            child,
+            inference: url("inference"),
+            management: url("management"),
+            metrics: url("metrics"),
+            log,
+        };
+        Ok(server)
+    }
+
+    fn wait_healthy(&self) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if get(&format!("{}/ping", self.inference))?.0 == 200 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("never healthy:\n{}", std::fs::read_to_string(&self.log)?)
+    }
+
+    /// SIGTERM; asserts a clean exit 0 and a log without panics.
+    fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let status = self.child.wait()?;
+        let log = std::fs::read_to_string(&self.log)?;
+        assert!(status.success(), "exit {status}:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value)> {
+    let mut r = r?;
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string()?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    ))
+}
+
+fn get(url: &str) -> Result<(u16, Value)> {
+    answer(agent().get(url).call())
+}
+
+fn post(url: &str, content_type: &str, body: &[u8]) -> Result<(u16, Value)> {
+    answer(
+        agent()
+            .post(url)
+            .header("Content-Type", content_type)
+            .send(body),
+    )
+}
+
+fn png(pixels: &[u8], h: u32, w: u32) -> Vec<u8> {
+    let img = image::GrayImage::from_raw(w, h, pixels.to_vec()).unwrap();
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// PNG files, their labels, image height and width.
+type Images = (Vec<Vec<u8>>, Vec<i64>, usize, usize);
+
+/// The test images as the bytes they were ingested from, and their labels.
+fn test_images() -> Result<Images> {
+    let data = DataDir::open(&run().data)?;
+    let [_, h, w] = data.summary.image_shape;
+    let (images, labels) = data.read_role(Role::Test)?;
+    let pixels: Vec<u8> = images.iter().map(|v| (v * 255.0).round() as u8).collect();
+    let pngs = pixels
+        .chunks(h * w)
+        .map(|p| png(p, h as u32, w as u32))
+        .collect();
+    Ok((pngs, labels.to_vec(), h, w))
+}
+
+fn multipart(image: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "mlopsboundary42";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(image);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn serves_predictions_equal_to_eval_on_every_api() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    assert_eq!(register(&reg, true)?, 1);
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let inf = &server.inference;
+    assert_eq!(
+        get(&format!("{inf}/ping"))?,
+        (200, json!({"status": "Healthy"}))
+    );
+
+    // Every test image, posted as a PNG, gives eval's accuracy exactly.
+    let (pngs, labels, h, w) = test_images()?;
+    let eval = EvalDir::open(&run().eval)?;
+    let classes = &eval.summary.metrics.per_class;
+    let mut correct = 0;
+    for (png, &label) in pngs.iter().zip(&labels) {
+        let (status, p) = post(&format!("{inf}/predictions/fashion"), "image/png", png)?;
+        assert_eq!(status, 200, "{p}");
+        let class = p["class"].as_u64().unwrap() as usize;
+        assert_eq!(p["label"], classes[class].class.as_str());
+        assert_eq!(p["neighbors"].as_array().unwrap().len(), eval.summary.k);
+        correct += usize::from(class as i64 == label);
+    }
+    let served = correct as f64 / labels.len() as f64;
+    assert_eq!(served, eval.summary.metrics.accuracy);
+
+    // Multipart field `data`, and an explicit version, give the same answer as the raw body.
+    let (_, raw) = post(&format!("{inf}/predictions/fashion"), "image/png", &pngs[0])?;
+    let (ct, body) = multipart(&pngs[0]);
+    assert_eq!(
+        post(&format!("{inf}/predictions/fashion"), &ct, &body)?,
+        (200, raw.clone())
+    );
+    assert_eq!(
+        post(&format!("{inf}/predictions/fashion/1"), "", &pngs[0])?,
+        (200, raw.clone())
+    );
+
+    // KServe v2.
+    assert_eq!(
+        get(&format!("{inf}/v2/health/live"))?,
+        (200, json!({"live": true}))
+    );
+    assert_eq!(
+        get(&format!("{inf}/v2/health/ready"))?,
+        (200, json!({"ready": true}))
+    );
+    let (s, meta) = get(&format!("{inf}/v2/models/fashion"))?;
+    assert_eq!(
+        (s, meta["name"].clone(), meta["versions"].clone()),
+        (200, json!("fashion"), json!(["1"]))
+    );
+    assert_eq!(
+        get(&format!("{inf}/v2/models/fashion/ready"))?,
+        (200, json!({"name": "fashion", "ready": true}))
+    );
+    assert_eq!(
+        get(&format!("{inf}/v2/models/fashion/versions/1/ready"))?.0,
+        200
+    );
+    use base64::Engine;
+    let b64: Vec<String> = pngs[..3]
+        .iter()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p))
+        .collect();
+    let request = json!({"id": "r1", "inputs": [{"name": "image", "shape": [3], "datatype": "BYTES", "data": b64}]});
+    let (s, out) = post(
+        &format!("{inf}/v2/models/fashion/infer"),
+        "application/json",
+        request.to_string().as_bytes(),
+    )?;
+    assert_eq!(s, 200, "{out}");
+    assert_eq!(out["id"], "r1");
+    assert_eq!(out["outputs"][1]["name"], "class");
+    assert_eq!(out["outputs"][1]["data"][0], raw["class"]);
+    let data = DataDir::open(&run().data)?;
+    let (images, _) = data.read_role(Role::Test)?;
+    let first: Vec<f32> = images.iter().take(h * w).copied().collect();
+    let request = json!({"inputs": [{"name": "input", "shape": [1, 1, h, w], "datatype": "FP32", "data": first}]});
+    let (s, out) = post(
+        &format!("{inf}/v2/models/fashion/versions/1/infer"),
+        "application/json",
+        request.to_string().as_bytes(),
+    )?;
+    assert_eq!(
+        (s, out["outputs"][1]["data"][0].clone()),
+        (200, raw["class"].clone()),
+        "{out}"
+    );
+
+    // Management.
+    let m = &server.management;
+    let (s, list) = get(&format!("{m}/models"))?;
+    assert_eq!(
+        (s, list["models"][0]["modelName"].clone()),
+        (200, json!("fashion"))
+    );
+    let (s, desc) = get(&format!("{m}/models/fashion"))?;
+    assert_eq!(s, 200);
+    assert_eq!(desc[0]["modelVersion"], "1");
+    assert_eq!(desc[0]["workers"][0]["status"], "READY");
+    assert_eq!(
+        get(&format!("{m}/models/fashion/all"))?
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Metrics with TorchServe's names.
+    let text = agent()
+        .get(&format!("{}/metrics", server.metrics))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    for name in [
+        "ts_inference_requests_total",
+        "ts_inference_latency_microseconds",
+        "ts_queue_latency_microseconds",
+        "mlops_batch_size_bucket",
+        "mlops_inference_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert!(
+        text.contains("model_name=\"fashion\",model_version=\"1\""),
+        "{text}"
+    );
+    server.stop()
+}
+
+#[test]
+fn client_mistakes_get_4xx_never_a_crash() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let server = Server::start(&reg, &["--body-limit", "20000"], None)?;
+    server.wait_healthy()?;
+    let inf = &server.inference;
+    let (pngs, _, h, w) = test_images()?;
+    let url = format!("{inf}/predictions/fashion");
+    let expect = |got: (u16, Value), status: u16, kind: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        assert_eq!(got.1["type"], kind, "{}", got.1);
+        assert_eq!(got.1["code"], status);
+    };
+    expect(
+        post(&url, "image/png", b"this is not an image")?,
+        400,
+        "BadRequestException",
+    );
+    expect(
+        post(&url, "image/png", &pngs[0][..pngs[0].len() / 2])?,
+        400,
+        "BadRequestException",
+    );
+    expect(post(&url, "image/png", b"")?, 400, "BadRequestException");
+    expect(
+        post(&url, "application/json", &pngs[0])?,
+        415,
+        "BadRequestException",
+    );
+    expect(
+        post(&url, "multipart/form-data; boundary=x", b"--x\r\n\r\n")?,
+        400,
+        "BadRequestException",
+    );
+    expect(
+        post(&format!("{inf}/predictions/nope"), "image/png", &pngs[0])?,
+        404,
+        "ModelNotFoundException",
+    );
+    expect(
+        post(
+            &format!("{inf}/predictions/fashion/7"),
+            "image/png",
+            &pngs[0],
+        )?,
+        404,
+        "ModelVersionNotFoundException",
+    );
+    expect(
+        post(
+            &format!("{inf}/predictions/fashion/x1"),
+            "image/png",
+            &pngs[0],
+        )?,
+        404,
+        "ModelVersionNotFoundException",
+    );
+    expect(
+        post(
+            &format!("{inf}/predictions/..%2F..%2Fetc"),
+            "image/png",
+            &pngs[0],
+        )?,
+        404,
+        "ModelNotFoundException",
+    );
+    expect(
+        post(&url, "image/png", &vec![0u8; 30_000])?,
+        413,
+        "PayloadTooLargeException",
+    );
+    expect(
+        get(&format!("{inf}/no/such/path"))?,
+        404,
+        "ResourceNotFoundException",
+    );
+    expect(get(&url)?, 405, "MethodNotAllowedException");
+
+    // KServe: errors as {"error"}.
+    let v2 = format!("{inf}/v2/models/fashion/infer");
+    for bad in [
+        json!({"inputs": [{"name": "input", "shape": [1, 1, h + 1, w], "datatype": "FP32", "data": vec![0.0; (h + 1) * w]}]}),
+        json!({"inputs": [{"name": "input", "shape": [2, 1, h, w], "datatype": "FP32", "data": vec![0.0; h * w]}]}),
+        json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["%%%not base64"]}]}),
+        json!({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}),
+        json!({"inputs": [{"name": "input", "shape": [1], "datatype": "INT8", "data": [1]}]}),
+        json!({"inputs": []}),
+    ] {
+        let (s, body) = post(&v2, "application/json", bad.to_string().as_bytes())?;
+        assert_eq!(s, 400, "{bad} -> {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (s, body) = post(&v2, "application/json", b"{not json")?;
+    assert!(s == 400 && body["error"].is_string(), "{body}");
+    let (s, body) = post(
+        &format!("{inf}/v2/models/nope/infer"),
+        "application/json",
+        b"{}",
+    )?;
+    assert!(s == 404 && body["error"].is_string(), "{body}");
+
+    // Still healthy and serving after all that.
+    assert_eq!(post(&url, "image/png", &pngs[0])?.0, 200);
+    server.stop()
+}
+
+fn registry_cli(args: &[&str], reg: &Path) -> Result<(i32, String)> {
+    let out = Command::new(BIN)
+        .args(&args[..1])
+        .arg("--registry")
+        .arg(reg)
+        .args(&args[1..])
+        .env("RUST_LOG", "off")
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+#[test]
+fn registry_versions_promotion_and_hot_swap() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    let r = run();
+    // Register through the binary: v1 promoted, v2 and v3 not.
+    for (i, promote) in [(1, true), (2, false), (3, false)] {
+        let mut args = vec!["register", "--name", "fashion"];
+        if promote {
+            args.push("--promote");
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
+            .arg("--registry")
+            .arg(&reg)
+            .arg("--model")
+            .arg(&r.train)
+            .arg("--index")
+            .arg(&r.index)
+            .arg("--eval")
+            .arg(&r.eval)
+            .env("RUST_LOG", "off");
+        let out = cmd.output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("version {i}")));
+    }
+    let (code, listing) = registry_cli(&["list", "fashion"], &reg)?;
+    assert_eq!(code, 0, "{listing}");
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("default")).count(),
+        1,
+        "{listing}"
+    );
+
+    let token = "s3cret-token";
+    let server = Server::start(&reg, &[], Some(token))?;
+    server.wait_healthy()?;
+    let default_version = |s: &Server| -> Result<String> {
+        Ok(
+            get(&format!("{}/models/fashion", s.management))?.1[0]["modelVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(default_version(&server)?, "1");
+
+    // Promote through the CLI: the running server follows within a few seconds.
+    assert_eq!(registry_cli(&["promote", "fashion", "2"], &reg)?.0, 0);
+    let until = Instant::now() + Duration::from_secs(10);
+    while default_version(&server)? != "2" {
+        assert!(
+            Instant::now() < until,
+            "the server never picked up the promotion"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // set-default needs the token; with it, the swap is immediate and recorded in the registry.
+    let m = &server.management;
+    let put = |url: &str, auth: Option<&str>| -> Result<(u16, Value)> {
+        let mut req = agent().put(url);
+        if let Some(a) = auth {
+            req = req.header("Authorization", &format!("Bearer {a}"));
+        }
+        answer(req.send_empty())
+    };
+    assert_eq!(
+        put(&format!("{m}/models/fashion/3/set-default"), None)?.0,
+        401
+    );
+    assert_eq!(
+        put(&format!("{m}/models/fashion/3/set-default"), Some("wrong"))?.0,
+        401
+    );
+    let (s, body) = put(&format!("{m}/models/fashion/3/set-default"), Some(token))?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(default_version(&server)?, "3");
+    assert_eq!(
+        mlops_core::artifact::registry::read_pointer(&reg, "fashion")?.default,
+        Some(3)
+    );
+    assert_eq!(
+        put(&format!("{m}/models/fashion/9/set-default"), Some(token))?.0,
+        404
+    );
+
+    // The default cannot be removed; another version can, and is then gone.
+    let delete = |url: &str| {
+        answer(
+            agent()
+                .delete(url)
+                .header("Authorization", &format!("Bearer {token}"))
+                .call(),
+        )
+    };
+    let (s, body) = delete(&format!("{m}/models/fashion/3"))?;
+    assert_eq!(
+        (s, body["type"].clone()),
+        (403, json!("InvalidModelVersionException"))
+    );
+    assert_eq!(delete(&format!("{m}/models/fashion/1"))?.0, 200);
+    let (pngs, _, _, _) = test_images()?;
+    assert_eq!(
+        post(
+            &format!("{}/predictions/fashion/1", server.inference),
+            "image/png",
+            &pngs[0]
+        )?
+        .0,
+        404
+    );
+    assert_eq!(
+        post(
+            &format!("{}/predictions/fashion/2", server.inference),
+            "image/png",
+            &pngs[0]
+        )?
+        .0,
+        200
+    );
+
+    // A version whose file changed is refused at load, naming the file; the old default serves on.
+    let tampered = reg.join("fashion/1/labels.npy");
+    let mut bytes = std::fs::read(&tampered)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&tampered, bytes)?;
+    let (s, body) = put(&format!("{m}/models/fashion/1/set-default"), Some(token))?;
+    assert_eq!(s, 500, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("labels.npy"),
+        "{body}"
+    );
+    assert_eq!(default_version(&server)?, "3");
+    assert_eq!(get(&format!("{}/ping", server.inference))?.0, 200);
+    server.stop()?;
+
+    // Rollback returns to the version promoted before (history 1, 2, 3 -> 1, 2); prune keeps
+    // the default (2) and the version a rollback would return to (1).
+    let (code, out) = registry_cli(&["rollback", "fashion"], &reg)?;
+    assert!(code == 0 && out.contains("version 2"), "{out}");
+    let (code, out) = registry_cli(&["prune", "fashion", "--keep", "0"], &reg)?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        mlops_core::artifact::registry::versions(&reg, "fashion")?,
+        vec![1, 2]
+    );
+    let (code, out) = registry_cli(&["promote", "fashion", "1"], &reg)?;
+    assert!(code == 1 && out.contains("fashion/1"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn registering_a_rejected_model_needs_force() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let r = run();
+    // An evaluation whose gate rejects (min accuracy above anything reachable).
+    let eval = tmp.path().join("eval-strict");
+    let embed = r.eval.parent().unwrap().join("embed");
+    mlops_eval::run(&mlops_eval::EvalConfig {
+        index: r.index.clone(),
+        embeddings: embed,
+        out: eval.clone(),
+        gate: mlops_eval::GatePolicy {
+            min_accuracy: 1.1,
+            ..Default::default()
+        },
+        ..Default::default()
+    })?;
+    let reg = tmp.path().join("registry");
+    let config = RegisterConfig {
+        model: r.train.clone(),
+        index: r.index.clone(),
+        eval: eval.clone(),
+        registry: reg.clone(),
+        name: "strict".into(),
+        ..Default::default()
+    };
+    let err = registry::register(&config).unwrap_err().to_string();
+    assert!(
+        err.contains("rejected") && err.contains("decision.json"),
+        "{err}"
+    );
+    assert!(mlops_core::artifact::registry::versions(&reg, "strict")?.is_empty());
+    let v = registry::register(&RegisterConfig {
+        force: true,
+        ..config
+    })?;
+    assert!(v.forced && v.version == 1);
+    assert_eq!(
+        mlops_core::artifact::registry::read_pointer(&reg, "strict")?.default,
+        None,
+        "registering never promotes by itself"
+    );
+    // Concurrent registrations get distinct versions and leave a consistent registry.
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let reg = reg.clone();
+            std::thread::spawn(move || register(&reg, false))
+        })
+        .collect();
+    let mut versions: Vec<u64> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect::<Result<_>>()?;
+    versions.sort_unstable();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(
+        mlops_core::artifact::registry::versions(&reg, "fashion")?,
+        vec![1, 2, 3, 4]
+    );
+    Ok(())
+}
+
+#[test]
+fn package_writes_a_torchserve_archive_and_kubernetes_manifests() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let out = tmp.path().join("package");
+    mlops_deploy::package::run(&mlops_deploy::package::PackageConfig {
+        registry: reg.clone(),
+        name: "fashion".into(),
+        out: out.clone(),
+        ..Default::default()
+    })?;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(out.join("fashion.mar"))?)?;
+    let mut names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "MAR-INF/MANIFEST.json",
+            "classes.json",
+            "classifier.json",
+            "handler.py",
+            "index.faiss",
+            "labels.npy",
+            "model.json",
+            "model.pt",
+            "requirements.txt"
+        ]
+    );
+    let manifest: Value = serde_json::from_reader(zip.by_name("MAR-INF/MANIFEST.json")?)?;
+    assert_eq!(manifest["model"]["modelName"], "fashion");
+    assert_eq!(manifest["model"]["serializedFile"], "model.pt");
+    assert_eq!(manifest["model"]["handler"], "handler.py");
+    assert_eq!(manifest["runtime"], "python");
+    let mut model = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("model.pt")?, &mut model)?;
+    assert_eq!(
+        mlops_core::sha256_bytes(&model),
+        mlops_core::sha256_file(&reg.join("fashion/1/model.pt"))?
+    );
+    let props = std::fs::read_to_string(out.join("config.properties"))?;
+    assert!(props.contains("load_models=fashion.mar"), "{props}");
+    for (file, kind) in [
+        ("deployment.yaml", "Deployment"),
+        ("service.yaml", "Service"),
+        ("pvc.yaml", "PersistentVolumeClaim"),
+    ] {
+        let doc: Value =
+            serde_norway::from_str(&std::fs::read_to_string(out.join("k8s").join(file))?)?;
+        assert_eq!(doc["kind"], kind, "{file}");
+    }
+    let dep: Value =
+        serde_norway::from_str(&std::fs::read_to_string(out.join("k8s/deployment.yaml"))?)?;
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
+    assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+    mlops_core::Manifest::load(&out)?.verify_outputs(&out)?;
+    Ok(())
+}

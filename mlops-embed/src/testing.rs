@@ -1,0 +1,67 @@
+//! A model fixture for the tests of the stages after training (feature `test-support`).
+
+use std::path::Path;
+
+use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::{DataDir, ModelDescription, StageSummary, TrainSummary};
+use mlops_core::{sha256_file, Manifest, OutputDir};
+use tch::{nn, nn::Module, CModule, Device, Tensor};
+
+use crate::Result;
+
+/// Writes a train-stage directory as the contract describes it, without the training code: a
+/// seeded random linear map of the pixels of `data`'s images, L2-normalised to 16 dimensions,
+/// traced to TorchScript, with its description and manifest.
+pub fn fixture_model(dir: &Path, data: &Path) -> Result<()> {
+    let data = DataDir::open(data)?;
+    let [c, h, w] = data.summary.image_shape;
+    tch::manual_seed(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let fc = nn::linear(vs.root() / "fc", (c * h * w) as i64, 16, Default::default());
+    vs.freeze();
+    let mut forward = |inputs: &[Tensor]| {
+        let x = fc.forward(&inputs[0].flatten(1, -1));
+        let norm = x
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        vec![x / norm]
+    };
+    let example = Tensor::rand([4, c as i64, h as i64, w as i64], tch::kind::FLOAT_CPU);
+    let module = tch::no_grad(|| {
+        CModule::create_by_tracing("Fixture", "forward", &[example], &mut forward)
+    })?;
+    let mut out = OutputDir::create(dir)?;
+    module.save(out.staged_path(MODEL_FILE))?;
+    let description = ModelDescription {
+        arch: "fixture".into(),
+        input_shape: [c, h, w],
+        embedding_dim: 16,
+        normalization: data.summary.normalization,
+        value_range: data.summary.value_range,
+        classes: data.summary.classes.clone(),
+        arcface: Default::default(),
+        epochs_trained: 0,
+        best_epoch: 0,
+        best_val_accuracy: 0.0,
+        torch_version: mlops_torch::LIBTORCH_VERSION.into(),
+        data_manifest_sha256: sha256_file(&data.dir.join(mlops_core::MANIFEST_FILE))?,
+    };
+    let mut manifest = Manifest::begin(TrainSummary::STAGE, "fixture", &());
+    manifest.inputs = data.input_entries(std::iter::empty())?;
+    manifest.outputs.push(out.adopt(MODEL_FILE)?);
+    manifest
+        .outputs
+        .push(out.write_json(MODEL_DESCRIPTION_FILE, &description)?);
+    manifest.summary = serde_json::to_value(TrainSummary {
+        arch: "fixture".into(),
+        epochs: 0,
+        best_epoch: 0,
+        best_val_accuracy: 0.0,
+        devices: vec!["Cpu".into()],
+        threads: 1,
+        last: None,
+    })
+    .expect("plain data");
+    out.commit(manifest)?;
+    Ok(())
+}
