@@ -3,7 +3,9 @@
 //! - `setup`: install everything a fresh machine needs (idempotent, fast when done).
 //! - `pipeline`: set up, build, and run the stages on the default dataset into `runs/<name>/`.
 //! - `test`: set up, check formatting, and run every test.
+//! - `bench-serve`: the server under wrk on loopback, against the in-process rate.
 
+mod bench_serve;
 mod pipeline;
 mod setup;
 
@@ -26,6 +28,8 @@ enum Cmd {
     Setup(setup::SetupArgs),
     /// Set up, build and run the pipeline into runs/<name>/.
     Pipeline(pipeline::PipelineArgs),
+    /// Benchmark the server on loopback with wrk against the in-process rate.
+    BenchServe(bench_serve::BenchServeArgs),
     /// Set up, check formatting and run all tests (what CI runs).
     Test {
         /// Extra arguments for `cargo test`, after `--`.
@@ -38,6 +42,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Pipeline(args) => pipeline::run(&args),
+        Cmd::BenchServe(args) => bench_serve::run(&args),
         Cmd::Test { cargo_args } => test(&cargo_args),
     }
 }

@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "dataset-fashion-mnist",
     // The font the eval stage draws its confusion-matrix heat-map with.
     "fonts-dejavu-core",
+    // The load generator of `cargo xtask bench-serve`.
+    "wrk",
 ];
 
 const TORCH_VERSION: &str = "2.13.0";

@@ -257,6 +257,7 @@ async fn predict(
 ) -> ApiResult<Json<Value>> {
     let arrived = Instant::now();
     let loaded = resolve(&state, &name, version.as_deref()).await?;
+    let _counted = loaded.track(1);
     let body = body.map_err(body_error)?;
     let image = image_from_request(&headers, body).await?;
     let pixels = preprocess(&loaded, image).await?;
@@ -503,6 +504,7 @@ async fn v2_infer(
         .ok_or_else(|| ApiError::bad_request("input \"shape\" must be an array of integers"))?;
     let mut data = Vec::new();
     flatten(&input["data"], &mut data);
+    let _counted = loaded.track(data.len());
     let images = match input["datatype"].as_str() {
         Some("BYTES") => v2_bytes(&loaded, &shape, &data).await?,
         Some("FP32") => v2_fp32(&loaded, &shape, &data)?,

@@ -256,3 +256,46 @@ async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_serve_toml_holds_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("serve.toml");
+        let config: ServeConfig =
+            mlops_core::config::merge(Some(&path), &[], &serde_json::json!({})).unwrap();
+        assert_eq!(config, ServeConfig::default());
+    }
+
+    #[test]
+    fn secrets_are_not_printed_and_compare_exactly() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let c = ServeConfig {
+            management_token: Some(s.clone()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));
+        assert!(s.matches("hunter2") && !s.matches("hunter") && !s.matches("hunter3"));
+    }
+
+    #[test]
+    fn management_off_loopback_needs_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ServeConfig {
+            registry: dir.path().to_path_buf(),
+            management_addr: "0.0.0.0:8081".into(),
+            ..Default::default()
+        };
+        assert!(c
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("MLOPS_MANAGEMENT_TOKEN"));
+        c.management_token = Some(Secret::new("t"));
+        assert!(c.check().is_ok());
+    }
+}

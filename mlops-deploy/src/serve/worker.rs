@@ -3,10 +3,11 @@
 //!
 //! A batch closes when it holds `batch_size` images or when `max_batch_delay` has passed since
 //! the first queued request arrived, whichever comes first (TorchServe users report that its
-//! delay is counted from the wrong moment, serve#2478). Inference runs on this thread, never on
-//! the async executor's.
+//! delay is counted from the wrong moment, serve#2478); and at once when every image in flight
+//! is already in it, so a lone client never waits for a batch that cannot fill. Inference runs
+//! on this thread, never on the async executor's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,21 @@ pub struct LoadedVersion {
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     sender: SyncSender<Job>,
     warmed: AtomicBool,
+    /// Images admitted and not yet answered: when a batch holds all of them, nobody else is
+    /// coming and waiting out the delay would only add latency.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts `n` images as in flight until dropped.
+pub struct InFlight {
+    counter: Arc<AtomicUsize>,
+    n: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 impl LoadedVersion {
@@ -80,9 +96,19 @@ impl LoadedVersion {
         let (sender, receiver) = sync_channel(batching.queue.max(1));
         let summary = dir.summary.clone();
         let labels = (summary.name.clone(), summary.version.to_string());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            jobs: receiver,
+            embedder,
+            classifier,
+            batching,
+            metrics,
+            in_flight: in_flight.clone(),
+            labels,
+        };
         std::thread::Builder::new()
             .name(format!("infer-{}-{}", summary.name, summary.version))
-            .spawn(move || work(receiver, embedder, classifier, batching, metrics, labels))
+            .spawn(move || worker.run())
             .map_err(|source| crate::Error::Io {
                 what: "starting an inference thread".into(),
                 source,
@@ -96,6 +122,7 @@ impl LoadedVersion {
             loaded_at: chrono::Utc::now(),
             sender,
             warmed: AtomicBool::new(false),
+            in_flight,
         });
         loaded.warm_up()?;
         Ok(loaded)
@@ -105,6 +132,7 @@ impl LoadedVersion {
     /// proof the version answers before it is called ready.
     fn warm_up(&self) -> Result<()> {
         let [c, h, w] = self.description.input_shape;
+        let _counted = self.track(1);
         let (tx, rx) = oneshot::channel();
         self.submit(Job {
             pixels: vec![self.description.value_range[0]; c * h * w],
@@ -124,6 +152,16 @@ impl LoadedVersion {
         self.warmed.load(Ordering::Acquire)
     }
 
+    /// Counts `n` images of a request as in flight (from admission to answer) while the guard
+    /// lives.
+    pub fn track(&self, n: usize) -> InFlight {
+        self.in_flight.fetch_add(n, Ordering::AcqRel);
+        InFlight {
+            counter: self.in_flight.clone(),
+            n,
+        }
+    }
+
     /// Queues a job without waiting.
     pub fn submit(&self, job: Job) -> Result<(), Refused> {
         self.sender.try_send(job).map_err(|e| match e {
@@ -133,40 +171,62 @@ impl LoadedVersion {
     }
 }
 
-/// The inference thread: collect a batch, embed, classify, answer; until every sender is gone.
-fn work(
+/// The inference thread's state.
+struct Worker {
     jobs: Receiver<Job>,
     embedder: Embedder,
-    mut classifier: Classifier,
+    classifier: Classifier,
     batching: Batching,
     metrics: Arc<Metrics>,
-    (name, version): (String, String),
-) {
-    let frame: usize = embedder.description().input_shape.iter().product();
-    while let Ok(first) = jobs.recv() {
-        let deadline = first.arrived + batching.max_delay;
+    in_flight: Arc<AtomicUsize>,
+    labels: (String, String),
+}
+
+impl Worker {
+    /// Collect a batch, embed, classify, answer; until every sender is gone.
+    fn run(mut self) {
+        while let Ok(first) = self.jobs.recv() {
+            let batch = self.collect(first);
+            self.answer(batch);
+        }
+    }
+
+    /// Adds jobs to `first` until the batch is full, the delay since the first job's arrival
+    /// has passed, or every image in flight is in the batch.
+    fn collect(&self, first: Job) -> Vec<Job> {
+        let deadline = first.arrived + self.batching.max_delay;
         let mut batch = vec![first];
-        while batch.len() < batching.batch_size {
-            let now = Instant::now();
-            if now >= deadline {
-                // Late already: take what is queued, but do not wait for more.
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+        while batch.len() < self.batching.batch_size {
+            if let Ok(job) = self.jobs.try_recv() {
+                batch.push(job);
                 continue;
             }
-            match jobs.recv_timeout(deadline - now) {
+            let now = Instant::now();
+            if now >= deadline || batch.len() >= self.in_flight.load(Ordering::Acquire) {
+                break;
+            }
+            // Wake up now and then to notice that nobody else is coming.
+            let wait = (deadline - now).min(Duration::from_micros(200));
+            match self.jobs.recv_timeout(wait) {
                 Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        batch
+    }
+
+    fn answer(&mut self, batch: Vec<Job>) {
+        let (name, version) = (&self.labels.0, &self.labels.1);
+        let frame: usize = self.embedder.description().input_shape.iter().product();
         let started = Instant::now();
         let mut pixels = Vec::with_capacity(batch.len() * frame);
         for job in &batch {
             pixels.extend_from_slice(&job.pixels);
         }
-        let result = embedder
+        let classifier = &mut self.classifier;
+        let result = self
+            .embedder
             .embed(&pixels, batch.len(), batch.len())
             .map_err(|e| e.to_string())
             .and_then(|emb| {
@@ -176,11 +236,12 @@ fn work(
                 classifier.classify(flat).map_err(|e| e.to_string())
             });
         let done = Instant::now();
-        metrics.observe_batch(&name, &version, batch.len());
+        self.metrics.observe_batch(name, version, batch.len());
         match result {
             Ok(predictions) => {
                 for (job, prediction) in batch.into_iter().zip(predictions) {
-                    metrics.observe_job(&name, &version, job.arrived, started, done);
+                    self.metrics
+                        .observe_job(name, version, job.arrived, started, done);
                     let _ = job.reply.send(Ok(prediction));
                 }
             }

@@ -1,0 +1,369 @@
+//! `cargo xtask bench-serve`: the real server on loopback under `wrk`, against the in-process
+//! rate of the same work, on a pipeline run's model.
+//!
+//! 1. `serve_bench_prepare` (an example of `mlops-deploy`) registers the run twice, writes its
+//!    test images as PNGs and measures decode + embed + search in process (batches of 32).
+//! 2. The server starts on free loopback ports; every test image is posted once and the served
+//!    accuracy compared with the eval stage's.
+//! 3. `wrk` posts one 28x28 PNG per request with 1, 8 and 32 connections, then again with 32
+//!    while `set-default` swaps between the two versions every half second.
+//! 4. Peak RSS of the server (`VmHWM`). Results go to `benches/results/serve.json`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{cargo, release_dir, root, run_cmd, setup};
+
+#[derive(clap::Args)]
+pub struct BenchServeArgs {
+    /// Pipeline run whose model is served (needs data, train, index, eval).
+    #[arg(long, default_value = "runs/default")]
+    run: PathBuf,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Server HTTP threads (0: the server's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    io_threads: usize,
+    /// Server libtorch threads (0: the server's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn run(args: &BenchServeArgs) -> Result<()> {
+    setup::run(&setup::SetupArgs::default())?;
+    let run_dir = root().join(&args.run);
+    for stage in ["data", "train", "index", "eval"] {
+        ensure!(
+            run_dir.join(stage).join("manifest.json").is_file(),
+            "{} has no finished {stage} stage: run `cargo xtask pipeline` first",
+            run_dir.display()
+        );
+    }
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "mlops-deploy",
+                "--bin",
+                "mlops-deploy",
+            ])
+            .args(["--example", "serve_bench_prepare"]),
+        "cargo build",
+    )?;
+    let work = std::env::temp_dir().join(format!("mlops-bench-serve-{}", std::process::id()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let prepared = Command::new(release_dir().join("examples/serve_bench_prepare"))
+        .arg(&run_dir)
+        .arg(&work)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    ensure!(
+        prepared.status.success(),
+        "serve_bench_prepare failed: {}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    let inprocess: Value = serde_json::from_slice(&prepared.stdout)?;
+    eprintln!("in process: {inprocess}");
+
+    let mut server = Server::start(&work.join("registry"), args)?;
+    let accuracy = served_accuracy(&server.inference, &work)?;
+    eprintln!(
+        "served accuracy {accuracy} (eval {})",
+        inprocess["eval_accuracy"]
+    );
+    let png = work.join("images/000000.png");
+    let url = format!("http://{}/predictions/fashion-mnist", server.inference);
+    let mut loads = Vec::new();
+    for clients in [1, 8, 32] {
+        let r = wrk(&url, &png, clients, args.seconds, &work)?;
+        eprintln!("{clients:>2} clients: {r}");
+        loads.push(r);
+    }
+    let swap = swap_under_load(&server, &url, &png, args.seconds, &work)?;
+    eprintln!("32 clients while swapping: {swap}");
+    let rss_mb = server.peak_rss_mb()?;
+    server.stop()?;
+    let results = json!({
+        "date": chrono_like_now(),
+        "machine": machine(),
+        "server": { "io_threads": args.io_threads, "threads": args.threads, "batch_size": 32, "max_batch_delay_ms": 2.0 },
+        "inprocess": inprocess,
+        "served_accuracy": accuracy,
+        "load": loads,
+        "swap_under_load": swap,
+        "peak_rss_mb": rss_mb,
+        "command": "cargo xtask bench-serve",
+    });
+    let out = root().join("benches/results/serve.json");
+    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
+    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+struct Server {
+    child: Child,
+    inference: String,
+    management: String,
+}
+
+impl Server {
+    fn start(registry: &Path, args: &BenchServeArgs) -> Result<Server> {
+        let mut child = Command::new(release_dir().join("mlops-deploy"))
+            .args(["serve", "--registry"])
+            .arg(registry)
+            .args([
+                "--inference-addr",
+                "127.0.0.1:0",
+                "--management-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--io-threads", &args.io_threads.to_string()])
+            .args(["--threads", &args.threads.to_string()])
+            .env("RUST_LOG", "warn")
+            .env_remove("MLOPS_MANAGEMENT_TOKEN")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let bound: Value = serde_json::from_str(
+            line.strip_prefix("listening ")
+                .with_context(|| format!("server did not start: {line:?}"))?,
+        )?;
+        let server = Server {
+            child,
+            inference: bound["inference"].as_str().unwrap_or_default().to_string(),
+            management: bound["management"].as_str().unwrap_or_default().to_string(),
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ping = agent()
+                .get(&format!("http://{}/ping", server.inference))
+                .call();
+            if matches!(ping, Ok(ref r) if r.status() == 200) {
+                return Ok(server);
+            }
+            ensure!(Instant::now() < until, "the server never became healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn peak_rss_mb(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/PID/status")?;
+        Ok(kb / 1024.0)
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        ensure!(
+            status.success(),
+            "the server exited with {status} on SIGTERM"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Posts every test image once (8 clients) and returns the share classified correctly.
+fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
+    let labels: Vec<i64> = serde_json::from_slice(&std::fs::read(work.join("labels.json"))?)?;
+    let url = format!("http://{inference}/predictions/fashion-mnist");
+    let correct = std::thread::scope(|s| -> Result<usize> {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (labels, url) = (&labels, &url);
+                s.spawn(move || -> Result<usize> {
+                    let agent = agent();
+                    let mut correct = 0;
+                    for i in (t..labels.len()).step_by(8) {
+                        let png = std::fs::read(work.join(format!("images/{i:06}.png")))?;
+                        let mut r = agent
+                            .post(url)
+                            .header("Content-Type", "image/png")
+                            .send(&png[..])?;
+                        ensure!(r.status() == 200, "image {i}: {}", r.status());
+                        let p: Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+                        correct += usize::from(p["class"].as_i64() == Some(labels[i]));
+                    }
+                    Ok(correct)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .sum()
+    })?;
+    Ok(correct as f64 / labels.len() as f64)
+}
+
+/// One wrk run: requests/s, latency percentiles (ms), errors.
+fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path) -> Result<Value> {
+    let script = work.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"image/png\"\nlocal f = io.open(\"{}\", \"rb\")\nwrk.body = f:read(\"*all\")\nf:close()\n",
+            png.display()
+        ),
+    )?;
+    let threads = clients.min(2);
+    let out = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &clients.to_string()])
+        .args(["-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("cannot run wrk (cargo xtask setup installs it)")?;
+    ensure!(
+        out.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_wrk(&String::from_utf8_lossy(&out.stdout), clients)
+}
+
+fn parse_wrk(text: &str, clients: u32) -> Result<Value> {
+    let ms = |v: &str| -> Option<f64> {
+        let v = v.trim();
+        if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>().ok().map(|x| x / 1000.0)
+        } else if let Some(x) = v.strip_suffix("ms") {
+            x.parse().ok()
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>().ok().map(|x| x * 1000.0)
+        } else {
+            None
+        }
+    };
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).and_then(ms))
+    };
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok());
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let socket_errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|v| {
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    let (Some(rps), Some(requests)) = (rps, requests) else {
+        bail!("cannot read wrk's output:\n{text}");
+    };
+    Ok(json!({
+        "clients": clients,
+        "requests": requests,
+        "requests_per_second": rps,
+        "p50_ms": percentile("50%"),
+        "p90_ms": percentile("90%"),
+        "p99_ms": percentile("99%"),
+        "non_2xx": non_2xx,
+        "socket_errors": socket_errors,
+    }))
+}
+
+/// wrk at 32 clients while another thread swaps the default between versions 1 and 2.
+fn swap_under_load(
+    server: &Server,
+    url: &str,
+    png: &Path,
+    seconds: u32,
+    work: &Path,
+) -> Result<Value> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let management = &server.management;
+    let (load, swaps) = std::thread::scope(|s| {
+        let swapper = s.spawn(|| -> Result<u32> {
+            let agent = agent();
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                let v = if swaps % 2 == 0 { 2 } else { 1 };
+                let r = agent
+                    .put(&format!(
+                        "http://{management}/models/fashion-mnist/{v}/set-default"
+                    ))
+                    .send_empty()?;
+                ensure!(r.status() == 200, "set-default {v}: {}", r.status());
+                swaps += 1;
+            }
+            Ok(swaps)
+        });
+        let load = wrk(url, png, 32, seconds, work);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (load, swapper.join().expect("swapper thread"))
+    });
+    let mut load = load?;
+    load["swaps"] = json!(swaps?);
+    Ok(load)
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    })
+}
+
+fn chrono_like_now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
