@@ -40,3 +40,13 @@ where
         Err(e) => report_error(&e),
     }
 }
+
+/// Writes an output parameter where an orchestrator asked for it (Kubeflow passes the path of
+/// `{{$.outputs.parameters['NAME'].output_file}}`), creating its directory; nothing without one.
+pub fn write_output(path: Option<&std::path::Path>, value: &str) -> crate::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| crate::Error::io(parent, e))?;
+    }
+    crate::write_atomic(path, value.as_bytes())
+}

@@ -22,6 +22,9 @@ enum Command {
         config: ConfigArgs,
         #[command(flatten)]
         flags: RegisterFlags,
+        /// Write the new version's number to this file (a Kubeflow output parameter).
+        #[arg(long)]
+        version_output: Option<PathBuf>,
     },
     /// Make VERSION the default of NAME.
     Promote {
@@ -151,10 +154,16 @@ struct ServeFlags {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Register { config, flags } => {
+        Command::Register {
+            config,
+            flags,
+            version_output,
+        } => {
             mlops_core::cli::main(&config, &flags, |c: registry::RegisterConfig| {
                 let v = registry::register(&c)?;
                 println!("registered {} version {}", v.name, v.version);
+                let version = v.version.to_string();
+                mlops_core::cli::write_output(version_output.as_deref(), &version)?;
                 Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
             })
         }

@@ -17,6 +17,12 @@ struct Args {
     /// Exit 3 when the gate rejects (for orchestrators that branch on exit codes).
     #[arg(long)]
     fail_on_reject: bool,
+    /// Write the decision (`deploy` or `reject`) to this file (a Kubeflow output parameter).
+    #[arg(long)]
+    decision_output: Option<PathBuf>,
+    /// Write the test accuracy to this file (a Kubeflow output parameter).
+    #[arg(long)]
+    accuracy_output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, serde::Serialize)]
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         let verdict = if d.deploy { "deploy" } else { "reject" };
         let (acc, k, why) = (o.metrics.accuracy, o.k, d.reasons.join("; "));
         eprintln!("accuracy {acc:.4} (k = {k}), decision: {verdict}: {why}");
+        mlops_core::cli::write_output(args.decision_output.as_deref(), verdict)?;
+        mlops_core::cli::write_output(args.accuracy_output.as_deref(), &acc.to_string())?;
         let reject = args.fail_on_reject && !d.deploy;
         Ok::<_, mlops_eval::Error>(if reject {
             ExitCode::from(3)

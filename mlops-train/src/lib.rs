@@ -93,6 +93,9 @@ pub struct AugmentConfig {
 pub struct TrainConfig {
     /// Output directory of `mlops-data`.
     pub data: PathBuf,
+    /// Output directory of `mlops-validate` for that data: when given, training refuses data
+    /// that has not passed validation.
+    pub validated: Option<PathBuf>,
     /// Output directory.
     pub out: PathBuf,
     pub arch: Arch,
@@ -126,6 +129,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             data: PathBuf::from("data"),
+            validated: None,
             out: PathBuf::from("train"),
             arch: Arch::Res,
             embedding_dim: 128,

@@ -21,6 +21,9 @@ struct Flags {
     /// Output directory of mlops-data.
     #[arg(long)]
     data: PathBuf,
+    /// Output directory of mlops-validate: refuse data that has not passed validation.
+    #[arg(long)]
+    validated: Option<PathBuf>,
     /// Output directory (model.pt, model.json, metrics.jsonl, checkpoints/).
     #[arg(long)]
     out: PathBuf,

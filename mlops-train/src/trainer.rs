@@ -110,6 +110,9 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
     let devices = config.device.resolve()?;
     let threads = mlops_torch::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
+    if let Some(validated) = &config.validated {
+        check_validated(validated, &data)?;
+    }
     let [c, h, w] = data.summary.image_shape;
     if let Some(expected) = config.input_shape {
         if expected != [c, h, w] {
@@ -161,6 +164,21 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
         val_images,
         data,
     })
+}
+
+/// A validate-stage manifest exists only when every check passed; it must have checked this
+/// very data manifest.
+fn check_validated(validated: &Path, data: &DataDir) -> Result<()> {
+    let manifest = Manifest::load_stage(validated, "validate")?;
+    let data_manifest = mlops_core::sha256_file(&data.dir.join(mlops_core::MANIFEST_FILE))?;
+    if !manifest.inputs.iter().any(|e| e.sha256 == data_manifest) {
+        return Err(mlops_core::Error::invalid(
+            validated.join(mlops_core::MANIFEST_FILE),
+            format!("did not validate the data in {}", data.dir.display()),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The model, optimizer and progress of a run in flight.

