@@ -158,15 +158,13 @@ fn main() -> ExitCode {
             config,
             flags,
             version_output,
-        } => {
-            mlops_core::cli::main(&config, &flags, |c: registry::RegisterConfig| {
-                let v = registry::register(&c)?;
-                println!("registered {} version {}", v.name, v.version);
-                let version = v.version.to_string();
-                mlops_core::cli::write_output(version_output.as_deref(), &version)?;
-                Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
-            })
-        }
+        } => mlops_core::cli::main(&config, &flags, |c: registry::RegisterConfig| {
+            let v = registry::register(&c)?;
+            println!("registered {} version {}", v.name, v.version);
+            let version = v.version.to_string();
+            mlops_core::cli::write_output(version_output.as_deref(), &version)?;
+            Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
+        }),
         Command::Promote { at, version } => plain(|| {
             registry::promote(&at.registry, &at.name, version)?;
             println!("{} now serves version {version} by default", at.name);

@@ -53,7 +53,14 @@ pub fn run(args: &BundleArgs) -> Result<()> {
     })?;
     if !args.no_build {
         run_cmd(
-            cargo().args(["build", "--release", "-p", stage.binary, "--bin", stage.binary]),
+            cargo().args([
+                "build",
+                "--release",
+                "-p",
+                stage.binary,
+                "--bin",
+                stage.binary,
+            ]),
             "cargo build",
         )?;
     }
@@ -68,7 +75,10 @@ pub fn run(args: &BundleArgs) -> Result<()> {
 
 /// The shared libraries `ldd` resolves for `binary`: (soname, path).
 pub fn ldd(binary: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let out = Command::new("ldd").arg(binary).env_remove("LD_LIBRARY_PATH").output()?;
+    let out = Command::new("ldd")
+        .arg(binary)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()?;
     ensure!(out.status.success(), "ldd {} failed", binary.display());
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs = Vec::new();
@@ -149,21 +159,44 @@ mod tests {
             let out = tmp.path().join(stage.name);
             bundle(&release_dir().join(stage.binary), &out).unwrap();
             let bin = out.join("bin").join(stage.binary);
-            let help = Command::new(&bin).arg("--help").env_clear().output().unwrap();
-            assert!(help.status.success(), "{}: {}", stage.binary, String::from_utf8_lossy(&help.stderr));
+            let help = Command::new(&bin)
+                .arg("--help")
+                .env_clear()
+                .output()
+                .unwrap();
+            assert!(
+                help.status.success(),
+                "{}: {}",
+                stage.binary,
+                String::from_utf8_lossy(&help.stderr)
+            );
             let lib = out.join("lib");
             for (soname, path) in ldd(&bin).unwrap() {
                 assert!(
-                    is_system(&soname) || path.starts_with(out.join("bin/../lib")) || path.starts_with(&lib),
+                    is_system(&soname)
+                        || path.starts_with(out.join("bin/../lib"))
+                        || path.starts_with(&lib),
                     "{}: {soname} resolves to {}, outside the bundle",
                     stage.binary,
                     path.display()
                 );
             }
-            let dynamic = Command::new("readelf").arg("-d").arg(&bin).output().unwrap();
+            let dynamic = Command::new("readelf")
+                .arg("-d")
+                .arg(&bin)
+                .output()
+                .unwrap();
             let text = String::from_utf8_lossy(&dynamic.stdout);
-            assert!(text.contains("[$ORIGIN/../lib]"), "{}: {text}", stage.binary);
-            assert!(!text.contains(".libtorch"), "{}: build path left: {text}", stage.binary);
+            assert!(
+                text.contains("[$ORIGIN/../lib]"),
+                "{}: {text}",
+                stage.binary
+            );
+            assert!(
+                !text.contains(".libtorch"),
+                "{}: build path left: {text}",
+                stage.binary
+            );
             // A real run too: a clean error for a missing input, from the bundle's libraries.
             if stage.name == "validate" {
                 let run = Command::new(&bin)
@@ -192,10 +225,7 @@ mod dockerfile_tests {
                 "no target for {}",
                 stage.name
             );
-            assert!(text.contains(&format!(
-                "ENTRYPOINT [\"/opt/mlops/bin/{}\"]",
-                stage.binary
-            )));
+            assert!(text.contains(&format!("ENTRYPOINT [\"/opt/mlops/bin/{}\"]", stage.binary)));
         }
         let Some(python) = crate::optional_python("hadolint") else {
             return;

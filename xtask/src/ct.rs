@@ -52,7 +52,14 @@ pub fn run(args: &CtArgs) -> Result<()> {
         ..Default::default()
     })?;
     run_cmd(
-        cargo().args(["build", "--release", "-p", "mlops-data", "--bin", "mlops-data"]),
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "mlops-data",
+            "--bin",
+            "mlops-data",
+        ]),
         "cargo build",
     )?;
     let fresh = std::env::temp_dir().join(format!("mlops-ct-{}", std::process::id()));
@@ -78,7 +85,11 @@ pub fn run(args: &CtArgs) -> Result<()> {
             "{} new images for training and {} for the gallery{}",
             d.train,
             d.gallery,
-            if d.changed { "" } else { " (the sources are unchanged)" }
+            if d.changed {
+                ""
+            } else {
+                " (the sources are unchanged)"
+            }
         ),
         None => println!("no deployed version of {} to compare with", params.model),
     }
@@ -89,7 +100,10 @@ pub fn run(args: &CtArgs) -> Result<()> {
         retraining: retrain && !args.dry_run,
     });
     if !retrain {
-        println!("below the threshold of {} new images: not retraining", args.min_new);
+        println!(
+            "below the threshold of {} new images: not retraining",
+            args.min_new
+        );
         return Ok(());
     }
     if args.dry_run {
@@ -114,7 +128,12 @@ fn deployed_data(registry: &Path, model: &str) -> Result<Option<Json>> {
     let Some(v) = pointer["default"].as_u64() else {
         return Ok(None);
     };
-    let version = read_json(&registry.join(model).join(v.to_string()).join("manifest.json"))?;
+    let version = read_json(
+        &registry
+            .join(model)
+            .join(v.to_string())
+            .join("manifest.json"),
+    )?;
     let train_manifest = version["inputs"]
         .as_array()
         .into_iter()
@@ -172,7 +191,14 @@ mod tests {
     #[test]
     fn counts_new_images_and_decides() {
         let d = delta(&manifest(100, 20, "a"), &manifest(1100, 220, "b"));
-        assert_eq!(d, Delta { train: 1000, gallery: 200, changed: true });
+        assert_eq!(
+            d,
+            Delta {
+                train: 1000,
+                gallery: 200,
+                changed: true
+            }
+        );
         assert!(should_retrain(Some(&d), 1000, false));
         assert!(!should_retrain(Some(&d), 5000, false));
         assert!(should_retrain(Some(&d), 5000, true));

@@ -224,7 +224,10 @@ mod tests {
     fn stages_only_read_earlier_stages() {
         for (i, s) in STAGES.iter().enumerate() {
             for up in s.upstream() {
-                let j = STAGES.iter().position(|t| t.name == up).expect("known stage");
+                let j = STAGES
+                    .iter()
+                    .position(|t| t.name == up)
+                    .expect("known stage");
                 assert!(j < i, "{} reads {up}, which runs later", s.name);
             }
         }

@@ -180,11 +180,7 @@ fn task(stage: &Stage, channel: bool) -> Json {
         "inputs": { "parameters": inputs },
         "taskInfo": { "name": stage.name },
     });
-    let deps: Vec<&str> = stage
-        .upstream()
-        .into_iter()
-        .filter(|_| !channel)
-        .collect();
+    let deps: Vec<&str> = stage.upstream().into_iter().filter(|_| !channel).collect();
     if !deps.is_empty() {
         t["dependentTasks"] = json!(deps);
     }
@@ -264,11 +260,15 @@ fn documents(params: &Params, prefix: &str, tag: &str) -> (Json, Json) {
     let source = params
         .sources
         .first()
-        .map(|s| format!("{MOUNT}/datasets/{}", s.file_name().map_or("data".into(), |n| n.to_string_lossy().into_owned())))
+        .map(|s| {
+            format!(
+                "{MOUNT}/datasets/{}",
+                s.file_name()
+                    .map_or("data".into(), |n| n.to_string_lossy().into_owned())
+            )
+        })
         .unwrap_or_default();
-    let root_param = |default: &str| {
-        json!({ "defaultValue": default, "isOptional": true, "parameterType": "STRING" })
-    };
+    let root_param = |default: &str| json!({ "defaultValue": default, "isOptional": true, "parameterType": "STRING" });
     let spec = json!({
         "pipelineInfo": { "name": "mlops-rs", "description": "Fashion-MNIST embeddings with ArcFace, FAISS kNN classification, gated deployment" },
         "components": components,
@@ -330,7 +330,11 @@ mod tests {
         };
         let broken = render(DEFAULT_PREFIX, "latest")
             .unwrap()
-            .replacen("dependentTasks:\n", "dependentTasks:\n  - no-such-task\n", 1)
+            .replacen(
+                "dependentTasks:\n",
+                "dependentTasks:\n  - no-such-task\n",
+                1,
+            )
             .replace("resourceCpuLimit", "resourceCpuLimitt");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.yaml");

@@ -185,7 +185,10 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes pretty JSON atomically.
 pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
-    write_atomic(path, (serde_json::to_string_pretty(value)? + "\n").as_bytes())
+    write_atomic(
+        path,
+        (serde_json::to_string_pretty(value)? + "\n").as_bytes(),
+    )
 }
 
 /// Runs a command, failing with `what` if it cannot start or exits non-zero.

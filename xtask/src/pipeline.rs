@@ -85,8 +85,8 @@ impl Params {
             .unwrap_or_else(|| root().join("pipeline.toml"));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
         let mut sets = Vec::new();
         if let Some(n) = &args.name {
             sets.push(format!("pipeline.run={}", toml::Value::from(n.as_str())));
@@ -320,7 +320,11 @@ fn run_stages(
     for (i, stage) in STAGES.iter().enumerate() {
         let dir = run_dir.join(stage.name);
         if stage.when_deploy && read_decision(run_dir)? != "deploy" {
-            eprintln!("==> [{}/{total}] {}: skipped (the gate rejected the model)", i + 1, stage.name);
+            eprintln!(
+                "==> [{}/{total}] {}: skipped (the gate rejected the model)",
+                i + 1,
+                stage.name
+            );
             records.push(StageRecord {
                 name: stage.name,
                 status: "skipped",
@@ -410,7 +414,10 @@ fn arguments(
         }
     }
     if let Some(out) = stage.out_flag {
-        argv.extend([out.to_string(), run_dir.join(stage.name).display().to_string()]);
+        argv.extend([
+            out.to_string(),
+            run_dir.join(stage.name).display().to_string(),
+        ]);
     }
     argv.extend(stage.fixed.iter().map(|s| s.to_string()));
     for o in stage.outputs {
@@ -443,7 +450,10 @@ fn baseline(run_dir: &Path, registry: &Path, model: &str) -> Result<Option<PathB
     } else {
         crate::write_atomic(
             &saved,
-            default.map(|v| v.to_string()).unwrap_or_default().as_bytes(),
+            default
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
         default
     };
@@ -461,7 +471,9 @@ fn manifest_outputs(dir: &Path) -> Result<Vec<(String, String)>> {
         .flatten()
         .map(|e| {
             (
-                dir.join(e["path"].as_str().unwrap_or_default()).display().to_string(),
+                dir.join(e["path"].as_str().unwrap_or_default())
+                    .display()
+                    .to_string(),
                 e["sha256"].as_str().unwrap_or_default().to_string(),
             )
         })
@@ -547,7 +559,10 @@ fn cached(stage: &Stage, dir: &Path, key: &str, registry: &Path, params: &Params
 fn outputs(stage: &Stage, dir: &Path) -> Result<Vec<(String, String)>> {
     if stage.out_flag.is_none() {
         let version = dir.join("version.out");
-        return Ok(vec![(version.display().to_string(), sha256_file(&version)?)]);
+        return Ok(vec![(
+            version.display().to_string(),
+            sha256_file(&version)?,
+        )]);
     }
     manifest_outputs(dir)
 }
@@ -568,7 +583,10 @@ fn execute(stage: &Stage, argv: &[String], dir: &Path) -> Result<()> {
         eprintln!("    cannot resume ({status}); training from the start");
     }
     std::fs::create_dir_all(dir)?;
-    run_cmd(Command::new(&binary).args(argv), &format!("stage {}", stage.name))
+    run_cmd(
+        Command::new(&binary).args(argv),
+        &format!("stage {}", stage.name),
+    )
 }
 
 fn read_decision(run_dir: &Path) -> Result<String> {
@@ -599,7 +617,9 @@ fn run_record(
 ) -> Json {
     let eval = crate::read_json(&run_dir.join("eval/manifest.json")).unwrap_or(Json::Null);
     let summary = &eval["summary"];
-    let deployed = records.iter().any(|r| r.name == "deploy" && r.status != "skipped");
+    let deployed = records
+        .iter()
+        .any(|r| r.name == "deploy" && r.status != "skipped");
     let version = if deployed {
         std::fs::read_to_string(run_dir.join("deploy/version.out"))
             .ok()
@@ -633,7 +653,11 @@ fn print_summary(run_dir: &Path, record: &Json) {
     let cached = record["stages"]
         .as_array()
         .map_or(0, |s| s.iter().filter(|s| s["cache"] == "hit").count());
-    println!("\npipeline finished: {} in {:.1} s ({cached} stages from cache)", run_dir.display(), record["seconds"].as_f64().unwrap_or(0.0));
+    println!(
+        "\npipeline finished: {} in {:.1} s ({cached} stages from cache)",
+        run_dir.display(),
+        record["seconds"].as_f64().unwrap_or(0.0)
+    );
     let m = &record["metrics"];
     println!(
         "  test accuracy {:.4} (kNN vote, k = {}), top-1 {:.4}, macro F1 {:.4}",
@@ -645,17 +669,29 @@ fn print_summary(run_dir: &Path, record: &Json) {
     let reasons = crate::read_json(&run_dir.join("eval/decision.json"))
         .ok()
         .and_then(|d| {
-            d["reasons"]
-                .as_array()
-                .map(|r| r.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; "))
+            d["reasons"].as_array().map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
         })
         .unwrap_or_default();
-    println!("  decision: {} ({reasons})", record["decision"].as_str().unwrap_or("none"));
+    println!(
+        "  decision: {} ({reasons})",
+        record["decision"].as_str().unwrap_or("none")
+    );
     match record["registered_version"].as_u64() {
-        Some(v) => println!("  registered: {} version {v} (default)", record["model"].as_str().unwrap_or_default()),
+        Some(v) => println!(
+            "  registered: {} version {v} (default)",
+            record["model"].as_str().unwrap_or_default()
+        ),
         None => println!("  registered: nothing"),
     }
-    println!("  report:  {}", record["report"].as_str().unwrap_or_default());
+    println!(
+        "  report:  {}",
+        record["report"].as_str().unwrap_or_default()
+    );
     println!("  record:  {}", run_dir.join("run.json").display());
 }
 
@@ -663,22 +699,35 @@ fn print_summary(run_dir: &Path, record: &Json) {
 pub fn list_runs(runs_dir: Option<&Path>) -> Result<()> {
     let dir = runs_dir.map_or_else(|| root().join("runs"), Path::to_path_buf);
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+    for entry in
+        std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+    {
         let path = entry?.path().join("run.json");
         if let Ok(r) = crate::read_json(&path) {
             rows.push(r);
         }
     }
     rows.sort_by(|a, b| a["started_at"].as_str().cmp(&b["started_at"].as_str()));
-    println!("{:<20} {:<26} {:>8} {:>8} {:>9} {:>8}  status", "run", "started", "accuracy", "decision", "version", "seconds");
+    println!(
+        "{:<20} {:<26} {:>8} {:>8} {:>9} {:>8}  status",
+        "run", "started", "accuracy", "decision", "version", "seconds"
+    );
     for r in rows {
         println!(
             "{:<20} {:<26} {:>8} {:>8} {:>9} {:>8.1}  {}",
             r["run"].as_str().unwrap_or_default(),
-            r["started_at"].as_str().unwrap_or_default().get(..19).unwrap_or_default(),
-            r["metrics"]["accuracy"].as_f64().map_or("-".into(), |a| format!("{a:.4}")),
+            r["started_at"]
+                .as_str()
+                .unwrap_or_default()
+                .get(..19)
+                .unwrap_or_default(),
+            r["metrics"]["accuracy"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{a:.4}")),
             r["decision"].as_str().unwrap_or("-"),
-            r["registered_version"].as_u64().map_or("-".into(), |v| v.to_string()),
+            r["registered_version"]
+                .as_u64()
+                .map_or("-".into(), |v| v.to_string()),
             r["seconds"].as_f64().unwrap_or(0.0),
             r["status"].as_str().unwrap_or_default(),
         );
