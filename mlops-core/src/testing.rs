@@ -61,8 +61,15 @@ pub fn prerequisite<T>(what: &str, found: Option<T>, how: &str) -> Option<T> {
         return found;
     }
     assert!(!in_ci(), "{what} is missing under CI=true ({how})");
-    eprintln!("SKIPPED: {what} is missing ({how})");
+    skipped(format!("SKIPPED: {what} is missing ({how})"));
     None
+}
+
+/// Prints a skip notice straight to the process's stderr: libtest captures `eprintln!` of a
+/// passing test, and a skipped check must stay visible.
+pub fn skipped(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The set-up venv's Python (`MLOPS_PYTHON`, set by `cargo xtask test`), as a prerequisite.

@@ -151,7 +151,7 @@ mod tests {
         if !missing.is_empty() {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
             assert!(!ci, "release binaries missing under CI=true: {missing:?}");
-            eprintln!("SKIPPED: release binaries {missing:?} are not built (cargo test --release --workspace builds them)");
+            crate::skipped(format!("SKIPPED: release binaries {missing:?} are not built (cargo test --release --workspace builds them)"));
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

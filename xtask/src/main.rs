@@ -160,10 +160,20 @@ pub fn optional_python(what: &str) -> Option<PathBuf> {
             panic!("{what}: MLOPS_PYTHON is not set under CI=true (cargo xtask test sets it)")
         }
         None => {
-            eprintln!("SKIPPED: {what}: MLOPS_PYTHON is not set (cargo xtask test sets it)");
+            skipped(format!(
+                "SKIPPED: {what}: MLOPS_PYTHON is not set (cargo xtask test sets it)"
+            ));
             None
         }
     }
+}
+
+#[cfg(test)]
+/// Prints a skip notice straight to the process's stderr: libtest captures `eprintln!` of a
+/// passing test, and a skipped check must stay visible.
+pub fn skipped(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Reads a JSON file.

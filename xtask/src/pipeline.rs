@@ -207,6 +207,9 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
     }
 }
 
+/// (path, sha256) pairs.
+type Files = Vec<(String, String)>;
+
 /// What happened to one stage in a run.
 struct StageRecord {
     name: &'static str,
@@ -386,7 +389,7 @@ fn arguments(
     params: &Params,
     run_dir: &Path,
     registry: &Path,
-) -> Result<(Vec<String>, Vec<(String, String)>)> {
+) -> Result<(Vec<String>, Files)> {
     let mut argv: Vec<String> = stage.subcommand.iter().map(|s| s.to_string()).collect();
     let mut inputs = Vec::new();
     for (flag, value) in stage.inputs {

@@ -34,7 +34,7 @@ fn actionlint() -> Result<Option<PathBuf>> {
              MLOPS_PYTHON, as `cargo xtask test` does"
         );
     }
-    eprintln!("SKIPPED: actionlint is missing ({missing})");
+    skipped(format!("SKIPPED: actionlint is missing ({missing})"));
     Ok(None)
 }
 
@@ -141,4 +141,11 @@ fn actionlint_reports_a_broken_workflow() -> Result<()> {
         "no finding about the unknown key:\n{text}"
     );
     Ok(())
+}
+
+/// Prints a skip notice straight to the process's stderr: libtest captures `eprintln!` of a
+/// passing test, and a skipped check must stay visible.
+fn skipped(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
