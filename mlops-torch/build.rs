@@ -10,4 +10,25 @@ fn main() {
         .unwrap_or_default();
     println!("cargo:rustc-env=MLOPS_LIBTORCH_VERSION={version}");
     mlops_torch_build::link_libtorch_dir(&lib);
+    autocast_shim(&lib);
+}
+
+/// Compiles the small C++ shim that reaches libtorch's per-device autocast switches.
+fn autocast_shim(lib: &str) {
+    println!("cargo:rerun-if-changed=cpp/autocast.cpp");
+    let prefix = std::path::Path::new(lib)
+        .parent()
+        .expect("DEP_TCH_LIBTORCH_LIB has a parent")
+        .to_path_buf();
+    let include = prefix.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("cpp/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        // The PyPI wheels' libtorch uses the C++11 ABI.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .flag_if_supported("-w")
+        .compile("mlops_autocast");
 }

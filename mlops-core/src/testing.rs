@@ -143,6 +143,8 @@ pub fn write_clusters(
         roles: summary_roles,
         device: "Cpu".into(),
         images_per_second: 0.0,
+        precision: "fp32".into(),
+        cpu: String::new(),
     };
     manifest.summary = serde_json::to_value(summary).expect("plain data");
     out.commit(manifest)

@@ -150,6 +150,9 @@ struct ServeFlags {
     /// Largest request body in bytes [default: 10485760].
     #[arg(long, env = "MLOPS_BODY_LIMIT")]
     body_limit: Option<usize>,
+    /// Inference precision: auto, fp32 or bf16 [default: auto].
+    #[arg(long, env = "MLOPS_PRECISION")]
+    precision: Option<mlops_torch::Precision>,
 }
 
 fn main() -> ExitCode {

@@ -92,6 +92,9 @@ pub struct EmbedConfig {
     pub device: DeviceSpec,
     /// libtorch intra-op threads; 0 means one per core.
     pub threads: usize,
+    /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16` compute; the
+    /// embeddings written are fp32 and L2-normalised either way.
+    pub precision: mlops_torch::Precision,
 }
 
 impl Default for EmbedConfig {
@@ -104,6 +107,7 @@ impl Default for EmbedConfig {
             batch_size: 512,
             device: DeviceSpec::Auto,
             threads: 0,
+            precision: mlops_torch::Precision::Auto,
         }
     }
 }
@@ -135,6 +139,7 @@ pub struct Embedder {
     description: ModelDescription,
     device: Device,
     path: PathBuf,
+    precision: mlops_torch::Precision,
 }
 
 impl Embedder {
@@ -157,7 +162,21 @@ impl Embedder {
             description,
             device,
             path: path.to_path_buf(),
+            precision: mlops_torch::Precision::Fp32,
         })
+    }
+
+    /// Computes in `precision` (resolved for this embedder's device): with bf16, the model runs
+    /// under autocast and its output is renormalised in fp32. Autocast is per thread, so the
+    /// thread that calls [`Embedder::embed`] gets it.
+    pub fn with_precision(mut self, precision: mlops_torch::Precision) -> Self {
+        self.precision = precision.resolve(self.device);
+        self
+    }
+
+    /// The precision in force (`Fp32` or `Bf16`).
+    pub fn precision(&self) -> mlops_torch::Precision {
+        self.precision
     }
 
     /// What the model takes and gives.
@@ -182,8 +201,20 @@ impl Embedder {
         let x =
             Tensor::f_from_slice(pixels)?.f_reshape([n as i64, c as i64, h as i64, w as i64])?;
         let emb = mlops_torch::catch("running the model", || {
-            embed_batches(&self.module, &x, batch_size, self.device)
+            mlops_torch::autocast(self.precision, self.device, || {
+                embed_batches(&self.module, &x, batch_size, self.device)
+            })
         })??;
+        let emb = if self.precision == mlops_torch::Precision::Fp32 {
+            emb
+        } else {
+            // bf16 compute (whatever dtype the last op left): fp32, L2-normalised out.
+            let emb = emb.f_to_kind(tch::Kind::Float)?;
+            let norm = emb
+                .f_norm_scalaropt_dim(2.0, [1i64].as_slice(), true)?
+                .f_clamp_min(1e-12)?;
+            emb.f_div(&norm)?
+        };
         if emb.size() != [n as i64, dim as i64] {
             return Err(self.mismatch(format!(
                 "model produced shape {:?}, {MODEL_DESCRIPTION_FILE} promises [{n}, {dim}]",
@@ -217,7 +248,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     mlops_torch::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
     let model = ModelDir::open(&config.model)?;
-    let embedder = Embedder::load(&model, device)?;
+    let embedder = Embedder::load(&model, device)?.with_precision(config.precision);
     check_compatible(embedder.description(), &data, &config.model)?;
     let roles = config.roles.clone().unwrap_or_else(|| {
         let mut roles = data.present_roles();
@@ -280,6 +311,8 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         roles: embedded,
         device: format!("{device:?}"),
         images_per_second: images_done as f64 / seconds.max(1e-9),
+        precision: embedder.precision().to_string(),
+        cpu: mlops_torch::cpu_model(),
     };
     tracing::info!(
         img_per_s = format!("{:.0}", summary.images_per_second),

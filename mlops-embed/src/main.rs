@@ -40,6 +40,10 @@ struct Flags {
     /// libtorch threads, 0 = one per core [default: 0].
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute precision: auto (bf16 where the CPU has AVX512-BF16 or AMX, or on a GPU), fp32,
+    /// bf16 [default: auto].
+    #[arg(long)]
+    precision: Option<mlops_torch::Precision>,
 }
 
 fn main() -> ExitCode {

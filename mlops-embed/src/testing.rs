@@ -60,6 +60,8 @@ pub fn fixture_model(dir: &Path, data: &Path) -> Result<()> {
         devices: vec!["Cpu".into()],
         threads: 1,
         last: None,
+        precision: "fp32".into(),
+        cpu: String::new(),
     })
     .expect("plain data");
     out.commit(manifest)?;

@@ -54,6 +54,8 @@ fn config(model: &Path, data: &Path, out: &Path) -> EmbedConfig {
         out: out.to_path_buf(),
         threads: 1,
         batch_size: 7,
+        // These tests compare with fp32 forward passes; bf16 has its own test.
+        precision: mlops_torch::Precision::Fp32,
         ..Default::default()
     }
 }
@@ -131,6 +133,56 @@ fn embedder_in_memory_matches_the_stage() -> Result<()> {
     assert!(diff < 1e-6, "max abs diff {diff}");
     let err = embedder.embed(&[0.0; 10], 1, 5).unwrap_err().to_string();
     assert!(err.contains("10 input values for 1 images"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn bf16_embeddings_match_fp32_and_auto_without_bf16_is_fp32() -> Result<()> {
+    let (_, data, train) = trained();
+    let tmp = tempfile::tempdir()?;
+    let mut written = Vec::new();
+    for precision in ["fp32", "bf16"] {
+        let out = tmp.path().join(precision);
+        mlops_embed::run(&EmbedConfig {
+            precision: precision.parse().unwrap(),
+            ..config(train, data, &out)
+        })?;
+        let dir = EmbeddingsDir::open(&out)?;
+        assert_eq!(dir.summary.precision, precision);
+        written.push(dir.read_role("test")?.0);
+    }
+    for (a, b) in written[0].rows().into_iter().zip(written[1].rows()) {
+        let cosine = a.dot(&b);
+        assert!(cosine >= 0.999, "cosine {cosine}");
+        assert!(
+            (b.dot(&b).sqrt() - 1.0).abs() < 1e-5,
+            "bf16 output is renormalised in fp32"
+        );
+    }
+    // `auto` where the CPU has no native bf16 (forced): byte for byte the fp32 output.
+    let auto = tmp.path().join("auto");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlops-embed"))
+        .arg("--model")
+        .arg(train)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(&auto)
+        .args(["--threads", "1", "--batch-size", "7"])
+        .env("MLOPS_NO_BF16", "1")
+        .env("RUST_LOG", "off")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["test_embeddings_000.npy", "gallery_embeddings_000.npy"] {
+        assert_eq!(
+            std::fs::read(auto.join(name))?,
+            std::fs::read(tmp.path().join("fp32").join(name))?
+        );
+    }
     Ok(())
 }
 

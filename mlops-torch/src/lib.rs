@@ -210,3 +210,6 @@ mod catch_tests {
         assert_eq!(parts.len(), 3, "{LIBTORCH_VERSION}");
     }
 }
+
+mod precision;
+pub use precision::{autocast, cpu_has_bf16, cpu_model, Precision};

@@ -115,6 +115,9 @@ pub struct TrainConfig {
     pub threads: usize,
     pub augment: AugmentConfig,
     pub device: DeviceSpec,
+    /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16`: bf16 convolutions
+    /// and matmuls with fp32 master weights, optimizer state and loss.
+    pub precision: mlops_torch::Precision,
     /// k of the leave-one-out kNN vote that scores validation embeddings each epoch.
     pub val_k: usize,
     /// Expected input `[channels, height, width]`; checked against the data when set.
@@ -144,6 +147,7 @@ impl Default for TrainConfig {
             threads: 0,
             augment: AugmentConfig::default(),
             device: DeviceSpec::Auto,
+            precision: mlops_torch::Precision::Auto,
             val_k: 5,
             input_shape: None,
             resume: false,

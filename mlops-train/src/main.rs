@@ -75,6 +75,10 @@ struct Flags {
     /// auto, cpu, cuda (all GPUs, data parallel) or cuda:N [default: auto].
     #[arg(long)]
     device: Option<DeviceSpec>,
+    /// Compute precision: auto (bf16 where the CPU has AVX512-BF16 or AMX, or on a GPU), fp32,
+    /// bf16 [default: auto].
+    #[arg(long)]
+    precision: Option<mlops_torch::Precision>,
     /// Random shift (up to 2 px) and horizontal-flip augmentation [default: off].
     #[arg(long)]
     #[serde(serialize_with = "augment_preset")]

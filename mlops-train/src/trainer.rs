@@ -15,6 +15,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::optim::{lr_at, Optimizer};
 use crate::parallel::DataParallel;
 use crate::{export, ArcFace, EmbeddingNet, Error, Result, TrainConfig, STAGE};
+use mlops_torch::Precision;
 
 /// The embedding network with its ArcFace head: what is trained.
 #[derive(Debug)]
@@ -32,9 +33,12 @@ impl TrainNet {
         }
     }
 
-    /// Mean ArcFace loss of a training batch.
-    pub fn loss(&self, xs: &Tensor, ys: &Tensor) -> Tensor {
-        self.head.loss(&self.net.forward_t(xs, true), ys)
+    /// Mean ArcFace loss of a training batch. With `Bf16` the network runs under autocast
+    /// (bf16 convolutions and matmuls, fp32 master weights); the head and the loss always run
+    /// in fp32, where the margin arithmetic needs the precision.
+    pub fn loss(&self, xs: &Tensor, ys: &Tensor, precision: Precision) -> Tensor {
+        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true));
+        self.head.loss(&emb.to_kind(Kind::Float), ys)
     }
 }
 
@@ -61,8 +65,11 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     config.check()?;
     // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
     // "the optimizer's default", which a later version may change.
+    let first_device = config.device.resolve()?[0];
     let config = &TrainConfig {
         optimizer: config.optimizer.resolved(),
+        // Recorded as what it means on this machine; a resume on another must match it.
+        precision: config.precision.resolve(first_device),
         ..config.clone()
     };
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
@@ -281,8 +288,15 @@ impl Session {
                 warmup,
             );
             let (dp, opt) = (&mut self.dp, &mut self.opt);
+            let precision = config.precision;
             let loss = mlops_torch::catch("running a training step", || {
-                dp.step(&xs, &ys, TrainNet::loss, opt, lr)
+                dp.step(
+                    &xs,
+                    &ys,
+                    |m: &TrainNet, x, y| m.loss(x, y, precision),
+                    opt,
+                    lr,
+                )
             })?;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
@@ -303,14 +317,16 @@ impl Session {
         let train_seconds = started.elapsed().as_secs_f64();
         let primary = self.dp.primary();
         let (knn, centre) = mlops_torch::catch("scoring the validation set", || {
-            evaluate(
-                &primary.model,
-                primary.vs.device(),
-                &p.val_images,
-                &p.val_labels,
-                config.val_k,
-                p.classes,
-            )
+            mlops_torch::autocast(config.precision, primary.vs.device(), || {
+                evaluate(
+                    &primary.model,
+                    primary.vs.device(),
+                    &p.val_images,
+                    &p.val_labels,
+                    config.val_k,
+                    p.classes,
+                )
+            })
         })?;
         Ok(EpochMetrics {
             epoch: epoch + 1,
@@ -404,6 +420,8 @@ fn export_model(
         devices: p.devices.iter().map(|d| format!("{d:?}")).collect(),
         threads: p.threads,
         last: state.metrics.last().cloned(),
+        precision: config.precision.to_string(),
+        cpu: mlops_torch::cpu_model(),
     };
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;
@@ -488,7 +506,7 @@ fn evaluate(
     k: usize,
     classes: usize,
 ) -> (f64, f64) {
-    let emb = embed(&model.net, device, images);
+    let emb = embed(&model.net, device, images).to_kind(Kind::Float);
     tch::no_grad(|| {
         let n = emb.size()[0];
         let k = (k as i64).min(n - 1).max(1);

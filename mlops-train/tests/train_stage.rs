@@ -340,3 +340,53 @@ fn libtorch_failures_and_bad_checkpoints_fail_cleanly() -> Result<()> {
     );
     Ok(())
 }
+
+/// Both precisions train and say which they used; `auto` on a CPU without native bf16 (forced
+/// here) is fp32 exactly.
+#[test]
+fn precision_is_recorded_and_auto_without_bf16_is_fp32() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    let summary = |dir: &Path| -> Result<mlops_core::artifact::TrainSummary> {
+        Ok(mlops_core::artifact::ModelDir::open(dir)?.summary)
+    };
+    for precision in ["fp32", "bf16"] {
+        let out = tmp.path().join(precision);
+        let outcome = mlops_train::run(&TrainConfig {
+            precision: precision.parse().unwrap(),
+            ..tiny(&data, &out, Arch::Res, 2)
+        })?;
+        assert!(
+            outcome.finished && outcome.best_val_accuracy > 0.5,
+            "{precision}"
+        );
+        let s = summary(&out)?;
+        assert_eq!(s.precision, precision);
+        assert!(!s.cpu.is_empty());
+    }
+    // `auto` with the detection forced off, through the binary: the same weights as fp32.
+    let auto = tmp.path().join("auto");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlops-train"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&auto)
+        .args(["--arch", "res", "--embedding-dim", "16", "--epochs", "2"])
+        .args(["--batch-size", "16", "--threads", "1", "--device", "cpu"])
+        .env("MLOPS_NO_BF16", "1")
+        .env("RUST_LOG", "off")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&auto)?.precision, "fp32");
+    let best = "checkpoints/best.safetensors";
+    assert_eq!(
+        std::fs::read(auto.join(best))?,
+        std::fs::read(tmp.path().join("fp32").join(best))?
+    );
+    Ok(())
+}

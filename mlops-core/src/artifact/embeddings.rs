@@ -41,6 +41,12 @@ pub struct EmbedSummary {
     pub roles: BTreeMap<String, EmbeddedRole>,
     pub device: String,
     pub images_per_second: f64,
+    /// The precision inference computed in (`fp32`, `bf16`).
+    #[serde(default)]
+    pub precision: String,
+    /// The CPU it ran on, with its bf16 flags.
+    #[serde(default)]
+    pub cpu: String,
 }
 
 impl StageSummary for EmbedSummary {

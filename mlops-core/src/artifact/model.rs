@@ -84,6 +84,12 @@ pub struct TrainSummary {
     /// The last epoch's metrics.
     #[serde(rename = "final")]
     pub last: Option<EpochMetrics>,
+    /// The precision training computed in (`fp32`, `bf16`).
+    #[serde(default)]
+    pub precision: String,
+    /// The CPU it ran on, with its bf16 flags.
+    #[serde(default)]
+    pub cpu: String,
 }
 
 impl StageSummary for TrainSummary {

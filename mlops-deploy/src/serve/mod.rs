@@ -77,6 +77,8 @@ pub struct ServeConfig {
     pub watch_interval_ms: u64,
     /// `auto`, `cpu` or `cuda:N` for inference.
     pub device: DeviceSpec,
+    /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16` inference.
+    pub precision: mlops_torch::Precision,
     /// Bearer token for the management API's changing calls; required when the management
     /// listener is not on loopback. From `--management-token` or `MLOPS_MANAGEMENT_TOKEN`.
     #[serde(skip)]
@@ -99,6 +101,7 @@ impl Default for ServeConfig {
             body_limit: 10 << 20,
             watch_interval_ms: 1000,
             device: DeviceSpec::Auto,
+            precision: mlops_torch::Precision::Auto,
             management_token: None,
         }
     }
@@ -189,7 +192,8 @@ pub fn run_with(config: ServeConfig, on_bound: impl FnOnce(Bound)) -> Result<()>
             management: local(&management)?,
             metrics: local(&metrics)?,
         };
-        tracing::info!(?bound, ?device, threads, registry = %config.registry.display(), "listening");
+        let precision = config.precision.resolve(device);
+        tracing::info!(?bound, ?device, %precision, threads, registry = %config.registry.display(), "listening");
         on_bound(bound);
         let state = Arc::new(State::new(config, device));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

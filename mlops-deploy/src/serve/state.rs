@@ -170,6 +170,7 @@ impl State {
             LoadedVersion::load(
                 dir,
                 state.device,
+                state.config.precision,
                 state.config.k,
                 state.batching(),
                 state.metrics.clone(),

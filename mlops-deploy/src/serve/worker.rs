@@ -80,13 +80,15 @@ impl LoadedVersion {
     pub fn load(
         dir: VersionDir,
         device: tch::Device,
+        precision: mlops_torch::Precision,
         k: Option<usize>,
         batching: Batching,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
         dir.manifest.verify_outputs(&dir.dir)?;
         let description = dir.description()?;
-        let embedder = Embedder::load_file(&dir.model_path()?, description.clone(), device)?;
+        let embedder = Embedder::load_file(&dir.model_path()?, description.clone(), device)?
+            .with_precision(precision);
         let index = mlops_index::load_dir(dir.index_dir())?;
         let mut spec = dir.summary.classifier;
         if let Some(k) = k {
