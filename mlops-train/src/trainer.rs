@@ -317,16 +317,15 @@ impl Session {
         let train_seconds = started.elapsed().as_secs_f64();
         let primary = self.dp.primary();
         let (knn, centre) = mlops_torch::catch("scoring the validation set", || {
-            mlops_torch::autocast(config.precision, primary.vs.device(), || {
-                evaluate(
-                    &primary.model,
-                    primary.vs.device(),
-                    &p.val_images,
-                    &p.val_labels,
-                    config.val_k,
-                    p.classes,
-                )
-            })
+            evaluate(
+                &primary.model,
+                primary.vs.device(),
+                &p.val_images,
+                &p.val_labels,
+                config.val_k,
+                p.classes,
+                config.precision,
+            )
         })?;
         Ok(EpochMetrics {
             epoch: epoch + 1,
@@ -505,8 +504,11 @@ fn evaluate(
     labels: &Tensor,
     k: usize,
     classes: usize,
+    precision: Precision,
 ) -> (f64, f64) {
-    let emb = embed(&model.net, device, images).to_kind(Kind::Float);
+    // Only the network runs in the training precision; the scoring below is fp32.
+    let emb = mlops_torch::autocast(precision, device, || embed(&model.net, device, images))
+        .to_kind(Kind::Float);
     tch::no_grad(|| {
         let n = emb.size()[0];
         let k = (k as i64).min(n - 1).max(1);
