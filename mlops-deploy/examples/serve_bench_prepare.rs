@@ -3,7 +3,7 @@
 //! measures the in-process rate of what a request costs the server beyond HTTP: decode and
 //! preprocess, embed in batches of 32, search and vote.
 //!
-//! `serve_bench_prepare RUN_DIR OUT_DIR` prints one JSON line.
+//! `serve_bench_prepare RUN_DIR OUT_DIR [PRECISION]` prints one JSON line.
 
 use std::time::Instant;
 
@@ -15,6 +15,10 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let run = std::path::PathBuf::from(args.next().context("usage: RUN_DIR OUT_DIR")?);
     let out = std::path::PathBuf::from(args.next().context("usage: RUN_DIR OUT_DIR")?);
+    let precision: mlops_torch::Precision = args
+        .next()
+        .map_or(Ok(mlops_torch::Precision::Fp32), |p| p.parse())
+        .map_err(anyhow::Error::msg)?;
     let reg = out.join("registry");
     for promote in [true, false] {
         registry::register(&RegisterConfig {
@@ -58,7 +62,8 @@ fn main() -> Result<()> {
         &version.model_path()?,
         description.clone(),
         tch::Device::Cpu,
-    )?;
+    )?
+    .with_precision(precision);
     let mut classifier = mlops_index::Classifier::new(
         mlops_index::load_dir(version.index_dir())?,
         version.summary.classifier,
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
             "inprocess_accuracy": correct as f64 / pngs.len() as f64,
             "eval_accuracy": eval.summary.metrics.accuracy,
             "threads": tch::get_num_threads(),
+            "precision": embedder.precision().to_string(),
         })
     );
     Ok(())

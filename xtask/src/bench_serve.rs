@@ -63,9 +63,17 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
         std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&work)?;
+    // Serve in the precision the run's embeddings were computed in, so served predictions can
+    // equal eval's.
+    let precision = crate::read_json(&run_dir.join("embed/manifest.json"))?["summary"]["precision"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("fp32")
+        .to_string();
     let prepared = Command::new(release_dir().join("examples/serve_bench_prepare"))
         .arg(&run_dir)
         .arg(&work)
+        .arg(&precision)
         .env("RUST_LOG", "warn")
         .output()?;
     ensure!(
@@ -76,7 +84,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     let inprocess: Value = serde_json::from_slice(&prepared.stdout)?;
     eprintln!("in process: {inprocess}");
 
-    let mut server = Server::start(&work.join("registry"), args)?;
+    let mut server = Server::start(&work.join("registry"), args, &precision)?;
     let accuracy = served_accuracy(&server.inference, &work)?;
     eprintln!(
         "served accuracy {accuracy} (eval {})",
@@ -97,7 +105,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     let results = json!({
         "date": chrono_like_now(),
         "machine": machine(),
-        "server": { "io_threads": args.io_threads, "threads": args.threads, "batch_size": 32, "max_batch_delay_ms": 2.0 },
+        "server": { "io_threads": args.io_threads, "threads": args.threads, "batch_size": 32, "max_batch_delay_ms": 2.0, "precision": precision },
         "inprocess": inprocess,
         "served_accuracy": accuracy,
         "load": loads,
@@ -120,7 +128,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(registry: &Path, args: &BenchServeArgs) -> Result<Server> {
+    fn start(registry: &Path, args: &BenchServeArgs, precision: &str) -> Result<Server> {
         let mut child = Command::new(release_dir().join("mlops-deploy"))
             .args(["serve", "--registry"])
             .arg(registry)
@@ -133,6 +141,7 @@ impl Server {
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--io-threads", &args.io_threads.to_string()])
             .args(["--threads", &args.threads.to_string()])
+            .args(["--precision", precision])
             .env("RUST_LOG", "warn")
             .env_remove("MLOPS_MANAGEMENT_TOKEN")
             .stdout(Stdio::piped())
