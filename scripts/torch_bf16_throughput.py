@@ -17,7 +17,7 @@ import torch
 from torch_eager_throughput import ArcFace, Res, Seed
 
 
-def train_rate(make, bf16, steps=20, batch=128):
+def train_rate(make, bf16, steps=30, batch=128):
     torch.manual_seed(0)
     net, head = make(), ArcFace(128, 10)
     params = list(net.parameters()) + list(head.parameters())
@@ -36,7 +36,7 @@ def train_rate(make, bf16, steps=20, batch=128):
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(10):
         step()
     t = time.perf_counter()
     for _ in range(steps):

@@ -33,7 +33,8 @@ fn train_rate(arch: Arch, precision: Precision, batch: i64, steps: usize) -> f64
         net.loss(&x, &y, precision).backward();
         opt.step(0.05);
     };
-    for _ in 0..3 {
+    // oneDNN builds its bf16 kernels on first use: warm up well before timing.
+    for _ in 0..10 {
         step();
     }
     let t = Instant::now();
@@ -86,7 +87,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (rounds, steps) = if full { (5, 20) } else { (1, 2) };
+    let (rounds, steps) = if full { (5, 30) } else { (1, 2) };
     let threads = mlops_torch::set_threads(0);
     println!(
         "cpu: {}, threads {threads}, native bf16: {}",
