@@ -94,7 +94,7 @@ fn main() {
         mlops_torch::cpu_model(),
         mlops_torch::cpu_has_bf16()
     );
-    for arch in [Arch::Res, Arch::Seed] {
+    for arch in [Arch::Wide, Arch::Res, Arch::Seed] {
         let (mut fp32, mut bf16) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             fp32.push(train_rate(arch, Precision::Fp32, 128, steps));

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
-use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::read_pointer;
 use mlops_core::artifact::{VersionDir, CLASSES_FILE};
 use mlops_core::{Manifest, OutputDir};
@@ -111,6 +111,9 @@ fn classifier_json(dir: &VersionDir) -> Value {
     json!({
         "k": s.classifier.k,
         "vote": s.classifier.vote,
+        "scoring": s.classifier.scoring,
+        "centre_weight": s.classifier.centre_weight,
+        "temperature": s.classifier.temperature,
         "metric": s.index.metric,
         "nprobe": s.index.nprobe,
         "ef_search": s.index.ef_search,
@@ -151,7 +154,10 @@ fn write_mar(path: &Path, dir: &VersionDir, name: &str) -> Result<()> {
     let manifest =
         serde_json::to_vec_pretty(&mar_manifest(name, dir.summary.version)).expect("plain data");
     add("MAR-INF/MANIFEST.json", &manifest)?;
-    for file in ARCHIVED {
+    let optional = [CENTRES_FILE]
+        .into_iter()
+        .filter(|f| dir.manifest.output(f).is_some());
+    for file in ARCHIVED.into_iter().chain(optional) {
         let src = dir.verified(file)?;
         let bytes = std::fs::read(&src).map_err(|e| mlops_core::Error::io(&src, e))?;
         add(file, &bytes)?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE};
 use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
-use mlops_core::artifact::model::{MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::{
     self, model_dir, read_pointer, version_dir, ModelPointer, VersionSummary, LOCK_FILE,
     POINTER_FILE,
@@ -87,7 +87,8 @@ fn write_pointer(registry: &Path, name: &str, pointer: &ModelPointer) -> Result<
 
 /// The files a version holds, with the stage directory each comes from.
 const MODEL_FILES: [&str; 2] = [MODEL_FILE, MODEL_DESCRIPTION_FILE];
-const INDEX_FILES: [&str; 3] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE];
+const INDEX_FILES: [&str; 4] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE, CENTRES_FILE];
+const OPTIONAL: [&str; 1] = [CENTRES_FILE];
 const EVAL_FILES: [&str; 2] = [METRICS_FILE, DECISION_FILE];
 
 /// Registers the model of `config.model` with the index and evaluation that go with it as the
@@ -125,7 +126,13 @@ pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
         (&eval.dir, &EVAL_FILES[..]),
     ] {
         let source = Manifest::load(dir)?;
-        for name in names {
+        // Optional files (the class centres of a model that exported them) come when listed.
+        let names: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !OPTIONAL.contains(n) || source.output(n).is_some())
+            .collect();
+        for name in &names {
             manifest
                 .outputs
                 .push(copy_verified(&source, dir, name, &mut out)?);

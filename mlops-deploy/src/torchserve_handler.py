@@ -40,6 +40,8 @@ class KnnHandler(BaseHandler):
         if self.spec.get("ef_search") is not None:
             params.set_index_parameter(self.index, "efSearch", self.spec["ef_search"])
         self.labels = np.load(os.path.join(model_dir, "labels.npy"))
+        centres = os.path.join(model_dir, "centres.npy")
+        self.centres = np.load(centres) if os.path.exists(centres) else None
         self.classes = self.description["classes"]
         norm = self.description.get("normalization")
         one, full = np.float32(1.0), np.float32(255.0)
@@ -74,7 +76,15 @@ class KnnHandler(BaseHandler):
         if self.spec.get("metric") == "l2":
             sims = 1.0 - sims / 2.0
         answers = []
-        for row_sims, row_ids in zip(sims, ids):
+        scoring = self.spec.get("scoring", "knn")
+        weight = {"knn": 0.0, "centre": 1.0}.get(scoring, self.spec.get("centre_weight", 0.0))
+        if self.centres is None:
+            weight = 0.0
+        else:
+            logits = embeddings @ self.centres.T / self.spec.get("temperature", 0.1)
+            soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+            soft /= soft.sum(axis=1, keepdims=True)
+        for q, (row_sims, row_ids) in enumerate(zip(sims, ids)):
             scores = np.zeros(len(self.classes))
             first = np.full(len(self.classes), k)
             neighbors = []
@@ -86,13 +96,20 @@ class KnnHandler(BaseHandler):
                 scores[c] += weight
                 first[c] = min(first[c], rank)
                 neighbors.append({"id": int(i), "label": self.classes[c], "score": float(sim)})
-            # Highest score; ties go to the class whose best neighbour is nearest.
-            best = max(range(len(self.classes)), key=lambda c: (scores[c], -first[c]))
             total = scores.sum()
+            if weight > 0:
+                share = scores / total if total > 0 else scores
+                blended = (1 - weight) * share + weight * soft[q]
+                best = int(np.argmax(blended))
+                score = float(blended[best])
+            else:
+                # Highest vote; ties go to the class whose best neighbour is nearest.
+                best = max(range(len(self.classes)), key=lambda c: (scores[c], -first[c]))
+                score = float(scores[best] / total) if total > 0 else 0.0
             answers.append({
                 "class": best,
                 "label": self.classes[best],
-                "score": float(scores[best] / total) if total > 0 else 0.0,
+                "score": score,
                 "neighbors": neighbors,
             })
         return answers

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mlops_core::artifact::embeddings::{embeddings_file, labels_file};
-use mlops_core::artifact::model::MODEL_DESCRIPTION_FILE;
+use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE};
 use mlops_core::artifact::{
     DataDir, EmbedSummary, EmbeddedRole, EmbeddingShard, ModelDescription, ModelDir, Role,
     CLASSES_FILE, CONFIG_FILE,
@@ -304,6 +304,16 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     manifest
         .outputs
         .push(out.write_json(CLASSES_FILE, classes)?);
+    // The class centres travel on with the embeddings to the index (the classifier's files).
+    if model.manifest.output(CENTRES_FILE).is_some() {
+        let centres: ndarray::Array2<f32> = mlops_core::npy::read(&model.verified(CENTRES_FILE)?)?;
+        manifest
+            .inputs
+            .extend(model.input_entries([CENTRES_FILE])?.into_iter().skip(1));
+        manifest
+            .outputs
+            .push(out.write_npy(CENTRES_FILE, &centres)?);
+    }
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = EmbedSummary {
         dim: embedder.description().embedding_dim,

@@ -38,7 +38,7 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 pub use gate::decide;
-pub use mlops_core::artifact::{Decision, EvalSummary, GatePolicy, Metrics, Vote};
+pub use mlops_core::artifact::{Decision, EvalSummary, GatePolicy, Metrics, Scoring, Vote};
 
 /// Name of this stage in manifests.
 pub const STAGE: &str = <EvalSummary as mlops_core::artifact::StageSummary>::STAGE;
@@ -74,6 +74,13 @@ pub struct EvalConfig {
     pub k: Option<usize>,
     pub k_candidates: Vec<usize>,
     pub vote: Vote,
+    /// `knn`, `centre` or `blend`; `None` picks the best on validation among the kNN vote and,
+    /// when the model exported its class centres, blends with them.
+    pub scoring: Option<Scoring>,
+    /// Centre weights tried for a blend (1.0 is the centres alone).
+    pub centre_weights: Vec<f32>,
+    /// Softmax temperatures tried for the centre cosines.
+    pub temperatures: Vec<f32>,
     pub gate: GatePolicy,
 }
 
@@ -85,8 +92,11 @@ impl Default for EvalConfig {
             out: PathBuf::from("eval"),
             current: None,
             k: None,
-            k_candidates: vec![1, 3, 5, 10, 20, 30],
+            k_candidates: vec![1, 3, 5, 10, 20, 30, 50],
             vote: Vote::Weighted,
+            scoring: None,
+            centre_weights: vec![0.25, 0.5, 0.75, 1.0],
+            temperatures: vec![0.05, 0.1, 0.2],
             gate: GatePolicy::default(),
         }
     }
@@ -162,10 +172,7 @@ fn prepare(config: &EvalConfig) -> Result<Inputs> {
         }
         _ => None,
     };
-    let spec = ClassifierSpec {
-        k: config.k.unwrap_or(1),
-        vote: config.vote,
-    };
+    let spec = ClassifierSpec::knn(config.k.unwrap_or(1), config.vote);
     Ok(Inputs {
         classifier: Classifier::new(index, spec),
         emb,
@@ -199,15 +206,21 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
         Some(k) => k.min(k_max),
         None => best_k(&k_selection).unwrap_or(10.min(k_max)),
     };
-    tracing::info!(k, ?k_selection, "neighbours voting");
+    let mut spec = ClassifierSpec::knn(k, config.vote);
+    let blend_selection = choose_scoring(config, inputs, k_max, &k_selection, &mut spec)?;
+    tracing::info!(?spec, ?k_selection, "classifier chosen");
 
     let started = Instant::now();
-    let nb = inputs
-        .classifier
-        .neighbours(standard(&inputs.test), k_max)?;
+    let test = standard(&inputs.test);
+    let nb = inputs.classifier.neighbours(test, k_max)?;
+    let cos = if spec.scoring == Scoring::Knn {
+        None
+    } else {
+        inputs.classifier.centre_cosines(test)
+    };
     let seconds = started.elapsed().as_secs_f64();
     let truth = &inputs.truth;
-    inputs.pred = nb.vote(k, config.vote);
+    inputs.pred = Classifier::predict(&nb, cos.as_ref(), spec);
     let m = metrics::compute(truth, &inputs.pred, &classes);
     let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
     let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
@@ -219,12 +232,92 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
         decision: gate::decide(m.accuracy, current_accuracy, config.gate),
         metrics: m,
         top1_accuracy,
-        k,
+        k: spec.k,
         vote: config.vote,
         k_selection,
+        scoring: spec.scoring,
+        centre_weight: spec.centre_weight,
+        temperature: spec.temperature,
+        blend_selection,
         queries_per_second: truth.len() as f64 / seconds.max(1e-9),
         classes_missing_in_gallery,
     })
+}
+
+/// Tries blends with the class centres on validation (when the index has centres and the
+/// scoring is not fixed to kNN) and switches `spec` to the best when it beats the kNN vote;
+/// returns what was tried. A fixed `scoring` takes the first weight and temperature given.
+fn choose_scoring(
+    config: &EvalConfig,
+    inputs: &mut Inputs,
+    k_max: usize,
+    k_selection: &[(usize, f64)],
+    spec: &mut ClassifierSpec,
+) -> Result<Vec<(usize, f32, f32, f64)>> {
+    let has_centres = inputs.classifier.index.centres.is_some();
+    match config.scoring {
+        Some(Scoring::Knn) => return Ok(Vec::new()),
+        Some(s) if !has_centres => {
+            return Err(Error::Config(format!(
+                "scoring {s:?} needs class centres, and the index in {} has none",
+                config.index.display()
+            )))
+        }
+        Some(s) => {
+            spec.scoring = s;
+            spec.centre_weight = if s == Scoring::Centre {
+                1.0
+            } else {
+                config.centre_weights[0]
+            };
+            spec.temperature = config.temperatures[0];
+            return Ok(Vec::new());
+        }
+        None if !has_centres => return Ok(Vec::new()),
+        None => {}
+    }
+    let Some((val, truth)) = &inputs.val else {
+        return Ok(Vec::new());
+    };
+    let queries = standard(val);
+    let nb = inputs.classifier.neighbours(queries, k_max)?;
+    let cos = inputs.classifier.centre_cosines(queries);
+    let ks: Vec<usize> = match config.k {
+        Some(k) => vec![k.min(k_max)],
+        None => config.k_candidates.iter().map(|&k| k.min(k_max)).collect(),
+    };
+    let mut tried = Vec::new();
+    let mut best = k_selection
+        .iter()
+        .find(|(k, _)| *k == spec.k)
+        .map_or(f64::MIN, |(_, acc)| *acc);
+    for &k in &ks {
+        for &w in &config.centre_weights {
+            for &t in &config.temperatures {
+                let candidate = ClassifierSpec {
+                    k,
+                    vote: config.vote,
+                    scoring: if w >= 1.0 {
+                        Scoring::Centre
+                    } else {
+                        Scoring::Blend
+                    },
+                    centre_weight: w.min(1.0),
+                    temperature: t,
+                };
+                let pred = Classifier::predict(&nb, cos.as_ref(), candidate);
+                let correct = pred.iter().zip(truth).filter(|(p, t)| p == t).count();
+                let acc = correct as f64 / truth.len() as f64;
+                tried.push((k, w, t, acc));
+                // Strictly better only: on a tie the plain vote (or the earlier blend) stays.
+                if acc > best {
+                    best = acc;
+                    *spec = candidate;
+                }
+            }
+        }
+    }
+    Ok(tried)
 }
 
 /// A matrix read by the embeddings reader is in standard layout.

@@ -37,7 +37,7 @@ fn evaluates_writes_kubeflow_files_and_decides() -> Result<()> {
         "{}",
         outcome.metrics.accuracy
     );
-    assert_eq!(outcome.k_selection.len(), 6, "k chosen on the val role");
+    assert_eq!(outcome.k_selection.len(), 7, "k chosen on the val role");
     assert!(outcome.decision.deploy);
     let manifest = Manifest::load_stage(&out, "eval")?;
     manifest.verify_outputs(&out)?;

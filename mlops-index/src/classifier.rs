@@ -3,7 +3,8 @@
 //! served prediction is exactly the one eval counted.
 
 use faiss::Index;
-use mlops_core::artifact::{ClassifierSpec, Vote};
+use mlops_core::artifact::{ClassifierSpec, Scoring, Vote};
+use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::{LoadedIndex, Result};
@@ -103,11 +104,37 @@ impl Classifier {
         })
     }
 
-    /// Predicts each query's class with this classifier's `k` and vote.
+    /// Cosine of each query (`[m, dim]` row-major) to each class centre: `[m, classes]`, or
+    /// `None` when the index carries no centres.
+    pub fn centre_cosines(&self, queries: &[f32]) -> Option<Array2<f32>> {
+        let centres = self.index.centres.as_ref()?;
+        let dim = centres.ncols();
+        let q = ArrayView2::from_shape((queries.len() / dim.max(1), dim), queries).ok()?;
+        Some(q.dot(&centres.t()))
+    }
+
+    /// The class of each query under `spec`, from its neighbours `nb` (at least `spec.k` per
+    /// query) and, for centre scoring, the centre cosines `cos` of [`Self::centre_cosines`].
+    pub fn predict(nb: &Neighbours, cos: Option<&Array2<f32>>, spec: ClassifierSpec) -> Vec<usize> {
+        match (spec.scoring, cos) {
+            (Scoring::Knn, _) | (_, None) => nb.vote(spec.k, spec.vote),
+            (_, Some(cos)) => (0..nb.queries())
+                .map(|q| argmax(&class_scores(nb, cos, q, spec)))
+                .collect(),
+        }
+    }
+
+    /// Predicts each query's class with this classifier's spec.
     pub fn classify(&mut self, queries: &[f32]) -> Result<Vec<Prediction>> {
-        let ClassifierSpec { k, vote: how } = self.spec;
+        let spec = self.spec;
+        let (k, how) = (spec.k, spec.vote);
         let nb = self.neighbours(queries, k)?;
-        let classes = nb.vote(k, how);
+        let cos = if spec.scoring == Scoring::Knn {
+            None
+        } else {
+            self.centre_cosines(queries)
+        };
+        let classes = Self::predict(&nb, cos.as_ref(), spec);
         Ok(classes
             .iter()
             .enumerate()
@@ -135,14 +162,60 @@ impl Classifier {
                         score: sim,
                     });
                 }
+                let score = match &cos {
+                    Some(cos) => class_scores(&nb, cos, q, spec)[class],
+                    None if total > 0.0 => won / total,
+                    None => 0.0,
+                };
                 Prediction {
                     class,
-                    score: if total > 0.0 { won / total } else { 0.0 },
+                    score,
                     neighbours,
                 }
             })
             .collect())
     }
+}
+
+/// Per-class score of query `q`: the blend of its kNN vote share and the softmax of its centre
+/// cosines (temperature `spec.temperature`), weighted by `spec.centre_weight`.
+fn class_scores(nb: &Neighbours, cos: &Array2<f32>, q: usize, spec: ClassifierSpec) -> Vec<f64> {
+    let classes = nb.classes;
+    let w = match spec.scoring {
+        Scoring::Knn => 0.0,
+        Scoring::Centre => 1.0,
+        Scoring::Blend => f64::from(spec.centre_weight).clamp(0.0, 1.0),
+    };
+    let mut knn = vec![0f64; classes];
+    let row = q * nb.k_max..q * nb.k_max + spec.k.min(nb.k_max);
+    for (label, &sim) in nb.labels[row.clone()].iter().zip(&nb.sims[row]) {
+        if let Some(c) = *label {
+            knn[c] += ballot(sim, spec.vote);
+        }
+    }
+    let total: f64 = knn.iter().sum();
+    let t = f64::from(spec.temperature).max(1e-6);
+    let logits: Vec<f64> = (0..classes).map(|c| f64::from(cos[[q, c]]) / t).collect();
+    let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let z: f64 = exp.iter().sum();
+    (0..classes)
+        .map(|c| {
+            let share = if total > 0.0 { knn[c] / total } else { 0.0 };
+            (1.0 - w) * share + w * exp[c] / z
+        })
+        .collect()
+}
+
+fn argmax(scores: &[f64]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f64::MIN),
+            |best, (i, &s)| if s > best.1 { (i, s) } else { best },
+        )
+        .0
 }
 
 /// The weight of one neighbour's vote.
@@ -216,6 +289,55 @@ mod tests {
                 Vote::Uniform
             ),
             vec![1]
+        );
+    }
+
+    #[test]
+    fn centres_and_blends_score_as_documented() {
+        // One query; its 3 neighbours say class 1 (0.9), class 0 (0.8), class 0 (0.1); the
+        // centres say class 1 clearly.
+        let nb = Neighbours {
+            ids: vec![Some(0), Some(1), Some(2)],
+            labels: vec![Some(1), Some(0), Some(0)],
+            sims: vec![0.9, 0.8, 0.1],
+            k_max: 3,
+            classes: 2,
+        };
+        let cos = ndarray::array![[0.2f32, 0.9]];
+        let spec = |scoring, w| ClassifierSpec {
+            k: 3,
+            vote: Vote::Weighted,
+            scoring,
+            centre_weight: w,
+            temperature: 0.1,
+        };
+        // The vote alone: class 0 (2.9 against 1.9).
+        assert_eq!(
+            Classifier::predict(&nb, Some(&cos), spec(Scoring::Knn, 0.0)),
+            [0]
+        );
+        assert_eq!(
+            Classifier::predict(&nb, Some(&cos), spec(Scoring::Blend, 0.0)),
+            [0]
+        );
+        // The centres alone, and a blend leaning on them: class 1.
+        assert_eq!(
+            Classifier::predict(&nb, Some(&cos), spec(Scoring::Centre, 0.0)),
+            [1]
+        );
+        assert_eq!(
+            Classifier::predict(&nb, Some(&cos), spec(Scoring::Blend, 0.5)),
+            [1]
+        );
+        let scores = class_scores(&nb, &cos, 0, spec(Scoring::Blend, 0.5));
+        assert!(
+            (scores.iter().sum::<f64>() - 1.0).abs() < 1e-9,
+            "{scores:?}"
+        );
+        // Without centres, every scoring falls back to the vote.
+        assert_eq!(
+            Classifier::predict(&nb, None, spec(Scoring::Centre, 1.0)),
+            [0]
         );
     }
 }

@@ -31,6 +31,7 @@ use faiss::index::autotune::ParameterSpace;
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType};
 use mlops_core::artifact::index::{Recall, INDEX_FILE, LABELS_FILE};
+use mlops_core::artifact::model::CENTRES_FILE;
 use mlops_core::artifact::{
     EmbeddingsDir, IndexDir, IndexSummary, Metric, CLASSES_FILE, CONFIG_FILE,
 };
@@ -276,6 +277,16 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     manifest
         .outputs
         .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
+    // The class centres travel with the index: index + labels + centres are the classifier.
+    if emb.manifest.output(CENTRES_FILE).is_some() {
+        let centres: ndarray::Array2<f32> = mlops_core::npy::read(&emb.verified(CENTRES_FILE)?)?;
+        manifest
+            .inputs
+            .extend(emb.input_entries([CENTRES_FILE])?.into_iter().skip(1));
+        manifest
+            .outputs
+            .push(out.write_npy(CENTRES_FILE, &centres)?);
+    }
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = IndexSummary {
         factory: config.factory.clone(),
@@ -299,6 +310,8 @@ pub struct LoadedIndex {
     pub index: IndexImpl,
     /// The class of each index id.
     pub labels: ndarray::Array1<i64>,
+    /// The model's ArcFace class centres (`[classes, dim]`), when it exported them.
+    pub centres: Option<ndarray::Array2<f32>>,
     pub dir: IndexDir,
 }
 
@@ -337,7 +350,31 @@ pub fn load_dir(dir: IndexDir) -> Result<LoadedIndex> {
     }
     set_search_params(&mut index, summary.nprobe, summary.ef_search)?;
     let labels = dir.labels()?;
-    Ok(LoadedIndex { index, labels, dir })
+    let centres = match dir.manifest.output(CENTRES_FILE) {
+        Some(_) => {
+            let c: ndarray::Array2<f32> = mlops_core::npy::read(&dir.verified(CENTRES_FILE)?)?;
+            if c.ncols() != summary.dim || c.nrows() != summary.classes.len() {
+                return Err(mlops_core::Error::invalid(
+                    dir.dir.join(CENTRES_FILE),
+                    format!(
+                        "centres of shape {:?} for {} classes of dimension {}",
+                        c.shape(),
+                        summary.classes.len(),
+                        summary.dim
+                    ),
+                )
+                .into());
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    Ok(LoadedIndex {
+        index,
+        labels,
+        centres,
+        dir,
+    })
 }
 
 #[cfg(test)]

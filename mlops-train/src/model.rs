@@ -17,6 +17,11 @@ pub enum Arch {
     /// per image: conv 1->32 3x3, maxpool 2, BN, ReLU, a residual block 32->48 with stride 2,
     /// a residual block 48->48, global average and max pooling, dropout, FC->dim, BN1d.
     Res,
+    /// Capacity where it is cheap: thin at 28x28, wide at 7x7 and 4x4. Conv 1->24, maxpool 2,
+    /// BN, ReLU, residual blocks 24->48 (14x14), 48->96 (stride 2, 7x7), 96->192 (stride 2,
+    /// 4x4), each block's last batch-norm scale starting at zero (the block starts as its
+    /// shortcut), global average and max pooling, FC->dim, BN1d.
+    Wide,
 }
 
 impl Arch {
@@ -25,6 +30,7 @@ impl Arch {
         match self {
             Arch::Seed => 8,
             Arch::Res => 8,
+            Arch::Wide => 8,
         }
     }
 }
@@ -34,6 +40,7 @@ impl std::fmt::Display for Arch {
         f.write_str(match self {
             Arch::Seed => "seed",
             Arch::Res => "res",
+            Arch::Wide => "wide",
         })
     }
 }
@@ -56,6 +63,7 @@ impl EmbeddingNet {
         let body = match arch {
             Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
             Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
+            Arch::Wide => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout))),
         };
         EmbeddingNet { body }
     }
@@ -95,15 +103,34 @@ struct ConvBn {
 
 impl ConvBn {
     fn new(vs: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Self {
+        Self::with_gamma(vs, c_in, c_out, k, stride, padding, None)
+    }
+
+    /// With the batch-norm scale starting at `gamma` (0 makes a residual branch start silent);
+    /// `None` keeps tch's default initialisation (uniform in [0, 1]), which `res` and `seed`
+    /// were tuned with.
+    fn with_gamma(
+        vs: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        padding: i64,
+        gamma: Option<f64>,
+    ) -> Self {
         let config = nn::ConvConfig {
             stride,
             padding,
             bias: false,
             ..Default::default()
         };
+        let mut bn = nn::BatchNormConfig::default();
+        if let Some(g) = gamma {
+            bn.ws_init = nn::Init::Const(g);
+        }
         ConvBn {
             conv: nn::conv2d(&vs / "conv", c_in, c_out, k, config),
-            bn: nn::batch_norm2d(&vs / "bn", c_out, Default::default()),
+            bn: nn::batch_norm2d(&vs / "bn", c_out, bn),
             stride,
             padding,
             fused: None,
@@ -273,9 +300,13 @@ struct Block {
 
 impl Block {
     fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+        Self::with_gamma(vs, c_in, c_out, stride, None)
+    }
+
+    fn with_gamma(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, gamma: Option<f64>) -> Self {
         Block {
             a: ConvBn::new(&vs / "a", c_in, c_out, 3, stride, 1),
-            b: ConvBn::new(&vs / "b", c_out, c_out, 3, 1, 1),
+            b: ConvBn::with_gamma(&vs / "b", c_out, c_out, 3, 1, 1, gamma),
             shortcut: (stride != 1 || c_in != c_out)
                 .then(|| ConvBn::new(&vs / "proj", c_in, c_out, 1, stride, 0)),
         }
@@ -304,8 +335,7 @@ impl ModuleT for Block {
 #[derive(Debug)]
 struct ResNet {
     stem: ConvPoolBn,
-    stage1: Block,
-    stage2: Block,
+    stages: Vec<Block>,
     dropout: f64,
     head: LinearBn,
 }
@@ -314,25 +344,44 @@ impl ResNet {
     fn new(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64) -> Self {
         ResNet {
             stem: ConvPoolBn::new(vs / "stem", c, 32),
-            stage1: Block::new(vs / "stage1", 32, 48, 2),
-            stage2: Block::new(vs / "stage2", 48, 48, 1),
+            stages: vec![
+                Block::new(vs / "stage1", 32, 48, 2),
+                Block::new(vs / "stage2", 48, 48, 1),
+            ],
             dropout,
             head: LinearBn::new(vs / "head", 48 * 2, dim),
         }
     }
 
+    /// [`Arch::Wide`].
+    fn wide(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64) -> Self {
+        ResNet {
+            stem: ConvPoolBn::new(vs / "stem", c, 24),
+            stages: vec![
+                Block::with_gamma(vs / "stage1", 24, 48, 1, Some(0.0)),
+                Block::with_gamma(vs / "stage2", 48, 96, 2, Some(0.0)),
+                Block::with_gamma(vs / "stage3", 96, 192, 2, Some(0.0)),
+            ],
+            dropout,
+            head: LinearBn::new(vs / "head", 192 * 2, dim),
+        }
+    }
+
     fn fuse(&mut self) {
         self.stem.fuse();
-        self.stage1.fuse();
-        self.stage2.fuse();
+        for s in &mut self.stages {
+            s.fuse();
+        }
         self.head.fuse();
     }
 }
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let x = xs.apply_t(&self.stem, train).relu();
-        let x = x.apply_t(&self.stage1, train).apply_t(&self.stage2, train);
+        let mut x = xs.apply_t(&self.stem, train).relu();
+        for stage in &self.stages {
+            x = x.apply_t(stage, train);
+        }
         // Average and max pooling together keep both "how much" and "where strongest".
         let pooled = Tensor::cat(
             &[
@@ -355,7 +404,7 @@ mod tests {
 
     #[test]
     fn both_archs_embed_to_unit_vectors() {
-        for arch in [Arch::Seed, Arch::Res] {
+        for arch in [Arch::Seed, Arch::Res, Arch::Wide] {
             for side in [28, 32] {
                 let vs = nn::VarStore::new(Device::Cpu);
                 let net = EmbeddingNet::new(&vs.root(), arch, [1, side, side], 16, 0.1);
@@ -376,7 +425,7 @@ mod tests {
 
     #[test]
     fn fused_batch_norm_gives_the_same_embeddings() {
-        for arch in [Arch::Seed, Arch::Res] {
+        for arch in [Arch::Seed, Arch::Res, Arch::Wide] {
             let vs = nn::VarStore::new(Device::Cpu);
             let mut net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 32, 0.0);
             // A few training passes give the batch-norms non-trivial running statistics.

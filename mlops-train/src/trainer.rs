@@ -2,7 +2,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use mlops_core::artifact::model::{EpochMetrics, ModelDescription, MODEL_DESCRIPTION_FILE};
+use mlops_core::artifact::model::{
+    EpochMetrics, ModelDescription, CENTRES_FILE, MODEL_DESCRIPTION_FILE,
+};
 use mlops_core::artifact::{DataDir, Role, TrainSummary};
 use mlops_core::{Manifest, OutputDir};
 use rand::seq::SliceRandom;
@@ -402,6 +404,9 @@ fn export_model(
         .push(out.write_json(MODEL_DESCRIPTION_FILE, &description)?);
     manifest
         .outputs
+        .push(out.write_npy(CENTRES_FILE, &class_centres(&export_net.head)?)?);
+    manifest
+        .outputs
         .push(out.write_json(TRAIN_CONFIG_FILE, config)?);
     for name in [
         METRICS_FILE.to_string(),
@@ -425,6 +430,18 @@ fn export_model(
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;
     Ok(())
+}
+
+/// The ArcFace head's class centres, L2-normalised, as `[classes, dim]`.
+fn class_centres(head: &ArcFace) -> Result<ndarray::Array2<f32>> {
+    let centres = tch::no_grad(|| crate::arcface::normalize(&head.weight))
+        .f_to_kind(Kind::Float)?
+        .f_to_device(Device::Cpu)?;
+    let [rows, cols] = <[i64; 2]>::try_from(centres.size())
+        .map_err(|_| Error::Config("the ArcFace head is not a matrix".into()))?;
+    let values = Vec::<f32>::try_from(centres.f_flatten(0, -1)?)?;
+    ndarray::Array2::from_shape_vec((rows as usize, cols as usize), values)
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 fn outcome(finished: bool, state: &TrainState) -> Outcome {

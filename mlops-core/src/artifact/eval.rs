@@ -34,12 +34,66 @@ impl std::str::FromStr for Vote {
     }
 }
 
-/// The classifier over an index: how many neighbours vote and how. The eval stage chooses it
-/// (k on validation) and records it, so a server classifies exactly as eval measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a class is scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// The k nearest gallery images vote.
+    #[default]
+    Knn,
+    /// The nearest ArcFace class centre (softmax of cosines over `temperature`).
+    Centre,
+    /// `(1 - centre_weight) * kNN vote share + centre_weight * centre softmax`.
+    Blend,
+}
+
+impl std::str::FromStr for Scoring {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "knn" => Ok(Scoring::Knn),
+            "centre" | "center" => Ok(Scoring::Centre),
+            "blend" => Ok(Scoring::Blend),
+            _ => Err(format!(
+                "unknown scoring {s:?} (expected knn, centre or blend)"
+            )),
+        }
+    }
+}
+
+fn default_temperature() -> f32 {
+    0.1
+}
+
+/// The classifier over an index: how many neighbours vote and how, and how much the class
+/// centres count. The eval stage chooses it on validation and records it, so a server
+/// classifies exactly as eval measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierSpec {
     pub k: usize,
     pub vote: Vote,
+    #[serde(default)]
+    pub scoring: Scoring,
+    /// Weight of the centre score in a blend (1 for `Centre`, 0 for `Knn`).
+    #[serde(default)]
+    pub centre_weight: f32,
+    /// Softmax temperature of the centre cosines.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+}
+
+impl ClassifierSpec {
+    /// A plain kNN vote.
+    pub fn knn(k: usize, vote: Vote) -> Self {
+        ClassifierSpec {
+            k,
+            vote,
+            scoring: Scoring::Knn,
+            centre_weight: 0.0,
+            temperature: default_temperature(),
+        }
+    }
 }
 
 /// Precision, recall, F1 and support of one class.
@@ -106,6 +160,16 @@ pub struct EvalSummary {
     pub vote: Vote,
     /// The validation accuracy of each candidate k, when k was chosen on validation.
     pub k_selection: Vec<(usize, f64)>,
+    /// How classes are scored (with the class centres when the model exported them).
+    #[serde(default)]
+    pub scoring: Scoring,
+    #[serde(default)]
+    pub centre_weight: f32,
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Validation accuracy of each (k, centre weight, temperature) tried with the centres.
+    #[serde(default)]
+    pub blend_selection: Vec<(usize, f32, f32, f64)>,
     pub queries_per_second: f64,
     /// Test classes with no gallery image: they can never be predicted.
     pub classes_missing_in_gallery: Vec<String>,
@@ -118,6 +182,9 @@ impl EvalSummary {
         ClassifierSpec {
             k: self.k,
             vote: self.vote,
+            scoring: self.scoring,
+            centre_weight: self.centre_weight,
+            temperature: self.temperature,
         }
     }
 }

@@ -33,7 +33,9 @@ use crate::{Error, FileEntry, Manifest, Result, MANIFEST_FILE};
 
 pub use data::{DataDir, DataSummary, Normalization, Role, RoleSummary, ShardPair};
 pub use embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
-pub use eval::{ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, Vote};
+pub use eval::{
+    ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, Scoring, Vote,
+};
 pub use index::{IndexDir, IndexSummary, Metric};
 pub use model::{ModelDescription, ModelDir, TrainSummary};
 pub use registry::{ModelPointer, VersionDir, VersionSummary};

@@ -10,6 +10,9 @@ use crate::{FileEntry, Result};
 pub const MODEL_FILE: &str = "model.pt";
 /// The [`ModelDescription`] beside the model.
 pub const MODEL_DESCRIPTION_FILE: &str = "model.json";
+/// The ArcFace class centres, L2-normalised, float32 `[classes, dim]` (row `c` is class `c`'s
+/// direction on the unit sphere). Embed and index stages carry it along for the classifier.
+pub const CENTRES_FILE: &str = "centres.npy";
 
 /// ArcFace hyper-parameters (the training head; recorded so a model says how it was trained).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
