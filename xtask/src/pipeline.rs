@@ -644,6 +644,8 @@ fn run_record(
             "top1_accuracy": summary["top1_accuracy"],
             "macro_f1": summary["metrics"]["macro_f1"],
             "k": summary["k"],
+            "scoring": summary["scoring"],
+            "centre_weight": summary["centre_weight"],
         },
         "decision": if summary.is_null() { Json::Null } else if summary["decision"]["deploy"] == true { json!("deploy") } else { json!("reject") },
         "registered_version": version,
@@ -662,10 +664,17 @@ fn print_summary(run_dir: &Path, record: &Json) {
         record["seconds"].as_f64().unwrap_or(0.0)
     );
     let m = &record["metrics"];
+    let classifier = match m["scoring"].as_str() {
+        Some("blend") => format!(
+            "kNN vote k = {} blended with the class centres, weight {}",
+            m["k"], m["centre_weight"]
+        ),
+        Some("centre") => "nearest class centre".to_string(),
+        _ => format!("kNN vote, k = {}", m["k"]),
+    };
     println!(
-        "  test accuracy {:.4} (kNN vote, k = {}), top-1 {:.4}, macro F1 {:.4}",
+        "  test accuracy {:.4} ({classifier}), top-1 {:.4}, macro F1 {:.4}",
         m["accuracy"].as_f64().unwrap_or(f64::NAN),
-        m["k"],
         m["top1_accuracy"].as_f64().unwrap_or(f64::NAN),
         m["macro_f1"].as_f64().unwrap_or(f64::NAN),
     );
