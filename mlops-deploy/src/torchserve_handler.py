@@ -77,9 +77,9 @@ class KnnHandler(BaseHandler):
             sims = 1.0 - sims / 2.0
         answers = []
         scoring = self.spec.get("scoring", "knn")
-        weight = {"knn": 0.0, "centre": 1.0}.get(scoring, self.spec.get("centre_weight", 0.0))
+        centre_weight = {"knn": 0.0, "centre": 1.0}.get(scoring, self.spec.get("centre_weight", 0.0))
         if self.centres is None:
-            weight = 0.0
+            centre_weight = 0.0
         else:
             logits = embeddings @ self.centres.T / self.spec.get("temperature", 0.1)
             soft = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -92,14 +92,14 @@ class KnnHandler(BaseHandler):
                 if i < 0:
                     continue
                 c = int(self.labels[i])
-                weight = 1.0 if self.spec["vote"] == "uniform" else float(sim) + 1.0
-                scores[c] += weight
+                ballot = 1.0 if self.spec["vote"] == "uniform" else float(sim) + 1.0
+                scores[c] += ballot
                 first[c] = min(first[c], rank)
                 neighbors.append({"id": int(i), "label": self.classes[c], "score": float(sim)})
             total = scores.sum()
-            if weight > 0:
+            if centre_weight > 0:
                 share = scores / total if total > 0 else scores
-                blended = (1 - weight) * share + weight * soft[q]
+                blended = (1 - centre_weight) * share + centre_weight * soft[q]
                 best = int(np.argmax(blended))
                 score = float(blended[best])
             else:
