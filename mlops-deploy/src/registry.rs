@@ -17,7 +17,9 @@ use mlops_core::artifact::registry::{
     self, model_dir, read_pointer, version_dir, ModelPointer, VersionSummary, LOCK_FILE,
     POINTER_FILE,
 };
-use mlops_core::artifact::{EvalDir, IndexDir, ModelDir, StageSummary, VersionDir, CLASSES_FILE};
+use mlops_core::artifact::{
+    EvalDir, IndexDir, ModelDir, StageDir, StageSummary, VersionDir, CLASSES_FILE,
+};
 use mlops_core::{write_atomic, Manifest, OutputDir};
 use serde::{Deserialize, Serialize};
 
@@ -120,27 +122,9 @@ pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
     let partial = models_dir.join(format!(".v{version}.partial"));
     let mut out = OutputDir::create(&partial)?;
     let mut manifest = Manifest::begin(VersionSummary::STAGE, env!("CARGO_PKG_VERSION"), config);
-    for (dir, names) in [
-        (&model.dir, &MODEL_FILES[..]),
-        (&index.dir, &INDEX_FILES[..]),
-        (&eval.dir, &EVAL_FILES[..]),
-    ] {
-        let source = Manifest::load(dir)?;
-        // Optional files (the class centres of a model that exported them) come when listed.
-        let names: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| !OPTIONAL.contains(n) || source.output(n).is_some())
-            .collect();
-        for name in &names {
-            manifest
-                .outputs
-                .push(copy_verified(&source, dir, name, &mut out)?);
-        }
-        manifest
-            .inputs
-            .extend(source.input_entries(dir, names.iter().copied())?);
-    }
+    carry_files(&model, &MODEL_FILES, &mut out, &mut manifest)?;
+    carry_files(&index, &INDEX_FILES, &mut out, &mut manifest)?;
+    carry_files(&eval, &EVAL_FILES, &mut out, &mut manifest)?;
     let summary = VersionSummary {
         name: config.name.clone(),
         version,
@@ -165,27 +149,31 @@ pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
     Ok(summary)
 }
 
-/// Copies output `name` of the stage directory `dir` into `out`, checking both the source and
-/// the copy against the source manifest's sha256.
-fn copy_verified(
-    source: &Manifest,
-    dir: &Path,
-    name: &str,
+/// Copies `names` of a stage directory into the version (see [`StageDir::carry`]), recording
+/// its manifest and each file among the inputs. Optional files (the class centres of a model
+/// that exported them) come when listed; a missing required one is an error naming it.
+fn carry_files<S>(
+    dir: &StageDir<S>,
+    names: &[&str],
     out: &mut OutputDir,
-) -> Result<mlops_core::FileEntry> {
-    let expected = source.verified_output(dir, name)?.sha256.clone();
-    let to = out.staged_path(name);
-    std::fs::copy(dir.join(name), &to).map_err(|e| mlops_core::Error::io(&to, e))?;
-    let entry = out.adopt(name)?;
-    if entry.sha256 != expected {
-        return Err(mlops_core::Error::Checksum {
-            path: dir.join(name),
-            expected,
-            actual: entry.sha256,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    manifest
+        .inputs
+        .extend(dir.input_entries(std::iter::empty())?);
+    for name in names {
+        match dir.carry(name, out)? {
+            Some((input, output)) => {
+                manifest.inputs.push(input);
+                manifest.outputs.push(output);
+            }
+            None if OPTIONAL.contains(name) => {}
+            None => {
+                dir.manifest.listed_output(&dir.dir, name)?;
+            }
         }
-        .into());
     }
-    Ok(entry)
+    Ok(())
 }
 
 /// The model, index and evaluation must describe one candidate: the index's classes and

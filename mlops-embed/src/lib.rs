@@ -305,14 +305,9 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         .outputs
         .push(out.write_json(CLASSES_FILE, classes)?);
     // The class centres travel on with the embeddings to the index (the classifier's files).
-    if model.manifest.output(CENTRES_FILE).is_some() {
-        let centres: ndarray::Array2<f32> = mlops_core::npy::read(&model.verified(CENTRES_FILE)?)?;
-        manifest
-            .inputs
-            .extend(model.input_entries([CENTRES_FILE])?.into_iter().skip(1));
-        manifest
-            .outputs
-            .push(out.write_npy(CENTRES_FILE, &centres)?);
+    if let Some((input, output)) = model.carry(CENTRES_FILE, &mut out)? {
+        manifest.inputs.push(input);
+        manifest.outputs.push(output);
     }
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = EmbedSummary {

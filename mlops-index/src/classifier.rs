@@ -134,11 +134,22 @@ impl Classifier {
         } else {
             self.centre_cosines(queries)
         };
-        let classes = Self::predict(&nb, cos.as_ref(), spec);
-        Ok(classes
-            .iter()
-            .enumerate()
-            .map(|(q, &class)| {
+        // With centres, one pass of per-class scores gives both the class and its score.
+        let voted = if cos.is_none() {
+            nb.vote(k, how)
+        } else {
+            Vec::new()
+        };
+        Ok((0..nb.queries())
+            .map(|q| {
+                let (class, blended) = match &cos {
+                    Some(cos) => {
+                        let scores = class_scores(&nb, cos, q, spec);
+                        let class = argmax(&scores);
+                        (class, Some(scores[class]))
+                    }
+                    None => (voted[q], None),
+                };
                 let row = q * k..(q + 1) * k;
                 let mut total = 0.0;
                 let mut won = 0.0;
@@ -162,8 +173,8 @@ impl Classifier {
                         score: sim,
                     });
                 }
-                let score = match &cos {
-                    Some(cos) => class_scores(&nb, cos, q, spec)[class],
+                let score = match blended {
+                    Some(score) => score,
                     None if total > 0.0 => won / total,
                     None => 0.0,
                 };

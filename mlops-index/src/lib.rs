@@ -278,14 +278,9 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
         .outputs
         .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
     // The class centres travel with the index: index + labels + centres are the classifier.
-    if emb.manifest.output(CENTRES_FILE).is_some() {
-        let centres: ndarray::Array2<f32> = mlops_core::npy::read(&emb.verified(CENTRES_FILE)?)?;
-        manifest
-            .inputs
-            .extend(emb.input_entries([CENTRES_FILE])?.into_iter().skip(1));
-        manifest
-            .outputs
-            .push(out.write_npy(CENTRES_FILE, &centres)?);
+    if let Some((input, output)) = emb.carry(CENTRES_FILE, &mut out)? {
+        manifest.inputs.push(input);
+        manifest.outputs.push(output);
     }
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = IndexSummary {

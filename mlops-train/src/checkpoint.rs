@@ -87,11 +87,15 @@ pub fn execute(
     state: &TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
+    let vars = named_vars(vs);
     for action in actions {
         match action {
-            Action::SaveBest => write_tensors(&dir.join(BEST), &named_vars(vs))?,
+            Action::SaveBest => write_tensors(&dir.join(BEST), &vars)?,
             Action::SaveLast => {
-                let mut all = named_vars(vs);
+                let mut all: Vec<(String, Tensor)> = vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
                 all.extend(
                     opt.state()
                         .into_iter()

@@ -68,10 +68,8 @@ pub fn run(args: &CtArgs) -> Result<()> {
         ingest.arg("--source").arg(s);
     }
     ingest.arg("--out").arg(&fresh).env("RUST_LOG", "warn");
-    if let Some(section) = params.table.get("data").and_then(toml::Value::as_table) {
-        for (k, v) in section {
-            ingest.args(["--set", &format!("{k}={v}")]);
-        }
+    for pair in params.stage_sets("data") {
+        ingest.args(["--set", &pair]);
     }
     run_cmd(&mut ingest, "ingesting the sources")?;
     let new = read_json(&fresh.join("manifest.json"))?;

@@ -110,13 +110,7 @@ fn executor(stage: &Stage, params: &Params, prefix: &str, tag: &str) -> Json {
             format!("{{{{$.outputs.parameters['{}'].output_file}}}}", o.name),
         ]);
     }
-    let mut sets = Vec::new();
-    if let Some(section) = params.table.get(stage.name).and_then(toml::Value::as_table) {
-        for (k, v) in section {
-            sets.push(format!("{k}={v}"));
-        }
-    }
-    for s in sets {
+    for s in params.stage_sets(stage.name) {
         args.extend(["--set".to_string(), s]);
     }
     let r = stage.resources;
@@ -180,8 +174,9 @@ fn task(stage: &Stage, channel: bool) -> Json {
         "inputs": { "parameters": inputs },
         "taskInfo": { "name": stage.name },
     });
-    let deps: Vec<&str> = stage.upstream().into_iter().filter(|_| !channel).collect();
-    if !deps.is_empty() {
+    // Inside the condition sub-DAG the dependencies are the condition task's own.
+    let deps = stage.upstream();
+    if !channel && !deps.is_empty() {
         t["dependentTasks"] = json!(deps);
     }
     t
@@ -307,7 +302,7 @@ mod tests {
 
     #[test]
     fn the_kfp_sdk_accepts_the_pipeline() {
-        let Some(python) = crate::optional_python("the kfp SDK check") else {
+        let Some(python) = mlops_core::testing::python() else {
             return;
         };
         let out = std::process::Command::new(python)
@@ -325,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_check_fails_on_a_broken_pipeline() {
-        let Some(python) = crate::optional_python("the kfp SDK check") else {
+        let Some(python) = mlops_core::testing::python() else {
             return;
         };
         let broken = render(DEFAULT_PREFIX, "latest")

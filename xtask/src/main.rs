@@ -150,32 +150,6 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// The set-up venv's Python (`MLOPS_PYTHON`) for an optional check: `None`, with a visible
-/// `SKIPPED` line, when it is not set; a panic under `CI=true`, where set-up provides it.
-#[cfg(test)]
-pub fn optional_python(what: &str) -> Option<PathBuf> {
-    match std::env::var_os("MLOPS_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-            panic!("{what}: MLOPS_PYTHON is not set under CI=true (cargo xtask test sets it)")
-        }
-        None => {
-            skipped(format!(
-                "SKIPPED: {what}: MLOPS_PYTHON is not set (cargo xtask test sets it)"
-            ));
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-/// Prints a skip notice straight to the process's stderr: libtest captures `eprintln!` of a
-/// passing test, and a skipped check must stay visible.
-pub fn skipped(line: String) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
 /// Reads a JSON file.
 pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text =

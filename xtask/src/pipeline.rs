@@ -159,7 +159,7 @@ impl Params {
     }
 
     /// The `--set key=value` arguments a stage binary gets from its section.
-    fn stage_sets(&self, stage: &str) -> Vec<String> {
+    pub fn stage_sets(&self, stage: &str) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(section) = self.table.get(stage).and_then(toml::Value::as_table) {
             flatten("", section, &mut out);

