@@ -56,6 +56,30 @@ class Res(nn.Module):
         return F.normalize(self.head(self.dropout(torch.cat(pooled, 1).flatten(1))))
 
 
+class Wide(nn.Module):
+    """mlops-train's `wide` (the default): thin at 28x28, wide at 7x7 and 4x4, each block's
+    last batch-norm scale starting at zero."""
+
+    def __init__(self, dim=128, dropout=0.0, stem=24, widths=((48, 1), (96, 2), (192, 2))):
+        super().__init__()
+        self.stem = ConvBn(1, stem, 3, 1, 1)
+        blocks, cin = [], stem
+        for cout, stride in widths:
+            block = Block(cin, cout, stride)
+            nn.init.zeros_(block.b[1].weight)
+            blocks.append(block)
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Sequential(nn.Linear(cin * 2, dim), nn.BatchNorm1d(dim))
+
+    def forward(self, x):
+        x = F.relu(self.stem[1](F.max_pool2d(self.stem[0](x), 2)))
+        x = self.blocks(x)
+        pooled = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], 1)
+        return F.normalize(self.head(self.dropout(pooled.flatten(1))))
+
+
 class Seed(nn.Module):
     def __init__(self, dim=128):
         super().__init__()

@@ -30,7 +30,7 @@ fn train_rate(arch: Arch, precision: Precision, batch: i64, steps: usize) -> f64
     let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
     let mut step = || {
         opt.zero_grad();
-        net.loss(&x, &y, precision).backward();
+        net.loss(&x, &y, precision, 0.0).backward();
         opt.step(0.05);
     };
     // oneDNN builds its bf16 kernels on first use: warm up well before timing.
@@ -53,7 +53,7 @@ fn exported_res(dir: &std::path::Path) -> CModule {
     }
     let mut out = OutputDir::create(dir).expect("output dir");
     let example = Tensor::rand([8, 1, 28, 28], tch::kind::FLOAT_CPU);
-    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, &mut out).expect("export");
+    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, false, &mut out).expect("export");
     let module = CModule::load(out.staged_path("model.pt")).expect("load");
     drop(out);
     module

@@ -37,6 +37,8 @@ mod hash;
 mod manifest;
 pub mod npy;
 mod outdir;
+#[cfg(feature = "plot")]
+pub mod plot;
 #[cfg(feature = "image")]
 pub mod preprocess;
 pub mod telemetry;

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mlops_core::artifact::embeddings::{embeddings_file, labels_file};
-use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE};
+use mlops_core::artifact::model::{CENTRES_FILE, CURVES_FILE, MODEL_DESCRIPTION_FILE};
 use mlops_core::artifact::{
     DataDir, EmbedSummary, EmbeddedRole, EmbeddingShard, ModelDescription, ModelDir, Role,
     CLASSES_FILE, CONFIG_FILE,
@@ -304,10 +304,13 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     manifest
         .outputs
         .push(out.write_json(CLASSES_FILE, classes)?);
-    // The class centres travel on with the embeddings to the index (the classifier's files).
-    if let Some((input, output)) = model.carry(CENTRES_FILE, &mut out)? {
-        manifest.inputs.push(input);
-        manifest.outputs.push(output);
+    // The class centres travel on with the embeddings to the index (the classifier's files),
+    // the training curves to eval's report.
+    for name in [CENTRES_FILE, CURVES_FILE] {
+        if let Some((input, output)) = model.carry(name, &mut out)? {
+            manifest.inputs.push(input);
+            manifest.outputs.push(output);
+        }
     }
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = EmbedSummary {

@@ -40,6 +40,7 @@ pub fn fixture_model(dir: &Path, data: &Path) -> Result<()> {
         value_range: data.summary.value_range,
         classes: data.summary.classes.clone(),
         arcface: Default::default(),
+        test_time_flip: false,
         epochs_trained: 0,
         best_epoch: 0,
         best_val_accuracy: 0.0,

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, REPORT_FILE};
+use mlops_core::artifact::model::CURVES_FILE;
 use mlops_core::artifact::{ClassifierSpec, EmbeddingsDir, CONFIG_FILE};
 use mlops_core::{FileEntry, Manifest, OutputDir};
 use mlops_index::{Classifier, Neighbours};
@@ -413,7 +414,16 @@ fn write_outputs(
     manifest.outputs.push(out.adopt("confusion_matrix.png")?);
     let (thumbnails, note) =
         misclassified_thumbnails(&inputs.emb, &inputs.truth, &inputs.pred, classes, 24);
-    let html = report::html(outcome, &heatmap, &thumbnails, &note);
+    // The training curves, when the embed stage carried them from the model.
+    let curves = match inputs.emb.manifest.output(CURVES_FILE) {
+        Some(_) => {
+            let path = inputs.emb.verified(CURVES_FILE)?;
+            manifest.inputs.push(FileEntry::input_file(&path)?);
+            Some(std::fs::read(&path).map_err(|e| mlops_core::Error::io(&path, e))?)
+        }
+        None => None,
+    };
+    let html = report::html(outcome, &heatmap, curves.as_deref(), &thumbnails, &note);
     manifest
         .outputs
         .push(out.write_bytes(REPORT_FILE, html.as_bytes())?);

@@ -4,28 +4,12 @@ use std::path::Path;
 
 use base64::Engine;
 use plotters::prelude::*;
-use plotters::style::{FontStyle, RGBColor};
+use plotters::style::RGBColor;
 
 use mlops_core::artifact::EvalSummary as Outcome;
 
-/// The font the heat-map is drawn with (Debian's `fonts-dejavu-core`; `MLOPS_FONT` overrides).
-pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-fn register_font() -> Result<(), String> {
-    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            let path = std::env::var("MLOPS_FONT").unwrap_or_else(|_| DEFAULT_FONT.to_string());
-            let bytes = std::fs::read(&path).map_err(|e| {
-                format!("{path}: {e} (install fonts-dejavu-core or set MLOPS_FONT)")
-            })?;
-            // plotters keeps fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| format!("{path}: not a usable TrueType font"))
-        })
-        .clone()
-}
+pub use mlops_core::plot::DEFAULT_FONT;
+use mlops_core::plot::register_font;
 
 /// Draws the row-normalised confusion matrix with counts and class names as a PNG.
 pub fn confusion_png(
@@ -137,7 +121,13 @@ fn esc(s: &str) -> String {
 }
 
 /// The self-contained HTML report: summary, decision, per-class table, heat-map, thumbnails.
-pub fn html(outcome: &Outcome, heatmap_png: &[u8], thumbnails: &[Thumbnail], note: &str) -> String {
+pub fn html(
+    outcome: &Outcome,
+    heatmap_png: &[u8],
+    curves_png: Option<&[u8]>,
+    thumbnails: &[Thumbnail],
+    note: &str,
+) -> String {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let m = &outcome.metrics;
     let d = &outcome.decision;
@@ -188,6 +178,9 @@ pub fn html(outcome: &Outcome, heatmap_png: &[u8], thumbnails: &[Thumbnail], not
     s.push_str("</table>");
     if !heatmap_png.is_empty() {
         s.push_str(&format!("<h2>Confusion matrix</h2><img alt=\"confusion matrix\" src=\"data:image/png;base64,{}\">", b64(heatmap_png)));
+    }
+    if let Some(png) = curves_png {
+        s.push_str(&format!("<h2>Training curves</h2><img alt=\"training curves\" src=\"data:image/png;base64,{}\">", b64(png)));
     }
     s.push_str("<h2>Misclassified test images</h2>");
     if thumbnails.is_empty() {

@@ -63,8 +63,20 @@ impl ArcFace {
 
     /// Mean cross-entropy of [`ArcFace::logits`].
     pub fn loss(&self, embeddings: &Tensor, labels: &Tensor) -> Tensor {
-        self.logits(embeddings, labels)
-            .cross_entropy_for_logits(labels)
+        self.smoothed_loss(embeddings, labels, 0.0)
+    }
+
+    /// Mean cross-entropy of [`ArcFace::logits`] against targets smoothed by `smoothing`
+    /// (the true class gets `1 - smoothing + smoothing / classes`, every other
+    /// `smoothing / classes`).
+    pub fn smoothed_loss(&self, embeddings: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor {
+        self.logits(embeddings, labels).cross_entropy_loss::<Tensor>(
+            labels,
+            None,
+            tch::Reduction::Mean,
+            -100,
+            smoothing,
+        )
     }
 }
 

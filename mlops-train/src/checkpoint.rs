@@ -78,22 +78,36 @@ pub fn policy(state: &TrainState, val_accuracy: f64) -> Vec<Action> {
     }
 }
 
-/// Writes what [`policy`] decided, in its order.
+/// Writes what [`policy`] decided, in its order. With a moving average (`ema`), the best
+/// weights are the average's, and the last checkpoint holds both.
 pub fn execute(
     dir: &Path,
     actions: &[Action],
     vs: &nn::VarStore,
+    ema: Option<&nn::VarStore>,
     opt: &Optimizer,
     state: &TrainState,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| mlops_core::Error::io(dir, e))?;
-    let vars = named_vars(vs);
+    let vars = named_vars(vs, MODEL);
+    let ema_vars = ema.map(|e| named_vars(e, EMA));
     for action in actions {
         match action {
-            Action::SaveBest => write_tensors(&dir.join(BEST), &vars)?,
+            Action::SaveBest => {
+                let best: Vec<(String, Tensor)> = match &ema_vars {
+                    // Saved under the plain model names: export loads them as the model.
+                    Some(ev) => ev
+                        .iter()
+                        .map(|(n, t)| (format!("{MODEL}{}", &n[EMA.len()..]), t.shallow_clone()))
+                        .collect(),
+                    None => vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+                };
+                write_tensors(&dir.join(BEST), &best)?
+            }
             Action::SaveLast => {
                 let mut all: Vec<(String, Tensor)> = vars
                     .iter()
+                    .chain(ema_vars.iter().flatten())
                     .map(|(n, t)| (n.clone(), t.shallow_clone()))
                     .collect();
                 all.extend(
@@ -129,11 +143,15 @@ pub fn clear(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+/// Name prefixes of the live weights and of their moving average in checkpoint files.
+const MODEL: &str = "model.";
+const EMA: &str = "ema.";
+
+fn named_vars(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
     let mut vars: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(name, t)| (format!("model.{name}"), t.detach().to_device(Device::Cpu)))
+        .map(|(name, t)| (format!("{prefix}{name}"), t.detach().to_device(Device::Cpu)))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
@@ -154,8 +172,13 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(named.into_iter().collect())
 }
 
-/// Copies `model.*` tensors into `vs`, checking names and shapes.
-fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore) -> Result<()> {
+/// Copies the tensors named `prefix*` into `vs`, checking names and shapes.
+fn load_vars(
+    path: &Path,
+    named: &HashMap<String, Tensor>,
+    prefix: &str,
+    vs: &mut nn::VarStore,
+) -> Result<()> {
     let bad = |message: String| Error::Checkpoint {
         path: path.to_path_buf(),
         message,
@@ -163,7 +186,7 @@ fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore
     let vars = vs.variables();
     for (name, var) in &vars {
         let saved = named
-            .get(&format!("model.{name}"))
+            .get(&format!("{prefix}{name}"))
             .ok_or_else(|| bad(format!("missing tensor {name}")))?;
         if saved.size() != var.size() {
             return Err(bad(format!(
@@ -183,11 +206,13 @@ fn load_vars(path: &Path, named: &HashMap<String, Tensor>, vs: &mut nn::VarStore
     Ok(())
 }
 
-/// Restores weights and optimizer state of the last checkpoint in `dir` for `config`.
+/// Restores weights (and their moving average, `ema`) and optimizer state of the last
+/// checkpoint in `dir` for `config`.
 pub fn load_last(
     dir: &Path,
     config: &TrainConfig,
     vs: &mut nn::VarStore,
+    ema: Option<&mut nn::VarStore>,
     opt: &mut Optimizer,
 ) -> Result<TrainState> {
     let state_path = dir.join(STATE);
@@ -213,7 +238,10 @@ pub fn load_last(
     }
     let last = dir.join(LAST);
     let named = read_tensors(&last)?;
-    load_vars(&last, &named, vs)?;
+    load_vars(&last, &named, MODEL, vs)?;
+    if let Some(ema) = ema {
+        load_vars(&last, &named, EMA, ema)?;
+    }
     opt.load_state(&named)
         .map_err(|message| Error::Checkpoint {
             path: last,
@@ -226,7 +254,7 @@ pub fn load_last(
 pub fn load_best(dir: &Path, vs: &mut nn::VarStore) -> Result<()> {
     let best = dir.join(BEST);
     let named = read_tensors(&best)?;
-    load_vars(&best, &named, vs)
+    load_vars(&best, &named, MODEL, vs)
 }
 
 #[cfg(test)]

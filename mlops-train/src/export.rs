@@ -9,7 +9,19 @@ use crate::{EmbeddingNet, Error, Result, MODEL_FILE};
 /// Largest difference allowed between the live network and the reloaded `model.pt`.
 pub const TOLERANCE: f64 = 1e-5;
 
-/// Folds batch-norm into the preceding layers, traces `net` in eval mode on `example` (CPU),
+/// The exported function: `net`'s embeddings, or with `flip` the L2-normalised mean of the
+/// embeddings of each image and its mirror image (one forward pass over both halves).
+pub fn inference(net: &EmbeddingNet, xs: &Tensor, flip: bool) -> Tensor {
+    if !flip {
+        return net.forward_t(xs, false);
+    }
+    let n = xs.size()[0];
+    let both = net.forward_t(&Tensor::cat(&[xs, &xs.flip([3])], 0), false);
+    crate::arcface::normalize(&(both.narrow(0, 0, n) + both.narrow(0, n, n)))
+}
+
+/// Folds batch-norm into the preceding layers, traces [`inference`] in eval mode on `example`
+/// (CPU),
 /// saves `model.pt` into the staging area of `out`, reloads it with `CModule::load` and fails
 /// unless it reproduces the unfused network's embeddings on `example` within [`TOLERANCE`].
 ///
@@ -19,14 +31,15 @@ pub fn trace_and_verify(
     vs: &mut tch::nn::VarStore,
     net: &mut EmbeddingNet,
     example: &Tensor,
+    flip: bool,
     out: &mut OutputDir,
 ) -> Result<FileEntry> {
     vs.freeze();
     let path = out.staged_path(MODEL_FILE);
-    let expected = tch::no_grad(|| net.forward_t(example, false));
+    let expected = tch::no_grad(|| inference(net, example, flip));
     net.fuse_batch_norm();
     let net = &*net;
-    let mut forward = |inputs: &[Tensor]| vec![net.forward_t(&inputs[0], false)];
+    let mut forward = |inputs: &[Tensor]| vec![inference(net, &inputs[0], flip)];
     let module = tch::no_grad(|| {
         CModule::create_by_tracing(
             "EmbeddingNet",
@@ -56,4 +69,34 @@ pub fn trace_and_verify(
         "exported model.pt reproduces the network"
     );
     Ok(out.adopt(MODEL_FILE)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Arch;
+    use tch::{nn, Device, Kind};
+
+    #[test]
+    fn flip_export_is_mirror_invariant_and_unit_norm() {
+        tch::manual_seed(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let mut net = EmbeddingNet::new(&vs.root(), Arch::Wide, [1, 12, 12], 8, 0.0);
+        let x = Tensor::rand([6, 1, 12, 12], (Kind::Float, Device::Cpu));
+        // Batch statistics that are not the initial ones.
+        let _ = net.forward_t(&x, true);
+        let mut out = OutputDir::create(dir.path()).unwrap();
+        trace_and_verify(&mut vs, &mut net, &x, true, &mut out).unwrap();
+        let module = CModule::load(out.staged_path(MODEL_FILE)).unwrap();
+        let a = module.forward_ts(&[&x]).unwrap();
+        let b = module.forward_ts(&[&x.flip([3])]).unwrap();
+        assert!((&a - &b).abs().max().double_value(&[]) < 1e-5);
+        let norms = a.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);
+        // Not the plain network: a mirror changes its embedding.
+        let plain = tch::no_grad(|| net.forward_t(&x, false));
+        let plain_b = tch::no_grad(|| net.forward_t(&x.flip([3]), false));
+        assert!((&plain - &plain_b).abs().max().double_value(&[]) > 1e-3);
+    }
 }

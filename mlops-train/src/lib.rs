@@ -8,7 +8,8 @@
 //!   -> L2-normalised `[n,dim]`), loadable by `tch::CModule` and Python's `torch.jit.load`;
 //! - `model.json`: its [`ModelDescription`] (architecture, input shape, normalisation,
 //!   dimension, classes, libtorch version) so later stages never guess;
-//! - `metrics.jsonl`: one [`EpochMetrics`] line per epoch;
+//! - `metrics.jsonl`: one [`EpochMetrics`] line per epoch, and `curves.png`, the same as charts
+//!   (loss, validation accuracy, learning rate);
 //! - `checkpoints/`: `last.safetensors` (weights and optimizer state) with `state.json`, and
 //!   `best.safetensors` (the weights with the best validation accuracy, which are exported);
 //! - `train_config.json` and `manifest.json`.
@@ -27,6 +28,7 @@
 
 pub mod arcface;
 mod checkpoint;
+pub mod ema;
 pub mod export;
 pub mod model;
 pub mod optim;
@@ -59,6 +61,8 @@ pub enum Error {
     Torch(#[from] mlops_torch::Error),
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
+    #[error("drawing the training curves: {0}")]
+    Plot(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{}: corrupt or incompatible checkpoint: {message}", path.display())]
@@ -104,6 +108,15 @@ pub struct TrainConfig {
     /// doing the regularising, 0.1 cost accuracy in the recipe sweep.
     pub dropout: f64,
     pub arcface: ArcFaceConfig,
+    /// Label smoothing of the ArcFace cross-entropy (0 disables).
+    pub label_smoothing: f64,
+    /// Export a model that averages the embeddings of each image and its mirror image (flip
+    /// test-time augmentation): about twice the inference cost, the same in every consumer
+    /// (embed, the server, TorchServe, Python), since it is part of `model.pt`.
+    pub test_time_flip: bool,
+    /// Decay per optimizer step of the exponential moving average of the weights that
+    /// validation scores and export uses (0 disables: the live weights are used).
+    pub ema: f64,
     pub optimizer: OptimizerConfig,
     pub schedule: Schedule,
     /// Fraction of all steps spent warming up.
@@ -138,6 +151,9 @@ impl Default for TrainConfig {
             embedding_dim: 128,
             dropout: 0.0,
             arcface: ArcFaceConfig::default(),
+            label_smoothing: 0.0,
+            test_time_flip: false,
+            ema: 0.0,
             optimizer: OptimizerConfig::default(),
             schedule: Schedule::OneCycle,
             warmup_fraction: 0.2,
@@ -164,8 +180,16 @@ impl TrainConfig {
                 "epochs, embedding_dim and val_k must be at least 1, batch_size at least 2",
             );
         }
-        if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.warmup_fraction) {
-            return bad("dropout and warmup_fraction must lie in [0, 1)");
+        if ![
+            self.dropout,
+            self.warmup_fraction,
+            self.label_smoothing,
+            self.ema,
+        ]
+        .iter()
+        .all(|v| (0.0..1.0).contains(v))
+        {
+            return bad("dropout, warmup_fraction, label_smoothing and ema must lie in [0, 1)");
         }
         let lr = self.optimizer.lr();
         if lr.is_nan()

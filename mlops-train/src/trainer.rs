@@ -3,7 +3,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use mlops_core::artifact::model::{
-    EpochMetrics, ModelDescription, CENTRES_FILE, MODEL_DESCRIPTION_FILE,
+    EpochMetrics, ModelDescription, CENTRES_FILE, CURVES_FILE, MODEL_DESCRIPTION_FILE,
 };
 use mlops_core::artifact::{DataDir, Role, TrainSummary};
 use mlops_core::{Manifest, OutputDir};
@@ -14,6 +14,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
+use crate::ema::Ema;
 use crate::optim::{lr_at, Optimizer};
 use crate::parallel::DataParallel;
 use crate::{export, ArcFace, EmbeddingNet, Error, Result, TrainConfig, STAGE};
@@ -38,9 +39,10 @@ impl TrainNet {
     /// Mean ArcFace loss of a training batch. With `Bf16` the network runs under autocast
     /// (bf16 convolutions and matmuls, fp32 master weights); the head and the loss always run
     /// in fp32, where the margin arithmetic needs the precision.
-    pub fn loss(&self, xs: &Tensor, ys: &Tensor, precision: Precision) -> Tensor {
+    pub fn loss(&self, xs: &Tensor, ys: &Tensor, precision: Precision, smoothing: f64) -> Tensor {
         let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true));
-        self.head.loss(&emb.to_kind(Kind::Float), ys)
+        self.head
+            .smoothed_loss(&emb.to_kind(Kind::Float), ys, smoothing)
     }
 }
 
@@ -193,6 +195,8 @@ fn check_validated(validated: &Path, data: &DataDir) -> Result<()> {
 /// The model, optimizer and progress of a run in flight.
 struct Session {
     dp: DataParallel<TrainNet>,
+    /// The moving average of the weights, when `ema` > 0.
+    ema: Option<Ema<TrainNet>>,
     opt: Optimizer,
     state: TrainState,
     ckpt_dir: std::path::PathBuf,
@@ -207,6 +211,13 @@ impl Session {
             TrainNet::new(path, config, p.input, p.classes as i64)
         })?;
         let mut opt = dp.optimizer(config.optimizer);
+        let mut ema = if config.ema > 0.0 {
+            Some(Ema::new(&dp.primary().vs, config.ema, |path| {
+                TrainNet::new(path, config, p.input, p.classes as i64)
+            })?)
+        } else {
+            None
+        };
         std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
         // From here on the directory is being rewritten: drop an earlier run's manifest so that
         // an interruption never leaves it looking finished (OutputDir::create does the same).
@@ -217,8 +228,13 @@ impl Session {
         }
         let ckpt_dir = config.out.join(checkpoint::DIR);
         let state = if config.resume {
-            let state =
-                checkpoint::load_last(&ckpt_dir, config, &mut dp.primary_mut().vs, &mut opt)?;
+            let state = checkpoint::load_last(
+                &ckpt_dir,
+                config,
+                &mut dp.primary_mut().vs,
+                ema.as_mut().map(|e| &mut e.vs),
+                &mut opt,
+            )?;
             dp.broadcast();
             tracing::info!(epoch = state.epochs_done, "resumed");
             state
@@ -230,6 +246,7 @@ impl Session {
         rewrite_metrics(&metrics_path, &state.metrics)?;
         Ok(Session {
             dp,
+            ema,
             opt,
             state,
             ckpt_dir,
@@ -290,15 +307,20 @@ impl Session {
                 warmup,
             );
             let (dp, opt) = (&mut self.dp, &mut self.opt);
-            let precision = config.precision;
+            let (precision, smoothing) = (config.precision, config.label_smoothing);
+            let ema = &mut self.ema;
             let loss = mlops_torch::catch("running a training step", || {
-                dp.step(
+                let loss = dp.step(
                     &xs,
                     &ys,
-                    |m: &TrainNet, x, y| m.loss(x, y, precision),
+                    |m: &TrainNet, x, y| m.loss(x, y, precision, smoothing),
                     opt,
                     lr,
-                )
+                );
+                if let Some(ema) = ema {
+                    ema.update(opt.steps());
+                }
+                loss
             })?;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
@@ -317,11 +339,11 @@ impl Session {
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let primary = self.dp.primary();
+        let (model, vs) = self.scored();
         let (knn, centre) = mlops_torch::catch("scoring the validation set", || {
             evaluate(
-                &primary.model,
-                primary.vs.device(),
+                model,
+                vs.device(),
                 &p.val_images,
                 &p.val_labels,
                 config.val_k,
@@ -338,6 +360,15 @@ impl Session {
             images_per_second: (steps_per_epoch * config.batch_size) as f64 / train_seconds,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The network that validation scores and export uses: the moving average when there is
+    /// one, else the live weights.
+    fn scored(&self) -> (&TrainNet, &nn::VarStore) {
+        match &self.ema {
+            Some(e) => (&e.model, &e.vs),
+            None => (&self.dp.primary().model, &self.dp.primary().vs),
+        }
     }
 
     /// Logs and records the epoch, then writes the checkpoints the policy asks for.
@@ -358,6 +389,7 @@ impl Session {
             &self.ckpt_dir,
             &actions,
             &self.dp.primary().vs,
+            self.ema.as_ref().map(|e| &e.vs),
             &self.opt,
             &self.state,
         )
@@ -381,7 +413,13 @@ fn export_model(
         .val_images
         .f_narrow(0, 0, p.val_images.size()[0].min(256))?;
     let model_entry = mlops_torch::catch("exporting the model", || {
-        export::trace_and_verify(&mut export_vs, &mut export_net.net, &example, &mut out)
+        export::trace_and_verify(
+            &mut export_vs,
+            &mut export_net.net,
+            &example,
+            config.test_time_flip,
+            &mut out,
+        )
     })??;
     let [c, h, w] = p.data.summary.image_shape;
     let description = ModelDescription {
@@ -392,6 +430,7 @@ fn export_model(
         value_range: p.data.summary.value_range,
         classes: p.data.summary.classes.clone(),
         arcface: config.arcface,
+        test_time_flip: config.test_time_flip,
         epochs_trained: state.epochs_done,
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,
@@ -408,6 +447,9 @@ fn export_model(
     manifest
         .outputs
         .push(out.write_json(TRAIN_CONFIG_FILE, config)?);
+    let curves = out.staged_path(CURVES_FILE);
+    mlops_core::plot::training_curves_png(&curves, &state.metrics).map_err(Error::Plot)?;
+    manifest.outputs.push(out.adopt(CURVES_FILE)?);
     for name in [
         METRICS_FILE.to_string(),
         format!("{}/{}", checkpoint::DIR, checkpoint::LAST),

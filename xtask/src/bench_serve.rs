@@ -45,19 +45,6 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
             run_dir.display()
         );
     }
-    run_cmd(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "mlops-deploy",
-                "--bin",
-                "mlops-deploy",
-            ])
-            .args(["--example", "serve_bench_prepare"]),
-        "cargo build",
-    )?;
     let work = std::env::temp_dir().join(format!("mlops-bench-serve-{}", std::process::id()));
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -70,21 +57,15 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
         .filter(|p| !p.is_empty())
         .unwrap_or("fp32")
         .to_string();
-    let prepared = Command::new(release_dir().join("examples/serve_bench_prepare"))
-        .arg(&run_dir)
-        .arg(&work)
-        .arg(&precision)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    ensure!(
-        prepared.status.success(),
-        "serve_bench_prepare failed: {}",
-        String::from_utf8_lossy(&prepared.stderr)
-    );
-    let inprocess: Value = serde_json::from_slice(&prepared.stdout)?;
+    let inprocess = prepare(&run_dir, &work, &precision)?;
     eprintln!("in process: {inprocess}");
 
-    let mut server = Server::start(&work.join("registry"), args, &precision)?;
+    let mut server = Server::start(
+        &work.join("registry"),
+        args.io_threads,
+        args.threads,
+        &precision,
+    )?;
     let accuracy = served_accuracy(&server.inference, &work)?;
     eprintln!(
         "served accuracy {accuracy} (eval {})",
@@ -121,14 +102,51 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     Ok(())
 }
 
-struct Server {
+/// Builds the server and `serve_bench_prepare`, which registers the run (twice) into
+/// `work/registry`, writes its test images as PNGs with their labels, and measures the
+/// in-process rate; returns that example's report.
+pub(crate) fn prepare(run_dir: &Path, work: &Path, precision: &str) -> Result<Value> {
+    run_cmd(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "mlops-deploy",
+                "--bin",
+                "mlops-deploy",
+            ])
+            .args(["--example", "serve_bench_prepare"]),
+        "cargo build",
+    )?;
+    let prepared = Command::new(release_dir().join("examples/serve_bench_prepare"))
+        .arg(run_dir)
+        .arg(work)
+        .arg(precision)
+        .env("RUST_LOG", "warn")
+        .output()?;
+    ensure!(
+        prepared.status.success(),
+        "serve_bench_prepare failed: {}",
+        String::from_utf8_lossy(&prepared.stderr)
+    );
+    Ok(serde_json::from_slice(&prepared.stdout)?)
+}
+
+/// `mlops-deploy serve` on free loopback ports; killed on drop.
+pub(crate) struct Server {
     child: Child,
-    inference: String,
-    management: String,
+    pub inference: String,
+    pub management: String,
 }
 
 impl Server {
-    fn start(registry: &Path, args: &BenchServeArgs, precision: &str) -> Result<Server> {
+    pub fn start(
+        registry: &Path,
+        io_threads: usize,
+        threads: usize,
+        precision: &str,
+    ) -> Result<Server> {
         let mut child = Command::new(release_dir().join("mlops-deploy"))
             .args(["serve", "--registry"])
             .arg(registry)
@@ -139,8 +157,8 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--io-threads", &args.io_threads.to_string()])
-            .args(["--threads", &args.threads.to_string()])
+            .args(["--io-threads", &io_threads.to_string()])
+            .args(["--threads", &threads.to_string()])
             .args(["--precision", precision])
             .env("RUST_LOG", "warn")
             .env_remove("MLOPS_MANAGEMENT_TOKEN")
@@ -170,17 +188,11 @@ impl Server {
         }
     }
 
-    fn peak_rss_mb(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/PID/status")?;
-        Ok(kb / 1024.0)
+    pub fn peak_rss_mb(&self) -> Result<f64> {
+        vm_hwm_mb(self.child.id())
     }
 
-    fn stop(&mut self) -> Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
@@ -200,7 +212,18 @@ impl Drop for Server {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// Peak resident set size of a live process (MB), from `/proc/PID/status`.
+pub(crate) fn vm_hwm_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    Ok(kb / 1024.0)
+}
+
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -208,7 +231,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// Posts every test image once (8 clients) and returns the share classified correctly.
-fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
+pub(crate) fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
     let labels: Vec<i64> = serde_json::from_slice(&std::fs::read(work.join("labels.json"))?)?;
     let url = format!("http://{inference}/predictions/fashion-mnist");
     let correct = std::thread::scope(|s| -> Result<usize> {
@@ -241,7 +264,7 @@ fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
 }
 
 /// One wrk run: requests/s, latency percentiles (ms), errors.
-fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path) -> Result<Value> {
+pub(crate) fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path) -> Result<Value> {
     let script = work.join("post.lua");
     std::fs::write(
         &script,
@@ -356,7 +379,7 @@ fn swap_under_load(
     Ok(load)
 }
 
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -5,6 +5,7 @@
 //! - `test`: set up, check formatting, and run every test.
 //! - `bench-serve`: the server under wrk on loopback, against the in-process rate.
 
+mod bench;
 mod bench_serve;
 mod bundle;
 mod ct;
@@ -45,6 +46,9 @@ enum Cmd {
     Ct(ct::CtArgs),
     /// Lay out a stage's binary with the shared libraries it loads, as its image copies them.
     Bundle(bundle::BundleArgs),
+    /// Criterion benchmarks; with --compare, ours against PyTorch, faiss-cpu and TorchServe
+    /// (writes BENCHMARKS.md and benches/results/latest.json).
+    Bench(bench::BenchArgs),
     /// Benchmark the server on loopback with wrk against the in-process rate.
     BenchServe(bench_serve::BenchServeArgs),
     /// Set up, check formatting and run all tests (what CI runs).
@@ -59,6 +63,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Pipeline(args) => pipeline::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::BenchServe(args) => bench_serve::run(&args),
         Cmd::Runs { runs_dir } => pipeline::list_runs(runs_dir.as_deref()),
         Cmd::Kfp(args) => kfp::run(&args),
@@ -173,6 +178,36 @@ pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(
         path,
         (serde_json::to_string_pretty(value)? + "\n").as_bytes(),
     )
+}
+
+/// Runs a command to completion; returns its exit status and its peak resident set size (MB)
+/// from `wait4`'s resource usage (`None` where the kernel did not report it).
+pub fn status_and_peak_rss(
+    cmd: &mut Command,
+) -> std::io::Result<(std::process::ExitStatus, Option<f64>)> {
+    use std::os::unix::process::ExitStatusExt;
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own child, not yet reaped (std reaps only in wait/try_wait, which
+        // are never called on it); status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // Reaped here: dropping the Child handle neither waits nor kills.
+    drop(child);
+    // Linux reports ru_maxrss in kilobytes.
+    let rss = (usage.ru_maxrss > 0).then(|| usage.ru_maxrss as f64 / 1024.0);
+    Ok((std::process::ExitStatus::from_raw(status), rss))
 }
 
 /// Runs a command, failing with `what` if it cannot start or exits non-zero.

@@ -33,6 +33,11 @@ pub struct PipelineArgs {
     /// Parameters file [default: pipeline.toml at the workspace root].
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A named set of parameters from the `[profiles]` table of the parameters file (e.g.
+    /// `quick`: about a minute of training for a first look), applied before the flags and
+    /// `--set`.
+    #[arg(long)]
+    pub profile: Option<String>,
     /// Override a parameter for this run: SECTION.KEY=VALUE (e.g. train.epochs=1,
     /// pipeline.run=exp1); repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
@@ -67,6 +72,7 @@ pub struct PipelineArgs {
 }
 
 /// The resolved parameters of one run.
+#[derive(Debug)]
 pub struct Params {
     /// The whole parameter table after overrides (recorded in run.json).
     pub table: toml::Table,
@@ -87,6 +93,21 @@ impl Params {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let mut table: toml::Table = toml::from_str(&text)
             .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let profiles = match table.remove("profiles") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => bail!("{}: [profiles] must be a table", path.display()),
+        };
+        if let Some(name) = &args.profile {
+            let Some(toml::Value::Table(profile)) = profiles.get(name) else {
+                bail!(
+                    "{}: no profile {name:?} (profiles: {})",
+                    path.display(),
+                    profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            merge(&mut table, profile);
+        }
         let mut sets = Vec::new();
         if let Some(n) = &args.name {
             sets.push(format!("pipeline.run={}", toml::Value::from(n.as_str())));
@@ -168,6 +189,18 @@ impl Params {
     }
 }
 
+/// Merges `over` into `base`, table by table; `over`'s values win.
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// Sets `section.key[.sub]=value` (a TOML value, or a bare string) in `table`.
 fn set(table: &mut toml::Table, pair: &str) -> Result<()> {
     let (key, raw) = pair
@@ -215,6 +248,8 @@ struct StageRecord {
     name: &'static str,
     status: &'static str,
     seconds: f64,
+    /// Peak resident set size of the stage's process (MB), when it ran.
+    peak_rss_mb: Option<f64>,
     key: String,
     inputs: Vec<(String, String)>,
     outputs: Vec<(String, String)>,
@@ -232,6 +267,7 @@ impl StageRecord {
             "status": self.status,
             "cache": if self.status == "cached" { "hit" } else if self.status == "ran" { "miss" } else { "none" },
             "seconds": self.seconds,
+            "peak_rss_mb": self.peak_rss_mb,
             "key": self.key,
             "inputs": files(&self.inputs),
             "outputs": files(&self.outputs),
@@ -332,6 +368,7 @@ fn run_stages(
                 name: stage.name,
                 status: "skipped",
                 seconds: 0.0,
+                peak_rss_mb: None,
                 key: String::new(),
                 inputs: Vec::new(),
                 outputs: Vec::new(),
@@ -351,6 +388,7 @@ fn run_stages(
                 name: stage.name,
                 status: "cached",
                 seconds: 0.0,
+                peak_rss_mb: None,
                 key,
                 inputs,
                 outputs: outputs(stage, &dir)?,
@@ -365,6 +403,7 @@ fn run_stages(
             name: stage.name,
             status: "ran",
             seconds,
+            peak_rss_mb: ran.as_ref().ok().copied().flatten(),
             key: key.clone(),
             inputs,
             outputs: Vec::new(),
@@ -374,7 +413,13 @@ fn run_stages(
             records.push(record);
             return Err(e);
         }
-        eprintln!("    {} done in {seconds:.1} s", stage.name);
+        eprintln!(
+            "    {} done in {seconds:.1} s{}",
+            stage.name,
+            record
+                .peak_rss_mb
+                .map_or(String::new(), |mb| format!(", peak RSS {mb:.0} MB"))
+        );
         std::fs::create_dir_all(&dir)?;
         crate::write_atomic(&dir.join(CACHE_KEY), key.as_bytes())?;
         record.outputs = outputs(stage, &dir)?;
@@ -571,25 +616,28 @@ fn outputs(stage: &Stage, dir: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Runs the stage's binary; a train stage with checkpoints and no manifest resumes from them.
-fn execute(stage: &Stage, argv: &[String], dir: &Path) -> Result<()> {
+/// Returns the peak resident set size of the process that finished the stage (MB).
+fn execute(stage: &Stage, argv: &[String], dir: &Path) -> Result<Option<f64>> {
     let binary = release_dir().join(stage.binary);
     let resumable = stage.name == "train"
         && dir.join("checkpoints/state.json").is_file()
         && !dir.join("manifest.json").is_file();
     if resumable {
         eprintln!("    resuming from {}", dir.join("checkpoints").display());
-        let status = Command::new(&binary).args(argv).arg("--resume").status()?;
+        let (status, rss) = crate::status_and_peak_rss(Command::new(&binary).args(argv).arg("--resume"))?;
         if status.success() {
-            return Ok(());
+            return Ok(rss);
         }
         // Checkpoints of other settings (or damaged ones): start over.
         eprintln!("    cannot resume ({status}); training from the start");
     }
     std::fs::create_dir_all(dir)?;
-    run_cmd(
-        Command::new(&binary).args(argv),
-        &format!("stage {}", stage.name),
-    )
+    let (status, rss) = crate::status_and_peak_rss(Command::new(&binary).args(argv))
+        .with_context(|| format!("cannot start stage {} ({})", stage.name, binary.display()))?;
+    if !status.success() {
+        bail!("stage {} failed ({status})", stage.name);
+    }
+    Ok(rss)
 }
 
 fn read_decision(run_dir: &Path) -> Result<String> {
@@ -763,6 +811,36 @@ mod tests {
         out.sort();
         assert_eq!(out, ["arcface.margin=0.3", "epochs=3", "seed=42"]);
         assert_eq!(t["pipeline"]["run"].as_str(), Some("exp"));
+    }
+
+    #[test]
+    fn a_profile_applies_before_flags_and_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[train]\nseed = 42\nepochs = 20\n[profiles.quick]\npipeline = { run = \"quick\" }\ntrain = { epochs = 4, arcface = { margin = 0.3 } }\n",
+        )
+        .unwrap();
+        let args = |profile: Option<&str>, set: &[&str]| PipelineArgs {
+            config: Some(path.clone()),
+            profile: profile.map(str::to_string),
+            set: set.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let plain = Params::load(&args(None, &[])).unwrap();
+        assert_eq!(plain.run, "default");
+        assert!(!plain.table.contains_key("profiles"));
+        assert_eq!(plain.table["train"]["epochs"].as_integer(), Some(20));
+        let quick = Params::load(&args(Some("quick"), &[])).unwrap();
+        assert_eq!(quick.run, "quick");
+        let mut sets = quick.stage_sets("train");
+        sets.sort();
+        assert_eq!(sets, ["arcface.margin=0.3", "epochs=4", "seed=42"]);
+        let overridden = Params::load(&args(Some("quick"), &["train.epochs=2"])).unwrap();
+        assert_eq!(overridden.table["train"]["epochs"].as_integer(), Some(2));
+        let err = Params::load(&args(Some("fast"), &[])).unwrap_err().to_string();
+        assert!(err.contains("no profile \"fast\" (profiles: quick)"), "{err}");
     }
 
     #[test]

@@ -277,13 +277,35 @@ fn link(target: &Path, link: &Path) -> Result<()> {
         .with_context(|| format!("cannot link {} -> {}", link.display(), target.display()))
 }
 
+/// The Python stack `cargo xtask bench --compare` measures against: PyTorch (the same version
+/// as our libtorch; its wheel pulls the NVIDIA runtime wheels it needs to import), faiss-cpu,
+/// TorchServe with its archiver, and what TorchServe's handler of our archive imports.
+const REFERENCE_PACKAGES: &[&str] = &[
+    "torch==2.13.0",
+    "numpy",
+    "faiss-cpu",
+    "torchserve==0.12.0",
+    "torch-model-archiver==0.12.0",
+    "Pillow",
+];
+
 /// A venv with the Python readers our artifacts must satisfy.
 fn python_venv(cache: &Path) -> Result<PathBuf> {
-    let venv = cache.join("venv");
+    venv(cache, "venv", PY_PACKAGES)
+}
+
+/// The venv of the reference stack (several GB: set up only by the benchmark comparison).
+pub fn reference_venv() -> Result<PathBuf> {
+    venv(&cache_dir()?, "reference-venv", REFERENCE_PACKAGES)
+}
+
+/// `cache/name`, a venv holding `packages` (installed once; a stamp file records the list).
+fn venv(cache: &Path, name: &str, packages: &[&str]) -> Result<PathBuf> {
+    let venv = cache.join(name);
     let python = venv.join("bin/python");
     let stamp = venv.join(format!(
         ".packages-{}",
-        PY_PACKAGES.join("-").replace(['=', '<', '>'], "")
+        packages.join("-").replace(['=', '<', '>'], "")
     ));
     if stamp.exists() {
         return Ok(python);
@@ -303,7 +325,7 @@ fn python_venv(cache: &Path) -> Result<PathBuf> {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .args(PY_PACKAGES),
+            .args(packages),
         "pip install",
     )?;
     fs::write(&stamp, "")?;

@@ -3,12 +3,14 @@
 //! run, and a second start finishes from the cache.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use serde_json::Value;
+
+mod common;
+use common::record;
 
 /// Writes `train-*` and `t10k-*` IDX files: 3 classes, each a bright bar at its own place
 /// over noise from a fixed generator.
@@ -47,26 +49,10 @@ fn write_idx(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn release_binaries_built() -> bool {
-    let dir = Path::new(env!("CARGO_BIN_EXE_xtask"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    ["mlops-data", "mlops-train", "mlops-deploy", "mlops-eval"]
-        .iter()
-        .all(|b| dir.join(b).is_file())
-}
-
+/// The common pipeline command with this test's small settings.
 fn pipeline(tmp: &Path, run: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(["pipeline", "--no-setup", "--no-build", "--name", run])
-        .arg("--runs-dir")
-        .arg(tmp.join("runs"))
-        .arg("--registry")
-        .arg(tmp.join(format!("registry-{run}")))
-        .arg("--source")
-        .arg(tmp.join("src"))
-        .args(["--set", "train.epochs=4", "--set", "train.batch_size=16"])
+    let mut cmd = common::pipeline(tmp, run);
+    cmd.args(["--set", "train.epochs=4", "--set", "train.batch_size=16"])
         .args([
             "--set",
             "train.embedding_dim=16",
@@ -78,24 +64,13 @@ fn pipeline(tmp: &Path, run: &str) -> Command {
             "embed.threads=1",
             "--set",
             "eval.gate.min_accuracy=0.0",
-        ])
-        .env("RUST_LOG", "warn")
-        .env_remove("SLACK_WEBHOOK_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        ]);
     cmd
-}
-
-fn record(tmp: &Path, run: &str) -> Result<Value> {
-    let path: PathBuf = tmp.join("runs").join(run).join("run.json");
-    Ok(serde_json::from_slice(&std::fs::read(path)?)?)
 }
 
 #[test]
 fn killed_runs_resume_to_the_same_result_and_reruns_come_from_cache() -> Result<()> {
-    let built = release_binaries_built().then_some(());
-    let how = "not built next to xtask; cargo xtask test builds them";
-    if mlops_core::testing::prerequisite("release stage binaries", built, how).is_none() {
+    if common::release_binaries().is_none() {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;

@@ -13,6 +13,9 @@ pub const MODEL_DESCRIPTION_FILE: &str = "model.json";
 /// The ArcFace class centres, L2-normalised, float32 `[classes, dim]` (row `c` is class `c`'s
 /// direction on the unit sphere). Embed and index stages carry it along for the classifier.
 pub const CENTRES_FILE: &str = "centres.npy";
+/// The train stage's training curves (loss, validation accuracy, learning rate per epoch), a
+/// PNG that the embed stage carries on to eval's report.
+pub const CURVES_FILE: &str = "curves.png";
 
 /// ArcFace hyper-parameters (the training head; recorded so a model says how it was trained).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -50,6 +53,10 @@ pub struct ModelDescription {
     pub value_range: [f32; 2],
     pub classes: Vec<String>,
     pub arcface: ArcFaceConfig,
+    /// `model.pt` embeds each image together with its mirror image and returns the normalised
+    /// mean (flip test-time augmentation, baked into the model so every consumer gets it).
+    #[serde(default)]
+    pub test_time_flip: bool,
     pub epochs_trained: usize,
     pub best_epoch: usize,
     pub best_val_accuracy: f64,

@@ -1,0 +1,152 @@
+//! Charts drawn with plotters: the shared font and the training curves (the train stage draws
+//! them beside the model; eval's report shows them).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::artifact::model::EpochMetrics;
+
+/// The font charts are drawn with (Debian's `fonts-dejavu-core`; `MLOPS_FONT` overrides).
+pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers [`DEFAULT_FONT`] (or `MLOPS_FONT`) as plotters' `sans-serif`, once per process.
+pub fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let path = std::env::var("MLOPS_FONT").unwrap_or_else(|_| DEFAULT_FONT.to_string());
+            let bytes = std::fs::read(&path).map_err(|e| {
+                format!("{path}: {e} (install fonts-dejavu-core or set MLOPS_FONT)")
+            })?;
+            // plotters keeps fonts for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{path}: not a usable TrueType font"))
+        })
+        .clone()
+}
+
+/// Draws the training curves as a PNG at `path`: training loss, validation accuracy (kNN vote
+/// and nearest centre) and learning rate per epoch, one panel each over a shared epoch axis.
+pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), String> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (720, 780)).into_drawing_area();
+    let err = |e: DrawingAreaErrorKind<_>| format!("{}: {e:?}", path.display());
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((3, 1));
+    let epochs = metrics.len().max(1) as f64;
+    let x_range = 0.5..epochs + 0.5;
+    let points = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
+        metrics.iter().map(|m| (m.epoch as f64, f(m))).collect()
+    };
+    let span = |values: &[(f64, f64)], pad: f64| {
+        let lo = values.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let hi = values.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        if lo.is_finite() && hi.is_finite() && hi > lo {
+            (lo - (hi - lo) * pad)..(hi + (hi - lo) * pad)
+        } else {
+            let c = if lo.is_finite() { lo } else { 0.0 };
+            (c - 0.5)..(c + 0.5)
+        }
+    };
+    let loss = points(|m| m.train_loss);
+    let knn = points(|m| m.val_knn_accuracy);
+    let centre = points(|m| m.val_centre_accuracy);
+    let lr = points(|m| m.lr);
+    let both: Vec<(f64, f64)> = knn.iter().chain(&centre).copied().collect();
+    let series: [(&str, &str, Vec<(&str, &Vec<(f64, f64)>, RGBColor)>, _); 3] = [
+        (
+            "Training loss (ArcFace)",
+            "loss",
+            vec![("train loss", &loss, RGBColor(200, 60, 40))],
+            span(&loss, 0.05),
+        ),
+        (
+            "Validation accuracy",
+            "accuracy",
+            vec![
+                ("kNN vote", &knn, RGBColor(30, 90, 180)),
+                ("nearest centre", &centre, RGBColor(40, 150, 70)),
+            ],
+            span(&both, 0.05),
+        ),
+        (
+            "Learning rate",
+            "lr",
+            vec![("lr (end of epoch)", &lr, RGBColor(120, 120, 120))],
+            span(&lr, 0.05),
+        ),
+    ];
+    for (panel, (title, y_desc, lines, y_range)) in panels.iter().zip(series) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_range.clone(), y_range)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .x_labels(metrics.len().clamp(2, 12))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+        for (name, values, color) in lines {
+            chart
+                .draw_series(LineSeries::new(values.iter().copied(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(values.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_are_a_png_that_grows_with_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics: Vec<EpochMetrics> = (1..=5)
+            .map(|e| EpochMetrics {
+                epoch: e,
+                train_loss: 5.0 / e as f64,
+                val_knn_accuracy: 0.8 + 0.02 * e as f64,
+                val_centre_accuracy: 0.79 + 0.02 * e as f64,
+                lr: 0.1 / e as f64,
+                images_per_second: 1000.0,
+                seconds: 1.0,
+            })
+            .collect();
+        let path = dir.path().join("curves.png");
+        training_curves_png(&path, &metrics).unwrap();
+        let img = image::open(&path).unwrap();
+        assert_eq!((img.width(), img.height()), (720, 780));
+        // Not a blank canvas: the lines put colour on it.
+        let rgb = img.to_rgb8();
+        let coloured = rgb.pixels().filter(|p| p[0] != p[1] || p[1] != p[2]).count();
+        assert!(coloured > 500, "{coloured}");
+        // One epoch (a flat range) still draws.
+        training_curves_png(&path, &metrics[..1]).unwrap();
+    }
+}
