@@ -30,7 +30,7 @@ def train(arch, batch, steps, precision):
     of two or more dimensions only; the network under autocast, ArcFace and the loss in fp32."""
     import torch
     sys.path.insert(0, os.path.dirname(__file__))
-    from torch_eager_throughput import ArcFace, Res, Seed, Wide
+    from torch_replica import ArcFace, Res, Seed, Wide
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     net = {"wide": lambda: Wide(), "res": lambda: Res(dropout=0.0), "seed": lambda: Seed()}[arch]()

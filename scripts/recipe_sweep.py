@@ -13,7 +13,7 @@ recipe found here is confirmed by `cargo xtask pipeline` on the CPU before it be
 
     python scripts/recipe_sweep.py DATA_DIR OUT.jsonl [WORKERS] [SEEDS] [SET]
 
-SET is one-factor (default), around-wd or sgd (the lists below).
+SET is one-factor (default), around-wd, sgd or wide (the lists below).
 
 DATA_DIR holds the four Fashion-MNIST `*-ubyte.gz` files. Results are appended one JSON line
 per run, so a sweep cut short keeps what finished.
@@ -31,10 +31,10 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from torch_eager_throughput import ArcFace, Res
+from torch_replica import ArcFace, Res, Wide
 
 BASE = dict(
-    stem=32, c1=48, c2=48, dim=128, dropout=0.1, s=32.0, m=0.5, lr=3e-3, wd=5e-4,
+    arch="res", stem=32, c1=48, c2=48, dim=128, dropout=0.1, s=32.0, m=0.5, lr=3e-3, wd=5e-4,
     epochs=12, batch=128, warmup=0.2, ema=0.0, erase=0.0, shift=0, flip=False,
     final_div=1e4, pool="avgmax", opt="adamw",
 )
@@ -83,7 +83,18 @@ SGD = [
     {"opt": "sgd", "lr": 0.1, "wd": 1e-3, "dropout": 0.0},
     {"opt": "sgd", "lr": 0.1, "wd": 5e-4, "dropout": 0.1},
 ]
-SETS = {"one-factor": VARIANTS, "around-wd": AROUND_WD, "sgd": SGD}
+# The `wide` network (mlops-train's default since the CPU runs confirmed it) around its recipe:
+# SGD lr 0.05, shift 1 + flip, EMA 0.999, 30 epochs.
+WIDE_BASE = {"arch": "wide", "opt": "sgd", "lr": 0.05, "wd": 5e-4, "dropout": 0.0,
+             "shift": 1, "flip": True, "ema": 0.999, "epochs": 30}
+WIDE = [
+    WIDE_BASE,
+    {**WIDE_BASE, "m": 0.3}, {**WIDE_BASE, "m": 0.4}, {**WIDE_BASE, "m": 0.2, "s": 16.0},
+    {**WIDE_BASE, "s": 64.0}, {**WIDE_BASE, "lr": 0.1}, {**WIDE_BASE, "shift": 2},
+    {**WIDE_BASE, "epochs": 20}, {**WIDE_BASE, "epochs": 40}, {**WIDE_BASE, "ema": 0.0},
+    {**WIDE_BASE, "erase": 0.25},
+]
+SETS = {"one-factor": VARIANTS, "around-wd": AROUND_WD, "sgd": SGD, "wide": WIDE}
 
 
 def load_idx(path):
@@ -181,7 +192,10 @@ def train(cfg, seed, data):
     dev = data["train_x"].device
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
-    net = Res(cfg["dim"], cfg["dropout"], cfg["stem"], cfg["c1"], cfg["c2"], cfg["pool"]).to(dev)
+    if cfg["arch"] == "wide":
+        net = Wide(cfg["dim"], cfg["dropout"]).to(dev)
+    else:
+        net = Res(cfg["dim"], cfg["dropout"], cfg["stem"], cfg["c1"], cfg["c2"], cfg["pool"]).to(dev)
     head = ArcFace(cfg["dim"], 10, cfg["s"], cfg["m"]).to(dev)
     params = list(net.parameters()) + list(head.parameters())
     groups = [
@@ -220,10 +234,14 @@ def train(cfg, seed, data):
             if ema is not None:
                 d = min(cfg["ema"], (1 + step) / (10 + step))
                 with torch.no_grad():
+                    # Every floating-point tensor, batch-norm statistics included, as the stage.
                     for ep, p in zip(ema.parameters(), net.parameters()):
                         ep.lerp_(p, 1 - d)
                     for eb, b in zip(ema.buffers(), net.buffers()):
-                        eb.copy_(b)
+                        if eb.is_floating_point():
+                            eb.lerp_(b, 1 - d)
+                        else:
+                            eb.copy_(b)
         scored = ema if ema is not None else net
         loo, k, test, tests = score(scored, data)
         history.append(dict(epoch=epoch + 1, loss=loss_sum.item() / spe, val_loo=loo, k=k, test=test))

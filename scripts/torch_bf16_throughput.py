@@ -2,7 +2,7 @@
 reference for `cargo bench -p mlops-benches --bench precision`.
 
 The same `res` / `seed` networks and ArcFace head as mlops-train (from
-scripts/torch_eager_throughput.py), the default recipe (SGD, Nesterov 0.9, lr 0.1, weight decay
+scripts/torch_replica.py), the default recipe (SGD, Nesterov 0.9, lr 0.1, weight decay
 5e-4 on weights only, no dropout), batch 128, on random 28x28 batches; inference of an exported
 `model.pt` (torch.jit.load) at batch 256. Rounds interleave fp32 and bf16; medians printed.
 
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from torch_eager_throughput import ArcFace, Res, Seed
+from torch_replica import ArcFace, Res, Seed
 
 
 def train_rate(make, bf16, steps=30, batch=128):

@@ -1,7 +1,9 @@
 //! Index build and 10,000 searches (k = 10) over the Fashion-MNIST gallery embeddings of
-//! `runs/default/embed` when the pipeline has run (else 12,000 synthetic clustered vectors),
-//! for Flat and IVF64,Flat (nprobe 8). Python's faiss-cpu on the same vectors:
-//! `python scripts/faiss_search_throughput.py runs/default/embed`.
+//! `runs/default/embed`, for Flat and IVF64,Flat (nprobe 8). A benchmark run without that
+//! directory fails (run `cargo xtask pipeline` first); only the test-mode pass of
+//! `cargo test --benches`, which checks that the benchmark runs, uses 12,000 synthetic
+//! clustered vectors instead, and says so. Python's faiss-cpu on the same vectors, interleaved
+//! and thread-pinned: `cargo xtask bench --compare --parts search`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faiss::Index;
@@ -11,9 +13,16 @@ use mlops_index::{build, set_search_params};
 
 fn vectors(tmp: &std::path::Path) -> (usize, Vec<f32>, Vec<f32>) {
     let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../runs/default/embed");
+    let benchmarking = std::env::args().any(|a| a == "--bench");
     let dir = if EmbeddingsDir::open(&real).is_ok() {
         real
+    } else if benchmarking {
+        panic!(
+            "{}: no finished embed stage; run `cargo xtask pipeline` first",
+            real.display()
+        );
     } else {
+        eprintln!("index_search (test mode): synthetic vectors, {} is missing", real.display());
         let dir = tmp.join("embed");
         write_clusters(&dir, 128, 1200, 10, &["gallery", "test"], 0.5, 1).expect("fixture");
         dir

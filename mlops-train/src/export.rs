@@ -15,9 +15,10 @@ pub fn inference(net: &EmbeddingNet, xs: &Tensor, flip: bool) -> Tensor {
     if !flip {
         return net.forward_t(xs, false);
     }
-    let n = xs.size()[0];
     let both = net.forward_t(&Tensor::cat(&[xs, &xs.flip([3])], 0), false);
-    crate::arcface::normalize(&(both.narrow(0, 0, n) + both.narrow(0, n, n)))
+    // chunk, not narrow with the batch size: a traced narrow would bake the example's size in.
+    let halves = both.chunk(2, 0);
+    crate::arcface::normalize(&(&halves[0] + &halves[1]))
 }
 
 /// Folds batch-norm into the preceding layers, traces [`inference`] in eval mode on `example`
@@ -50,12 +51,22 @@ pub fn trace_and_verify(
     })?;
     module.save(&path)?;
     let reloaded = CModule::load(&path)?;
-    let got = tch::no_grad(|| reloaded.forward_ts(&[example]))?;
-    let diff = if got.size() == expected.size() {
-        (&got - &expected).abs().max().double_value(&[])
-    } else {
-        f64::INFINITY
-    };
+    // The example batch, and a batch of another size: a trace must not bake the size in.
+    let n = example.size()[0];
+    let mut diffs = Vec::new();
+    for rows in [n, n / 2 + 1] {
+        let got = tch::no_grad(|| reloaded.forward_ts(&[example.narrow(0, 0, rows)]))?;
+        let want = expected.narrow(0, 0, rows);
+        diffs.push(if got.size() == want.size() {
+            (&got - &want).abs().max().double_value(&[])
+        } else {
+            f64::INFINITY
+        });
+    }
+    // The largest, NaN winning (f64::max would drop it).
+    let diff = diffs
+        .into_iter()
+        .fold(0.0, |a: f64, d| if d.is_nan() || d > a { d } else { a });
     // NaN fails too.
     if diff.is_nan() || diff > TOLERANCE {
         return Err(Error::Export {
@@ -91,6 +102,10 @@ mod tests {
         let module = CModule::load(out.staged_path(MODEL_FILE)).unwrap();
         let a = module.forward_ts(&[&x]).unwrap();
         let b = module.forward_ts(&[&x.flip([3])]).unwrap();
+        // Any batch size, not the traced one's.
+        let three = module.forward_ts(&[&x.narrow(0, 1, 3)]).unwrap();
+        assert_eq!(three.size(), [3, 8]);
+        assert!((&three - a.narrow(0, 1, 3)).abs().max().double_value(&[]) < 1e-5);
         assert!((&a - &b).abs().max().double_value(&[]) < 1e-5);
         let norms = a.norm_scalaropt_dim(2.0, [1i64].as_slice(), false);
         assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5);

@@ -78,10 +78,10 @@ pub enum Error {
 /// Result alias for [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Data augmentation applied to training batches. Off by default: within the default
-/// five-minute budget (12 epochs) it slowed convergence on Fashion-MNIST (best validation kNN
-/// accuracy 0.9095 with shift 2 + flip against 0.9210 without); it pays off in longer runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Data augmentation applied to training batches. The default, a shift of up to 1 pixel and a
+/// horizontal flip, is what the `wide` network's 30 epochs need: without them the same budget
+/// overfits. (For the small `res` network within 12 epochs it only slowed convergence.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Random translation of up to this many pixels in each direction (0 disables).
@@ -90,8 +90,19 @@ pub struct AugmentConfig {
     pub hflip: bool,
 }
 
-/// Configuration of the train stage. The defaults train the `res` architecture on
-/// Fashion-MNIST in about five minutes on two CPU cores.
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            max_shift: 1,
+            hflip: true,
+        }
+    }
+}
+
+/// Configuration of the train stage. The defaults train the `wide` architecture on
+/// Fashion-MNIST for 30 epochs (shift and flip augmentation, SGD, a moving average of the
+/// weights, flip test-time augmentation in the exported model): about 7 minutes on two CPU
+/// cores with bf16, 0.94 test accuracy through the pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -147,17 +158,17 @@ impl Default for TrainConfig {
             data: PathBuf::from("data"),
             validated: None,
             out: PathBuf::from("train"),
-            arch: Arch::Res,
+            arch: Arch::Wide,
             embedding_dim: 128,
             dropout: 0.0,
             arcface: ArcFaceConfig::default(),
             label_smoothing: 0.0,
-            test_time_flip: false,
-            ema: 0.0,
+            test_time_flip: true,
+            ema: 0.999,
             optimizer: OptimizerConfig::default(),
             schedule: Schedule::OneCycle,
             warmup_fraction: 0.2,
-            epochs: 12,
+            epochs: 30,
             batch_size: 128,
             seed: 42,
             threads: 0,

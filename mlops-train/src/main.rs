@@ -27,19 +27,19 @@ struct Flags {
     /// Output directory (model.pt, model.json, metrics.jsonl, checkpoints/).
     #[arg(long)]
     out: PathBuf,
-    /// Network architecture [default: res].
+    /// Network architecture [default: wide].
     #[arg(long, value_enum)]
     arch: Option<Arch>,
     /// Embedding dimension [default: 128].
     #[arg(long)]
     embedding_dim: Option<usize>,
-    /// Training epochs [default: 12].
+    /// Training epochs [default: 30].
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (split across devices) [default: 128].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate [default: 0.1 for sgd, 0.003 for adam].
+    /// Peak learning rate [default: 0.05 for sgd, 0.003 for adam].
     #[arg(long)]
     #[serde(rename = "optimizer.lr")]
     lr: Option<f64>,
@@ -79,10 +79,19 @@ struct Flags {
     /// bf16 [default: auto].
     #[arg(long)]
     precision: Option<mlops_torch::Precision>,
-    /// Random shift (up to 2 px) and horizontal-flip augmentation [default: off].
+    /// Turn off the random shift (up to 1 px) and horizontal-flip augmentation [default: on].
     #[arg(long)]
-    #[serde(serialize_with = "augment_preset")]
-    augment: bool,
+    #[serde(rename = "augment", serialize_with = "augment_off")]
+    no_augment: bool,
+    /// Decay per step of the moving average of the weights that is scored and exported, 0 =
+    /// off [default: 0.999].
+    #[arg(long)]
+    ema: Option<f64>,
+    /// Export a model without flip test-time augmentation (half the inference cost)
+    /// [default: with].
+    #[arg(long)]
+    #[serde(rename = "test_time_flip", serialize_with = "negate")]
+    no_test_time_flip: bool,
     /// Continue an interrupted run from OUT/checkpoints.
     #[arg(long)]
     resume: bool,
@@ -91,14 +100,20 @@ struct Flags {
     stop_after_epochs: Option<usize>,
 }
 
-/// `--augment` turns on the preset the flag has always meant; unset, it changes nothing.
-fn augment_preset<S: serde::Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
+/// `--no-augment` turns augmentation off; unset, it changes nothing.
+fn augment_off<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error> {
     use serde::Serialize;
-    on.then_some(mlops_train::AugmentConfig {
-        max_shift: 2,
-        hflip: true,
+    off.then_some(mlops_train::AugmentConfig {
+        max_shift: 0,
+        hflip: false,
     })
     .serialize(s)
+}
+
+/// A `--no-...` switch: `false` when given; unset, it changes nothing.
+fn negate<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    off.then_some(false).serialize(s)
 }
 
 fn main() -> ExitCode {

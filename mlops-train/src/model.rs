@@ -13,11 +13,12 @@ pub enum Arch {
     /// The reference design: conv 1->32 3x3, BN, ReLU, maxpool 2, conv 32->64 3x3, BN, ReLU,
     /// flatten, FC->128, BN1d, ReLU, FC->dim.
     Seed,
-    /// The default: a small residual net with batch-norm and dropout, at about the seed's cost
-    /// per image: conv 1->32 3x3, maxpool 2, BN, ReLU, a residual block 32->48 with stride 2,
-    /// a residual block 48->48, global average and max pooling, dropout, FC->dim, BN1d.
+    /// A small residual net with batch-norm and dropout, at about the seed's cost per image (the
+    /// default before `wide`; `--profile quick` trains it): conv 1->32 3x3, maxpool 2, BN, ReLU,
+    /// a residual block 32->48 with stride 2, a residual block 48->48, global average and max
+    /// pooling, dropout, FC->dim, BN1d.
     Res,
-    /// Capacity where it is cheap: thin at 28x28, wide at 7x7 and 4x4. Conv 1->24, maxpool 2,
+    /// The default: capacity where it is cheap, thin at 28x28, wide at 7x7 and 4x4. Conv 1->24, maxpool 2,
     /// BN, ReLU, residual blocks 24->48 (14x14), 48->96 (stride 2, 7x7), 96->192 (stride 2,
     /// 4x4), each block's last batch-norm scale starting at zero (the block starts as its
     /// shortcut), global average and max pooling, FC->dim, BN1d.

@@ -1,16 +1,8 @@
-"""Training/inference throughput of the `res` and `seed` networks in PyTorch eager mode.
-
-The same architectures as mlops-train's `Arch::Res` / `Arch::Seed`, the same ArcFace loss,
-AdamW, batch size and thread count, on random 28x28 batches: the reference for
-`cargo run --release -p mlops-train --example throughput -- THREADS BATCH`, which prints the
-same lines for the Rust side. Run both in one session (the machines are noisy):
-
-    python scripts/torch_eager_throughput.py 2 128
+"""PyTorch replicas of mlops-train's networks (`wide`, `res`, `seed`) and ArcFace head: the
+reference side of `cargo xtask bench --compare` (scripts/bench_reference.py) and the model of
+scripts/recipe_sweep.py. Keep them in step with mlops-train/src/model.rs.
 """
 import math
-import sys
-import time
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -110,42 +102,3 @@ class ArcFace(nn.Module):
         phi = torch.where(cosine > self.th, phi, cosine - self.mm)
         one_hot = torch.zeros_like(cosine).scatter_(1, labels.unsqueeze(1), 1.0)
         return F.cross_entropy((one_hot * phi + (1 - one_hot) * cosine) * self.s, labels)
-
-
-def main():
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 128
-    torch.set_num_threads(threads)
-    for name, net in [("seed", Seed()), ("res", Res())]:
-        head = ArcFace(128, 10)
-        opt = torch.optim.AdamW(list(net.parameters()) + list(head.parameters()), lr=1e-3, weight_decay=5e-4)
-        x = torch.rand(batch, 1, 28, 28)
-        y = torch.randint(0, 10, (batch,))
-        net.train()
-
-        def step():
-            opt.zero_grad()
-            head(net(x), y).backward()
-            opt.step()
-
-        for _ in range(5):
-            step()
-        steps = 30
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        train = steps * batch / (time.perf_counter() - t)
-        net.eval()
-        xe = torch.rand(512, 1, 28, 28)
-        with torch.no_grad():
-            net(xe)
-            t = time.perf_counter()
-            for _ in range(10):
-                net(xe)
-            infer = 5120 / (time.perf_counter() - t)
-        print(f"{name}: train {train:.0f} img/s, inference {infer:.0f} img/s "
-              f"(pytorch {torch.__version__} eager, threads {threads}, batch {batch})")
-
-
-if __name__ == "__main__":
-    main()
