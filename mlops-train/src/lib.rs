@@ -86,6 +86,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct AugmentConfig {
     /// Random translation of up to this many pixels in each direction (0 disables).
     pub max_shift: usize,
+    /// Images smaller than this on either side are not shifted: one pixel of an 8x8 image is an
+    /// eighth of it (on 8x8 Fashion-MNIST folders the 1-pixel shift cost 12 points of test
+    /// accuracy, 0.81 -> 0.69, while the flip alone cost nothing).
+    pub shift_min_side: usize,
     /// Random horizontal flip (sensible for clothing, not for digits).
     pub hflip: bool,
 }
@@ -94,6 +98,7 @@ impl Default for AugmentConfig {
     fn default() -> Self {
         AugmentConfig {
             max_shift: 1,
+            shift_min_side: 16,
             hflip: true,
         }
     }

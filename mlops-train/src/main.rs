@@ -106,6 +106,7 @@ fn augment_off<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error
     off.then_some(mlops_train::AugmentConfig {
         max_shift: 0,
         hflip: false,
+        ..Default::default()
     })
     .serialize(s)
 }

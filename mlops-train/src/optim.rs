@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn defaults_depend_on_the_optimizer_and_are_written_out() {
         let sgd = OptimizerConfig::default().resolved();
-        assert_eq!((sgd.lr, sgd.weight_decay), (Some(0.1), Some(5e-4)));
+        assert_eq!((sgd.lr, sgd.weight_decay), (Some(0.05), Some(5e-4)));
         let adam = OptimizerConfig {
             kind: OptimizerKind::Adam,
             ..Default::default()

@@ -507,7 +507,11 @@ fn augment(
     fill: f32,
     rng: &mut ChaCha8Rng,
 ) {
-    let s = config.augment.max_shift as i64;
+    let s = if h.min(w) >= config.augment.shift_min_side {
+        config.augment.max_shift as i64
+    } else {
+        0
+    };
     let (dy, dx) = if s > 0 {
         (rng.random_range(-s..=s), rng.random_range(-s..=s))
     } else {
@@ -629,4 +633,31 @@ fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
     writeln!(file, "{}", serde_json::to_string(m).expect("plain data"))
         .map_err(|e| mlops_core::Error::io(path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_images_are_flipped_but_not_shifted() {
+        let config = TrainConfig::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (mut shifted_28, mut moved_8) = (0, 0);
+        for _ in 0..50 {
+            let src: Vec<f32> = (0..28 * 28).map(|i| i as f32).collect();
+            let mut dst = vec![0.0; src.len()];
+            augment(&src, &mut dst, 28, 28, &config, -1.0, &mut rng);
+            // A shift brings in the fill value at an edge.
+            shifted_28 += usize::from(dst.contains(&-1.0));
+            let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+            let mut dst = vec![0.0; 64];
+            augment(&src, &mut dst, 8, 8, &config, -1.0, &mut rng);
+            assert!(!dst.contains(&-1.0), "an 8x8 image was shifted");
+            let mirrored: Vec<f32> = (0..64).map(|i| (i / 8 * 8 + 7 - i % 8) as f32).collect();
+            assert!(dst == src || dst == mirrored);
+            moved_8 += usize::from(dst == mirrored);
+        }
+        assert!(shifted_28 > 20 && moved_8 > 10, "{shifted_28} {moved_8}");
+    }
 }

@@ -52,11 +52,11 @@ fn tiny(data: &Path, out: &Path, arch: Arch, epochs: usize) -> TrainConfig {
 }
 
 #[test]
-fn trains_exports_and_records_both_architectures() -> Result<()> {
+fn trains_exports_and_records_every_architecture() -> Result<()> {
     let _serial = serial();
     let tmp = tempfile::tempdir()?;
     let data = data_dir(tmp.path(), 40, 28)?;
-    for arch in [Arch::Seed, Arch::Res] {
+    for arch in [Arch::Seed, Arch::Res, Arch::Wide] {
         let out = tmp.path().join(format!("train-{arch}"));
         let outcome = mlops_train::run(&tiny(&data, &out, arch, 2))?;
         assert!(outcome.finished);
@@ -76,10 +76,15 @@ fn trains_exports_and_records_both_architectures() -> Result<()> {
         assert_eq!(config.input_shape, [1, 28, 28]);
         assert_eq!(config.embedding_dim, 16);
         assert_eq!(config.classes, vec!["0", "1", "2"]);
+        assert!(config.test_time_flip, "flip test-time augmentation is the default");
+        // The training curves are a PNG listed in the manifest.
+        let curves = std::fs::read(out.join("curves.png"))?;
+        assert!(curves.starts_with(b"\x89PNG"));
+        assert!(manifest.outputs.iter().any(|e| e.path.ends_with("curves.png")));
         // The optimizer's defaults are written out, so the record survives a change of them.
         let saved: TrainConfig =
             serde_json::from_slice(&std::fs::read(out.join("train_config.json"))?)?;
-        assert_eq!(saved.optimizer.lr, Some(0.1));
+        assert_eq!(saved.optimizer.lr, Some(0.05));
         assert_eq!(saved.optimizer.weight_decay, Some(5e-4));
         // The exported model stands alone: load it and embed a batch.
         let module = CModule::load(out.join("model.pt"))?;

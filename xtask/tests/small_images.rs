@@ -2,7 +2,9 @@
 //! images, must not regress on small image-folder data sets: 300 images per class of
 //! Fashion-MNIST's training set, shrunk to 8x8 and written as PNG class folders, go through the
 //! whole pipeline at 8x8 with the default training settings, and with the previous default
-//! (`res`, 12 epochs, no augmentation, no weight average) beside it.
+//! (`res`, 12 epochs, no augmentation, no weight average, no test-time flip) beside it. (This
+//! test found that a 1-pixel shift ruins 8x8 images: 0.69 against 0.81 without; the shift now
+//! skips images under 16 pixels a side.)
 
 use std::path::Path;
 
@@ -39,7 +41,8 @@ fn write_small_folders(src: &Path, out: &Path) -> Result<()> {
         )
         .context("frame size")?;
         let small = image::imageops::resize(&img, SIDE, SIDE, image::imageops::FilterType::Triangle);
-        let dir = out.join(mlops_data::FASHION_MNIST_CLASSES[class]);
+        // "T-shirt/top" is no folder name.
+        let dir = out.join(mlops_data::FASHION_MNIST_CLASSES[class].replace('/', "-"));
         std::fs::create_dir_all(&dir)?;
         small.save(dir.join(format!("{:04}.png", counts[class])))?;
         counts[class] += 1;
@@ -56,7 +59,12 @@ fn accuracy(tmp: &Path, run: &str, sets: &[&str]) -> Result<f64> {
     {
         cmd.args(["--set", s]);
     }
-    ensure!(cmd.status()?.success(), "the {run} run failed");
+    let out = cmd.stderr(std::process::Stdio::piped()).output()?;
+    if !out.status.success() {
+        let log = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).rev().take(15).collect();
+        anyhow::bail!("the {run} run failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
     let record = common::record(tmp, run)?;
     record["metrics"]["accuracy"]
         .as_f64()
@@ -88,12 +96,14 @@ fn the_default_recipe_holds_up_on_small_image_folders() -> Result<()> {
             "train.augment.max_shift=0",
             "train.augment.hflip=false",
             "train.ema=0.0",
+            "train.test_time_flip=false",
+            "train.optimizer.lr=0.1",
         ],
     )?;
     mlops_core::testing::skipped(format!(
         "small image folders (10 x {PER_CLASS} at {SIDE}x{SIDE}): default recipe {default:.4}, previous default {previous:.4}"
     ));
-    assert!(default >= 0.70, "default recipe: {default:.4}");
+    assert!(default >= 0.75, "default recipe: {default:.4}");
     assert!(
         default >= previous - 0.01,
         "default recipe {default:.4} regressed against the previous default {previous:.4}"
