@@ -1,6 +1,6 @@
 //! Embedding throughput of the exported default (`wide`, with and without flip test-time
 //! augmentation), `res` and `seed` models, through `mlops_embed::embed_batches` as the embed
-//! stage runs them: TorchScript, eval mode, batch-norm folded, batches of 512, one thread per
+//! stage runs them: TorchScript, eval mode, batch-norm folded, batches of 64 (its default), one thread per
 //! core, in the default precision (`auto`: bf16 where the CPU has it natively). Target:
 //! >= 3,000 img/s on 2 cores for the default model.
 
@@ -47,10 +47,10 @@ fn embed(c: &mut Criterion) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let module = export(arch, flip, tmp.path());
         let name = if flip { "_flip" } else { "" };
-        group.bench_function(format!("{arch}{name}_{precision}_5000_images_batch_512"), |b| {
+        group.bench_function(format!("{arch}{name}_{precision}_5000_images_batch_64"), |b| {
             b.iter(|| {
                 mlops_torch::autocast(precision, Device::Cpu, || {
-                    mlops_embed::embed_batches(&module, &images, 512, Device::Cpu)
+                    mlops_embed::embed_batches(&module, &images, 64, Device::Cpu)
                 })
                 .expect("embed")
             })

@@ -31,7 +31,7 @@ struct Flags {
     /// Roles to embed, comma separated [default: every role but train: gallery,val,test].
     #[arg(long, value_delimiter = ',')]
     roles: Option<Vec<Role>>,
-    /// Images per forward pass [default: 512].
+    /// Images per forward pass [default: 64].
     #[arg(long)]
     batch_size: Option<usize>,
     /// auto, cpu, cuda or cuda:N [default: auto].
