@@ -23,7 +23,8 @@ fn export(arch: Arch, flip: bool, dir: &std::path::Path) -> CModule {
     }
     let mut out = OutputDir::create(dir).expect("output dir");
     let example = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
-    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, flip, &mut out).expect("export");
+    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, flip, &mut out)
+        .expect("export");
     let module =
         CModule::load(out.staged_path(mlops_core::artifact::model::MODEL_FILE)).expect("load");
     drop(out);
@@ -47,14 +48,17 @@ fn embed(c: &mut Criterion) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let module = export(arch, flip, tmp.path());
         let name = if flip { "_flip" } else { "" };
-        group.bench_function(format!("{arch}{name}_{precision}_5000_images_batch_64"), |b| {
-            b.iter(|| {
-                mlops_torch::autocast(precision, Device::Cpu, || {
-                    mlops_embed::embed_batches(&module, &images, 64, Device::Cpu)
+        group.bench_function(
+            format!("{arch}{name}_{precision}_5000_images_batch_64"),
+            |b| {
+                b.iter(|| {
+                    mlops_torch::autocast(precision, Device::Cpu, || {
+                        mlops_embed::embed_batches(&module, &images, 64, Device::Cpu)
+                    })
+                    .expect("embed")
                 })
-                .expect("embed")
-            })
-        });
+            },
+        );
     }
     group.finish();
 }

@@ -22,7 +22,10 @@ fn vectors(tmp: &std::path::Path) -> (usize, Vec<f32>, Vec<f32>) {
             real.display()
         );
     } else {
-        eprintln!("index_search (test mode): synthetic vectors, {} is missing", real.display());
+        eprintln!(
+            "index_search (test mode): synthetic vectors, {} is missing",
+            real.display()
+        );
         let dir = tmp.join("embed");
         write_clusters(&dir, 128, 1200, 10, &["gallery", "test"], 0.5, 1).expect("fixture");
         dir

@@ -53,7 +53,8 @@ fn exported_res(dir: &std::path::Path) -> CModule {
     }
     let mut out = OutputDir::create(dir).expect("output dir");
     let example = Tensor::rand([8, 1, 28, 28], tch::kind::FLOAT_CPU);
-    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, false, &mut out).expect("export");
+    mlops_train::export::trace_and_verify(&mut vs, &mut net, &example, false, &mut out)
+        .expect("export");
     let module = CModule::load(out.staged_path("model.pt")).expect("load");
     drop(out);
     module

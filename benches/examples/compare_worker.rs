@@ -115,7 +115,11 @@ fn search(run: &Path, factory: &str, k: usize, out: &Path) -> Result<serde_json:
         if pass > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
-        ids = result.labels.iter().map(|l| l.get().map_or(-1, |v| v as i64)).collect();
+        ids = result
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |v| v as i64))
+            .collect();
     }
     let n = test.nrows();
     let ids = ndarray::Array2::from_shape_vec((n, k), ids)?;

@@ -28,6 +28,14 @@ pub fn register_font() -> Result<(), String> {
         .clone()
 }
 
+/// One chart: title, y-axis name, the named coloured lines, the y range.
+type Panel<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a Vec<(f64, f64)>, RGBColor)>,
+    std::ops::Range<f64>,
+);
+
 /// Draws the training curves as a PNG at `path`: training loss, validation accuracy (kNN vote
 /// and nearest centre) and learning rate per epoch, one panel each over a shared epoch axis.
 pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), String> {
@@ -56,7 +64,7 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
     let centre = points(|m| m.val_centre_accuracy);
     let lr = points(|m| m.lr);
     let both: Vec<(f64, f64)> = knn.iter().chain(&centre).copied().collect();
-    let series: [(&str, &str, Vec<(&str, &Vec<(f64, f64)>, RGBColor)>, _); 3] = [
+    let series: [Panel; 3] = [
         (
             "Training loss (ArcFace)",
             "loss",
@@ -97,7 +105,10 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
             .map_err(err)?;
         for (name, values, color) in lines {
             chart
-                .draw_series(LineSeries::new(values.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    values.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(err)?
                 .label(name)
                 .legend(move |(x, y)| {
@@ -144,7 +155,10 @@ mod tests {
         assert_eq!((img.width(), img.height()), (720, 780));
         // Not a blank canvas: the lines put colour on it.
         let rgb = img.to_rgb8();
-        let coloured = rgb.pixels().filter(|p| p[0] != p[1] || p[1] != p[2]).count();
+        let coloured = rgb
+            .pixels()
+            .filter(|p| p[0] != p[1] || p[1] != p[2])
+            .count();
         assert!(coloured > 500, "{coloured}");
         // One epoch (a flat range) still draws.
         training_curves_png(&path, &metrics[..1]).unwrap();

@@ -70,13 +70,8 @@ impl ArcFace {
     /// (the true class gets `1 - smoothing + smoothing / classes`, every other
     /// `smoothing / classes`).
     pub fn smoothed_loss(&self, embeddings: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor {
-        self.logits(embeddings, labels).cross_entropy_loss::<Tensor>(
-            labels,
-            None,
-            tch::Reduction::Mean,
-            -100,
-            smoothing,
-        )
+        self.logits(embeddings, labels)
+            .cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, smoothing)
     }
 }
 

@@ -100,7 +100,10 @@ pub fn execute(
                         .iter()
                         .map(|(n, t)| (format!("{MODEL}{}", &n[EMA.len()..]), t.shallow_clone()))
                         .collect(),
-                    None => vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+                    None => vars
+                        .iter()
+                        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                        .collect(),
                 };
                 write_tensors(&dir.join(BEST), &best)?
             }

@@ -56,7 +56,10 @@ impl<M> Ema<M> {
         let d = self.decay_at(step);
         tch::no_grad(|| {
             for (live, shadow) in &mut self.pairs {
-                if matches!(live.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+                if matches!(
+                    live.kind(),
+                    Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+                ) {
                     // shadow = d * shadow + (1 - d) * live, in place.
                     let _ = shadow.lerp_(&*live, 1.0 - d);
                 } else {

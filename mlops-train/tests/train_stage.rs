@@ -76,11 +76,17 @@ fn trains_exports_and_records_every_architecture() -> Result<()> {
         assert_eq!(config.input_shape, [1, 28, 28]);
         assert_eq!(config.embedding_dim, 16);
         assert_eq!(config.classes, vec!["0", "1", "2"]);
-        assert!(config.test_time_flip, "flip test-time augmentation is the default");
+        assert!(
+            config.test_time_flip,
+            "flip test-time augmentation is the default"
+        );
         // The training curves are a PNG listed in the manifest.
         let curves = std::fs::read(out.join("curves.png"))?;
         assert!(curves.starts_with(b"\x89PNG"));
-        assert!(manifest.outputs.iter().any(|e| e.path.ends_with("curves.png")));
+        assert!(manifest
+            .outputs
+            .iter()
+            .any(|e| e.path.ends_with("curves.png")));
         // The optimizer's defaults are written out, so the record survives a change of them.
         let saved: TrainConfig =
             serde_json::from_slice(&std::fs::read(out.join("train_config.json"))?)?;

@@ -56,7 +56,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     seconds: u32,
     /// What to measure.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "train,embed,search,serve,pipeline")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "train,embed,search,serve,pipeline"
+    )]
     parts: Vec<Part>,
 }
 
@@ -172,19 +177,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let run = run_dir.display().to_string();
         for batch in [64, 256, 512] {
             for p in ["fp32", precision.as_str()] {
-                if p == precision && p == "fp32" && pairs.iter().any(|x| x.name == format!("embed {arch} fp32 batch {batch}")) {
+                if p == precision
+                    && p == "fp32"
+                    && pairs
+                        .iter()
+                        .any(|x| x.name == format!("embed {arch} fp32 batch {batch}"))
+                {
                     continue;
                 }
                 let ours_out = work.join("ours.npy").display().to_string();
                 let ref_out = work.join("ref.npy").display().to_string();
-                let argv = |out: &str| ["embed", &run, &batch.to_string(), p, out].map(String::from);
+                let argv =
+                    |out: &str| ["embed", &run, &batch.to_string(), p, out].map(String::from);
                 let mut pair = sides.measure(&argv(&ours_out), &argv(&ref_out), "img_per_s")?;
                 let diff = sides.python_eval(&format!(
                     "import numpy as np; a=np.load('{ours_out}'); b=np.load('{ref_out}'); print(float(np.abs(a-b).max()) if a.shape==b.shape else 'inf')"
                 ))?;
                 pair.name = format!("embed {arch} {p} batch {batch}");
                 pair.unit = "img/s";
-                pair.extra = json!({ "max_abs_diff": diff.parse::<f64>().unwrap_or(f64::INFINITY) });
+                pair.extra =
+                    json!({ "max_abs_diff": diff.parse::<f64>().unwrap_or(f64::INFINITY) });
                 pairs.push(pair);
             }
         }
@@ -272,7 +284,9 @@ impl Sides {
 
     fn one(&self, mut cmd: Command, key: &str, what: &str) -> Result<(f64, Value)> {
         self.env(&mut cmd);
-        let out = cmd.output().with_context(|| format!("cannot start {what}"))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start {what}"))?;
         ensure!(
             out.status.success(),
             "{what} failed ({}): {}",
@@ -360,11 +374,17 @@ fn serve(sides: &Sides, run_dir: &Path, seconds: u32) -> Result<Value> {
                 .collect()
         };
         let p = |v: &[Value], key: &str| -> f64 {
-            median(&v.iter().map(|r| r[key].as_f64().unwrap_or(f64::NAN)).collect::<Vec<_>>())
+            median(
+                &v.iter()
+                    .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+                    .collect::<Vec<_>>(),
+            )
         };
         let errors = |v: &[Value]| -> u64 {
             v.iter()
-                .map(|r| r["non_2xx"].as_u64().unwrap_or(0) + r["socket_errors"].as_u64().unwrap_or(0))
+                .map(|r| {
+                    r["non_2xx"].as_u64().unwrap_or(0) + r["socket_errors"].as_u64().unwrap_or(0)
+                })
                 .sum()
         };
         eprintln!(
@@ -415,9 +435,15 @@ impl TorchServe {
         )?;
         let store = dir.join("model-store");
         std::fs::create_dir_all(&store)?;
-        std::fs::copy(pkg.join("fashion-mnist.mar"), store.join("fashion-mnist.mar"))?;
+        std::fs::copy(
+            pkg.join("fashion-mnist.mar"),
+            store.join("fashion-mnist.mar"),
+        )?;
         let properties = std::fs::read_to_string(pkg.join("config.properties"))?
-            .replace("install_py_dep_per_model=true", "install_py_dep_per_model=false")
+            .replace(
+                "install_py_dep_per_model=true",
+                "install_py_dep_per_model=false",
+            )
             .replace(":8080", ":18080")
             .replace(":8081", ":18081")
             .replace(":8082", ":18082")
@@ -447,7 +473,10 @@ impl TorchServe {
         let agent = bench_serve::agent();
         loop {
             let r = agent
-                .post(&format!("http://{}/predictions/fashion-mnist", ts.inference))
+                .post(&format!(
+                    "http://{}/predictions/fashion-mnist",
+                    ts.inference
+                ))
                 .header("Content-Type", "image/png")
                 .send(&png[..]);
             if matches!(r, Ok(ref r) if r.status() == 200) {
@@ -491,7 +520,10 @@ impl Drop for TorchServe {
 
 /// PATH with the venv's bin first (torch-model-archiver, torchserve, java stays from PATH).
 fn path_with(python: &Path) -> String {
-    let bin = python.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let bin = python
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     format!("{bin}:{}", std::env::var("PATH").unwrap_or_default())
 }
 
@@ -508,10 +540,18 @@ fn pipeline(run_dir: &Path) -> Result<Value> {
             .collect())
     };
     let stages = stages_of(&record)?;
-    if stages.iter().all(|s| s["status"] == "ran" && !s["peak_rss_mb"].is_null()) {
+    if stages
+        .iter()
+        .all(|s| s["status"] == "ran" && !s["peak_rss_mb"].is_null())
+    {
         let seconds = record["seconds"].as_f64().unwrap_or(0.0);
-        eprintln!("pipeline: every stage of {} ran; using its record", run_dir.display());
-        return Ok(json!({ "seconds": seconds, "accuracy": record["metrics"]["accuracy"], "stages": stages, "source": run_dir.join("run.json") }));
+        eprintln!(
+            "pipeline: every stage of {} ran; using its record",
+            run_dir.display()
+        );
+        return Ok(
+            json!({ "seconds": seconds, "accuracy": record["metrics"]["accuracy"], "stages": stages, "source": run_dir.join("run.json") }),
+        );
     }
     let name = "bench-e2e";
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -537,7 +577,9 @@ fn pipeline(run_dir: &Path) -> Result<Value> {
     let seconds = started.elapsed().as_secs_f64();
     let path = root().join("runs").join(name).join("run.json");
     let done = crate::read_json(&path)?;
-    Ok(json!({ "seconds": seconds, "accuracy": done["metrics"]["accuracy"], "stages": stages_of(&done)?, "source": path }))
+    Ok(
+        json!({ "seconds": seconds, "accuracy": done["metrics"]["accuracy"], "stages": stages_of(&done)?, "source": path }),
+    )
 }
 
 /// `key=value` pairs (TOML values) of a JSON table, nested keys dotted.
@@ -545,7 +587,11 @@ fn flatten_json(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_json(&key, v, out);
             }
         }
@@ -622,10 +668,14 @@ fn markdown(r: &Value) -> String {
             s.push_str(&format!(
                 "| {} | {:.0} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.2}x | {} / {} |\n",
                 l["clients"],
-                side("ours")["requests_per_second"]["median"].as_f64().unwrap_or(0.0),
+                side("ours")["requests_per_second"]["median"]
+                    .as_f64()
+                    .unwrap_or(0.0),
                 side("ours")["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 side("ours")["p99_ms"].as_f64().unwrap_or(f64::NAN),
-                side("reference")["requests_per_second"]["median"].as_f64().unwrap_or(0.0),
+                side("reference")["requests_per_second"]["median"]
+                    .as_f64()
+                    .unwrap_or(0.0),
                 side("reference")["p50_ms"].as_f64().unwrap_or(f64::NAN),
                 side("reference")["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 l["ratio"].as_f64().unwrap_or(0.0),
@@ -648,7 +698,9 @@ fn markdown(r: &Value) -> String {
                 "| {} | {:.1} | {} |\n",
                 st["stage"].as_str().unwrap_or_default(),
                 st["seconds"].as_f64().unwrap_or(0.0),
-                st["peak_rss_mb"].as_f64().map_or("-".into(), |m| format!("{m:.0}"))
+                st["peak_rss_mb"]
+                    .as_f64()
+                    .map_or("-".into(), |m| format!("{m:.0}"))
             ));
         }
         s.push('\n');

@@ -624,7 +624,8 @@ fn execute(stage: &Stage, argv: &[String], dir: &Path) -> Result<Option<f64>> {
         && !dir.join("manifest.json").is_file();
     if resumable {
         eprintln!("    resuming from {}", dir.join("checkpoints").display());
-        let (status, rss) = crate::status_and_peak_rss(Command::new(&binary).args(argv).arg("--resume"))?;
+        let (status, rss) =
+            crate::status_and_peak_rss(Command::new(&binary).args(argv).arg("--resume"))?;
         if status.success() {
             return Ok(rss);
         }
@@ -839,8 +840,13 @@ mod tests {
         assert_eq!(sets, ["arcface.margin=0.3", "epochs=4", "seed=42"]);
         let overridden = Params::load(&args(Some("quick"), &["train.epochs=2"])).unwrap();
         assert_eq!(overridden.table["train"]["epochs"].as_integer(), Some(2));
-        let err = Params::load(&args(Some("fast"), &[])).unwrap_err().to_string();
-        assert!(err.contains("no profile \"fast\" (profiles: quick)"), "{err}");
+        let err = Params::load(&args(Some("fast"), &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no profile \"fast\" (profiles: quick)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ fn write_small_folders(src: &Path, out: &Path) -> Result<()> {
             images.data[i * frame..(i + 1) * frame].to_vec(),
         )
         .context("frame size")?;
-        let small = image::imageops::resize(&img, SIDE, SIDE, image::imageops::FilterType::Triangle);
+        let small =
+            image::imageops::resize(&img, SIDE, SIDE, image::imageops::FilterType::Triangle);
         // "T-shirt/top" is no folder name.
         let dir = out.join(mlops_data::FASHION_MNIST_CLASSES[class].replace('/', "-"));
         std::fs::create_dir_all(&dir)?;
@@ -62,8 +63,16 @@ fn accuracy(tmp: &Path, run: &str, sets: &[&str]) -> Result<f64> {
     let out = cmd.stderr(std::process::Stdio::piped()).output()?;
     if !out.status.success() {
         let log = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = log.lines().filter(|l| !l.starts_with("  ")).rev().take(15).collect();
-        anyhow::bail!("the {run} run failed:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.starts_with("  "))
+            .rev()
+            .take(15)
+            .collect();
+        anyhow::bail!(
+            "the {run} run failed:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let record = common::record(tmp, run)?;
     record["metrics"]["accuracy"]
