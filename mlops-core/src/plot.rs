@@ -87,7 +87,13 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
             span(&lr, 0.05),
         ),
     ];
-    for (panel, (title, y_desc, lines, y_range)) in panels.iter().zip(series) {
+    for (i, (panel, (title, y_desc, lines, y_range))) in panels.iter().zip(series).enumerate() {
+        // Loss and learning rate fall, accuracy rises: keep the legend off the lines' ends.
+        let legend_at = if i == 1 {
+            SeriesLabelPosition::LowerRight
+        } else {
+            SeriesLabelPosition::UpperRight
+        };
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 18))
             .margin(8)
@@ -120,7 +126,7 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(legend_at)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 12))
