@@ -158,43 +158,39 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     let mut pairs: Vec<Pair> = Vec::new();
     let mut sections = serde_json::Map::new();
+    // fp32, and the run's own precision when that is another.
+    let mut precisions = vec!["fp32"];
+    if precision != "fp32" {
+        precisions.push(precision.as_str());
+    }
     if args.parts.contains(&Part::Train) {
-        let mut precisions = vec!["fp32".to_string()];
-        if precision != "fp32" {
-            precisions.push(precision.clone());
-        }
         for a in [arch.as_str(), "seed"] {
-            for p in &precisions {
-                let argv = ["train", a, "128", "20", p.as_str()].map(String::from);
-                let mut pair = sides.measure(&argv, &argv, "img_per_s")?;
-                pair.name = format!("train step {a} {p} batch 128");
-                pair.unit = "img/s";
-                pairs.push(pair);
+            for &p in &precisions {
+                let argv = ["train", a, "128", "20", p].map(String::from);
+                let name = format!("train step {a} {p} batch 128");
+                pairs.push(sides.measure(name, "img/s", &argv, &argv, "img_per_s")?);
             }
         }
     }
     if args.parts.contains(&Part::Embed) {
         let run = run_dir.display().to_string();
         for batch in [64, 256, 512] {
-            for p in ["fp32", precision.as_str()] {
-                if p == precision
-                    && p == "fp32"
-                    && pairs
-                        .iter()
-                        .any(|x| x.name == format!("embed {arch} fp32 batch {batch}"))
-                {
-                    continue;
-                }
+            for &p in &precisions {
                 let ours_out = work.join("ours.npy").display().to_string();
                 let ref_out = work.join("ref.npy").display().to_string();
                 let argv =
                     |out: &str| ["embed", &run, &batch.to_string(), p, out].map(String::from);
-                let mut pair = sides.measure(&argv(&ours_out), &argv(&ref_out), "img_per_s")?;
+                let name = format!("embed {arch} {p} batch {batch}");
+                let mut pair = sides.measure(
+                    name,
+                    "img/s",
+                    &argv(&ours_out),
+                    &argv(&ref_out),
+                    "img_per_s",
+                )?;
                 let diff = sides.python_eval(&format!(
                     "import numpy as np; a=np.load('{ours_out}'); b=np.load('{ref_out}'); print(float(np.abs(a-b).max()) if a.shape==b.shape else 'inf')"
                 ))?;
-                pair.name = format!("embed {arch} {p} batch {batch}");
-                pair.unit = "img/s";
                 pair.extra =
                     json!({ "max_abs_diff": diff.parse::<f64>().unwrap_or(f64::INFINITY) });
                 pairs.push(pair);
@@ -207,12 +203,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let ours_out = work.join("ours_ids.npy").display().to_string();
             let ref_out = work.join("ref_ids.npy").display().to_string();
             let argv = |out: &str| ["search", &run, factory, "10", out].map(String::from);
-            let mut pair = sides.measure(&argv(&ours_out), &argv(&ref_out), "q_per_s")?;
+            let name = format!("search {factory} k 10");
+            let mut pair = sides.measure(
+                name,
+                "queries/s",
+                &argv(&ours_out),
+                &argv(&ref_out),
+                "q_per_s",
+            )?;
             let same = sides.python_eval(&format!(
                 "import numpy as np; a=np.load('{ours_out}'); b=np.load('{ref_out}'); print(float((a==b).mean()))"
             ))?;
-            pair.name = format!("search {factory} k 10");
-            pair.unit = "queries/s";
             pair.extra["identical_ids"] = json!(same.parse::<f64>()?);
             pairs.push(pair);
         }
@@ -303,7 +304,14 @@ impl Sides {
     }
 
     /// `repeats` rounds of ours then theirs, each a fresh process.
-    fn measure(&self, ours: &[String], theirs: &[String], key: &str) -> Result<Pair> {
+    fn measure(
+        &self,
+        name: String,
+        unit: &'static str,
+        ours: &[String],
+        theirs: &[String],
+        key: &str,
+    ) -> Result<Pair> {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut extra = json!({});
         for _ in 0..self.repeats {
@@ -321,16 +329,14 @@ impl Sides {
             extra["reference_torch_threads"] = v["torch_threads"].clone();
         }
         eprintln!(
-            "{} {:?}: ours {:.0}, reference {:.0} (medians of {})",
-            ours[0],
-            &ours[1..],
+            "{name}: ours {:.0}, reference {:.0} {unit} (medians of {})",
             median(&a),
             median(&b),
             self.repeats
         );
         Ok(Pair {
-            name: String::new(),
-            unit: "",
+            name,
+            unit,
             ours: a,
             theirs: b,
             extra,
@@ -554,26 +560,19 @@ fn pipeline(run_dir: &Path) -> Result<Value> {
         );
     }
     let name = "bench-e2e";
+    // The run's recorded parameter table is a parameters file as it stands; the flags only
+    // rename the run and its registry.
+    let config = std::env::temp_dir().join(format!("mlops-bench-e2e-{}.toml", std::process::id()));
+    std::fs::write(&config, parameters_file(&record)?)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["pipeline", "--no-setup", "--force", "--name", name])
-        .args(["--registry", "runs/registry-bench"]);
-    for (section, table) in record["parameters"].as_object().into_iter().flatten() {
-        if section == "pipeline" {
-            continue;
-        }
-        let mut flat = Vec::new();
-        flatten_json("", table, &mut flat);
-        for (k, v) in flat {
-            cmd.args(["--set", &format!("{section}.{k}={v}")]);
-        }
-    }
-    if let Some(sources) = record["parameters"]["pipeline"]["sources"].as_array() {
-        for s in sources.iter().filter_map(Value::as_str) {
-            cmd.args(["--source", s]);
-        }
-    }
+        .args(["--registry", "runs/registry-bench"])
+        .arg("--config")
+        .arg(&config);
     let started = Instant::now();
-    run_cmd(cmd.current_dir(root()), "the pipeline")?;
+    let ran = run_cmd(cmd.current_dir(root()), "the pipeline");
+    let _ = std::fs::remove_file(&config);
+    ran?;
     let seconds = started.elapsed().as_secs_f64();
     let path = root().join("runs").join(name).join("run.json");
     let done = crate::read_json(&path)?;
@@ -582,21 +581,11 @@ fn pipeline(run_dir: &Path) -> Result<Value> {
     )
 }
 
-/// `key=value` pairs (TOML values) of a JSON table, nested keys dotted.
-fn flatten_json(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten_json(&key, v, out);
-            }
-        }
-        other => out.push((prefix.to_string(), other.to_string())),
-    }
+/// The parameter table a `run.json` recorded, as a parameters file for `--config`.
+fn parameters_file(record: &Value) -> Result<String> {
+    let params: toml::Table = serde_json::from_value(record["parameters"].clone())
+        .context("run.json: parameters are not a parameter table")?;
+    Ok(toml::to_string(&params)?)
 }
 
 fn markdown(r: &Value) -> String {
@@ -707,4 +696,22 @@ fn markdown(r: &Value) -> String {
     }
     s.push_str("Raw figures: `benches/results/latest.json`. Reproduce with the command above (the reference venv is set up on first use).\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_parameter_table_becomes_the_same_parameters_file() {
+        let text = "[pipeline]\nrun = \"x\"\nsources = [\"/a\"]\n[data]\nimage_size = [8, 8]\n\
+                    [train]\nepochs = 3\narch = \"res\"\naugment = { max_shift = 0, hflip = false }\n\
+                    [eval.gate]\nmin_accuracy = 0.5\n";
+        let table: toml::Table = toml::from_str(text).unwrap();
+        // run.json holds the table as JSON.
+        let record = json!({ "parameters": serde_json::to_value(&table).unwrap() });
+        let back: toml::Table = toml::from_str(&parameters_file(&record).unwrap()).unwrap();
+        assert_eq!(back, table);
+        assert!(parameters_file(&json!({ "parameters": [1] })).is_err());
+    }
 }
