@@ -415,10 +415,12 @@ fn write_outputs(
     let (thumbnails, note) =
         misclassified_thumbnails(&inputs.emb, &inputs.truth, &inputs.pred, classes, 24);
     // The training curves, when the embed stage carried them from the model.
-    let curves = match inputs.emb.manifest.output(CURVES_FILE) {
-        Some(_) => {
-            let path = inputs.emb.verified(CURVES_FILE)?;
-            manifest.inputs.push(FileEntry::input_file(&path)?);
+    // Recorded with the checksum the embed manifest lists (just verified), not hashed again.
+    let curves = match inputs.emb.verified_if_listed(CURVES_FILE)? {
+        Some(path) => {
+            manifest
+                .inputs
+                .extend(inputs.emb.input_entries([CURVES_FILE])?);
             Some(std::fs::read(&path).map_err(|e| mlops_core::Error::io(&path, e))?)
         }
         None => None,

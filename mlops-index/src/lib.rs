@@ -345,9 +345,9 @@ pub fn load_dir(dir: IndexDir) -> Result<LoadedIndex> {
     }
     set_search_params(&mut index, summary.nprobe, summary.ef_search)?;
     let labels = dir.labels()?;
-    let centres = match dir.manifest.output(CENTRES_FILE) {
-        Some(_) => {
-            let c: ndarray::Array2<f32> = mlops_core::npy::read(&dir.verified(CENTRES_FILE)?)?;
+    let centres = match dir.verified_if_listed(CENTRES_FILE)? {
+        Some(path) => {
+            let c: ndarray::Array2<f32> = mlops_core::npy::read(&path)?;
             if c.ncols() != summary.dim || c.nrows() != summary.classes.len() {
                 return Err(mlops_core::Error::invalid(
                     dir.dir.join(CENTRES_FILE),

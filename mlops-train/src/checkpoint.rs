@@ -93,20 +93,17 @@ pub fn execute(
     let ema_vars = ema.map(|e| named_vars(e, EMA));
     for action in actions {
         match action {
-            Action::SaveBest => {
-                let best: Vec<(String, Tensor)> = match &ema_vars {
-                    // Saved under the plain model names: export loads them as the model.
-                    Some(ev) => ev
+            Action::SaveBest => match &ema_vars {
+                // Saved under the plain model names: export loads them as the model.
+                Some(ev) => {
+                    let renamed: Vec<(String, Tensor)> = ev
                         .iter()
                         .map(|(n, t)| (format!("{MODEL}{}", &n[EMA.len()..]), t.shallow_clone()))
-                        .collect(),
-                    None => vars
-                        .iter()
-                        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                        .collect(),
-                };
-                write_tensors(&dir.join(BEST), &best)?
-            }
+                        .collect();
+                    write_tensors(&dir.join(BEST), &renamed)?
+                }
+                None => write_tensors(&dir.join(BEST), &vars)?,
+            },
             Action::SaveLast => {
                 let mut all: Vec<(String, Tensor)> = vars
                     .iter()

@@ -207,14 +207,11 @@ impl Session {
     /// Builds the model (from the seed, or the last checkpoint with `resume`).
     fn start(config: &TrainConfig, p: &Prepared) -> Result<Self> {
         tch::manual_seed(config.seed as i64);
-        let mut dp = DataParallel::new(&p.devices, |path| {
-            TrainNet::new(path, config, p.input, p.classes as i64)
-        })?;
+        let build = |path: &nn::Path| TrainNet::new(path, config, p.input, p.classes as i64);
+        let mut dp = DataParallel::new(&p.devices, build)?;
         let mut opt = dp.optimizer(config.optimizer);
         let mut ema = if config.ema > 0.0 {
-            Some(Ema::new(&dp.primary().vs, config.ema, |path| {
-                TrainNet::new(path, config, p.input, p.classes as i64)
-            })?)
+            Some(Ema::new(&dp.primary().vs, config.ema, build)?)
         } else {
             None
         };

@@ -88,6 +88,15 @@ impl<S> StageDir<S> {
         serde_json::from_slice(&text).map_err(|source| Error::Json { path, source })
     }
 
+    /// [`StageDir::verified`] for an output the directory may or may not hold: `None` when its
+    /// manifest does not list `name`.
+    pub fn verified_if_listed(&self, name: &str) -> Result<Option<PathBuf>> {
+        match self.manifest.output(name) {
+            Some(_) => self.verified(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// What a consuming stage lists among its inputs: this manifest, then the outputs `names`
     /// with their paths under this directory and the sha256 recorded here.
     pub fn input_entries<'a>(
