@@ -154,6 +154,7 @@ impl Embedder {
 
     /// Loads a `model.pt` whose description the caller has read (e.g. from a registry).
     pub fn load_file(path: &Path, description: ModelDescription, device: Device) -> Result<Self> {
+        mlops_torch::tune_allocator();
         let mut module = CModule::load_on_device(path, device).map_err(|source| Error::Model {
             path: path.to_path_buf(),
             source,

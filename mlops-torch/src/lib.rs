@@ -157,6 +157,32 @@ impl DeviceSpec {
     }
 }
 
+/// Tunes glibc's allocator for libtorch's activation buffers, once per process: blocks up to
+/// 32 MiB come from the heap instead of fresh `mmap`s, and freed memory is kept rather than
+/// trimmed back to the kernel. Without it every forward pass over a large batch maps, faults in
+/// (zero-fills) and unmaps its activations again: embedding batches of 512 ran at 2,900-3,100
+/// img/s on 2 cores, with it 4,100-4,200 (`wide` with flip, fp32). The price is that the
+/// process keeps its peak heap. A `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the
+/// environment means someone chose otherwise, and is left alone.
+pub fn tune_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let chosen = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some());
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if !chosen {
+            // SAFETY: mallopt only changes allocator parameters; 32 MiB is glibc's largest
+            // accepted mmap threshold on 64-bit systems.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        }
+        let _ = chosen;
+    });
+}
+
 /// Sets libtorch's intra-op threads: `requested`, or one per core when it is 0. Returns the count.
 pub fn set_threads(requested: usize) -> usize {
     let threads = if requested == 0 {

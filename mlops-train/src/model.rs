@@ -467,11 +467,15 @@ mod tests {
                 .collect();
             assert!(convs.len() >= 2, "{arch}");
             assert!(convs.iter().all(is_channels_last), "{arch}: weights");
-            let mut opt = crate::optim::Optimizer::new(Default::default(), vs.trainable_variables());
+            let mut opt =
+                crate::optim::Optimizer::new(Default::default(), vs.trainable_variables());
             let before: Vec<Tensor> = convs.iter().map(|t| t.detach().copy()).collect();
             let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
             net.forward_t(&x, true).sum(Kind::Float).backward();
-            assert!(convs.iter().all(|t| is_channels_last(&t.grad())), "{arch}: gradients");
+            assert!(
+                convs.iter().all(|t| is_channels_last(&t.grad())),
+                "{arch}: gradients"
+            );
             opt.step(0.1);
             assert!(convs.iter().all(is_channels_last), "{arch}: after a step");
             // The step changed the weights the layers use, not a detached copy.

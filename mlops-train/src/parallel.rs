@@ -179,8 +179,7 @@ mod tests {
         let devices = vec![Device::Cpu; replicas];
         let mut dp = DataParallel::new(&devices, mlp).unwrap();
         tch::no_grad(|| {
-            let mut vars: Vec<(String, Tensor)> =
-                dp.primary().vs.variables().into_iter().collect();
+            let mut vars: Vec<(String, Tensor)> = dp.primary().vs.variables().into_iter().collect();
             vars.sort_by(|a, b| a.0.cmp(&b.0));
             for (i, (_, mut t)) in vars.into_iter().enumerate() {
                 t.copy_(&fixed(&t.size(), i as f64));

@@ -118,7 +118,13 @@ impl Prepared {
 }
 
 fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
-    let devices = config.device.resolve()?;
+    let devices: Vec<Device> = config
+        .device
+        .resolve()?
+        .into_iter()
+        .flat_map(|d| std::iter::repeat_n(d, config.replicas_per_device))
+        .collect();
+    mlops_torch::tune_allocator();
     let threads = mlops_torch::set_threads(config.threads);
     let data = DataDir::open(&config.data)?;
     if let Some(validated) = &config.validated {

@@ -122,6 +122,29 @@ fn learns_the_synthetic_classes() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn two_replicas_on_one_device_learn_too() -> Result<()> {
+    // The data-parallel path through the whole stage (the GPU kit runs it on one GPU).
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 100, 28)?;
+    let out = tmp.path().join("train");
+    let config = TrainConfig {
+        batch_size: 32,
+        replicas_per_device: 2,
+        ..tiny(&data, &out, Arch::Res, 4)
+    };
+    let outcome = mlops_train::run(&config)?;
+    assert!(outcome.best_val_accuracy >= 0.9, "{:?}", outcome.metrics);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json"))?)?;
+    assert_eq!(
+        manifest["summary"]["devices"],
+        serde_json::json!(["Cpu", "Cpu"])
+    );
+    Ok(())
+}
+
 /// Every tensor of a safetensors file, by name.
 fn tensors(path: &Path) -> Vec<(String, Tensor)> {
     let mut t = Tensor::read_safetensors(path).unwrap();
@@ -223,6 +246,12 @@ fn bad_inputs_fail_cleanly() -> Result<()> {
         &t.join("o2"),
         &["--device", "cuda:3"],
         "cuda:3 is not available",
+    );
+    assert_fails(
+        &data,
+        &t.join("o2b"),
+        &["--set", "replicas_per_device=0"],
+        "replicas_per_device must be at least 1",
     );
 
     // A checkpoint that is not a safetensors file.

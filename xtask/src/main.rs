@@ -10,6 +10,7 @@ mod bench_serve;
 mod bundle;
 mod ct;
 mod dag;
+mod gpu_kit;
 mod kfp;
 mod notify;
 mod pipeline;
@@ -49,6 +50,9 @@ enum Cmd {
     /// Criterion benchmarks; with --compare, ours against PyTorch, faiss-cpu and TorchServe
     /// (writes BENCHMARKS.md and benches/results/latest.json).
     Bench(bench::BenchArgs),
+    /// Build the stage binaries for the GPU machine's PyTorch, with a data slice and the script
+    /// that checks training, data parallelism and embedding on its GPU against the CPU.
+    GpuKit(gpu_kit::GpuKitArgs),
     /// Benchmark the server on loopback with wrk against the in-process rate.
     BenchServe(bench_serve::BenchServeArgs),
     /// Set up, check formatting and run all tests (what CI runs).
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         Cmd::Pipeline(args) => pipeline::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::BenchServe(args) => bench_serve::run(&args),
+        Cmd::GpuKit(args) => gpu_kit::run(&args),
         Cmd::Runs { runs_dir } => pipeline::list_runs(runs_dir.as_deref()),
         Cmd::Kfp(args) => kfp::run(&args),
         Cmd::Bundle(args) => bundle::run(&args),

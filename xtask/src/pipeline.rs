@@ -648,7 +648,7 @@ fn read_decision(run_dir: &Path) -> Result<String> {
         .to_string())
 }
 
-fn git_revision() -> Option<String> {
+pub(crate) fn git_revision() -> Option<String> {
     let out = Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(root())

@@ -24,10 +24,11 @@ const APT_PACKAGES: &[&str] = &[
     "patchelf",
 ];
 
+/// The libtorch tch 0.26 needs (see shared/ENVIRONMENT.md).
 const TORCH_VERSION: &str = "2.13.0";
-/// Wheels whose CPU libraries make up libtorch for tch 0.26 (see shared/ENVIRONMENT.md).
-const WHEELS: &[&str] = &[
-    "torch==2.13.0",
+/// The two small CUDA runtime wheels whose libraries libtorch_cpu needs to load, even on a CPU
+/// (the same sonames for torch 2.11 and 2.13).
+const RUNTIME_WHEELS: &[&str] = &[
     "nvidia-cuda-runtime==13.0.96.*",
     "nvidia-cuda-cupti==13.0.85.*",
 ];
@@ -73,7 +74,7 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
         prefer_openmp_openblas()?;
     }
     let cache = cache_dir()?;
-    let libtorch = libtorch(&cache)?;
+    let libtorch = libtorch(&cache, TORCH_VERSION)?;
     link(&libtorch, &root().join(".libtorch"))?;
     let python = if args.skip_venv {
         PathBuf::from("python3")
@@ -83,7 +84,7 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
     Ok(Env { python })
 }
 
-fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf> {
     let dir = if let Some(dir) = std::env::var_os("MLOPS_CACHE") {
         PathBuf::from(dir)
     } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
@@ -158,26 +159,29 @@ fn prefer_openmp_openblas() -> Result<()> {
     Ok(())
 }
 
-/// Extracts libtorch (CPU) from PyPI wheels into `cache/libtorch-<version>-cpu`, once.
-fn libtorch(cache: &Path) -> Result<PathBuf> {
-    let prefix = cache.join(format!("libtorch-{TORCH_VERSION}-cpu"));
+/// Extracts libtorch `version` (its CPU libraries and headers) from PyPI wheels into
+/// `cache/libtorch-<version>-cpu`, once. `cargo xtask gpu-kit` asks for the GPU machine's version.
+pub fn libtorch(cache: &Path, version: &str) -> Result<PathBuf> {
+    let prefix = cache.join(format!("libtorch-{version}-cpu"));
     if prefix.join(".complete").exists() {
         return Ok(prefix);
     }
-    let wheels = cache.join("wheels");
-    eprintln!("setup: fetching libtorch {TORCH_VERSION} from PyPI wheels (about 540 MB, once)");
+    let wheels = cache.join(format!("wheels-{version}"));
+    eprintln!("setup: fetching libtorch {version} from PyPI wheels (about 540 MB, once)");
     run_cmd(
         Command::new("python3")
             .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
             .arg(&wheels)
-            .args(WHEELS),
+            .arg(format!("torch=={version}"))
+            .args(RUNTIME_WHEELS),
         "pip download",
     )?;
-    let staging = cache.join(format!("libtorch-{TORCH_VERSION}-cpu.partial"));
+    let staging = cache.join(format!("libtorch-{version}-cpu.partial"));
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
     }
     fs::create_dir_all(staging.join("lib"))?;
+    let torch_wheel = format!("torch-{version}-");
     let mut found = 0usize;
     for wheel in fs::read_dir(&wheels)? {
         let wheel = wheel?.path();
@@ -186,9 +190,7 @@ fn libtorch(cache: &Path) -> Result<PathBuf> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let keep: fn(&str) -> Option<String> = if name
-            .starts_with(&format!("torch-{TORCH_VERSION}-"))
-        {
+        let keep: fn(&str) -> Option<String> = if name.starts_with(&torch_wheel) {
             |member| {
                 if let Some(rest) = member.strip_prefix("torch/include/") {
                     return Some(format!("include/{rest}"));
@@ -229,7 +231,7 @@ fn libtorch(cache: &Path) -> Result<PathBuf> {
     }
     fs::write(
         staging.join(".complete"),
-        format!("torch {TORCH_VERSION}, {found} files\n"),
+        format!("torch {version}, {found} files\n"),
     )?;
     if prefix.exists() {
         fs::remove_dir_all(&prefix)?;
