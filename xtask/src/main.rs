@@ -190,7 +190,25 @@ pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<(
 pub fn status_and_peak_rss(
     cmd: &mut Command,
 ) -> std::io::Result<(std::process::ExitStatus, Option<f64>)> {
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    // The stage dies with the runner: a runner killed alone (SIGTERM or SIGKILL to its pid, not
+    // its process group) would otherwise leave an orphaned stage computing on, competing with
+    // whatever runs next and racing the resumed run for the same output directory.
+    let runner = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, getppid
+    // and _exit, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The runner died between fork and prctl: no signal will come.
+            if libc::getppid() as u32 != runner {
+                libc::_exit(143);
+            }
+            Ok(())
+        });
+    }
     let child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;

@@ -149,3 +149,56 @@ fn killed_runs_resume_to_the_same_result_and_reruns_come_from_cache() -> Result<
     );
     Ok(())
 }
+
+/// Processes whose command line mentions `needle`, other than this test's own.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_runner_takes_its_stage_with_it() -> Result<()> {
+    if common::release_binaries().is_none() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    write_idx(&t.join("src"))?;
+    let mut cmd = pipeline(t, "orphan");
+    cmd.args(["--set", "train.epochs=200"]);
+    let mut runner = cmd.spawn()?;
+    let train_dir = t.join("runs/orphan/train");
+    let needle = train_dir.display().to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    while processes_mentioning(&needle).is_empty() {
+        ensure!(
+            runner.try_wait()?.is_none(),
+            "the pipeline ended before its train stage was seen"
+        );
+        ensure!(Instant::now() < deadline, "no train stage after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGKILL to the runner alone, as a supervisor or `kill PID` would send it.
+    runner.kill()?;
+    runner.wait()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_mentioning(&needle).is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the train stage outlived its runner by 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
