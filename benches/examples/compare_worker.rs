@@ -43,6 +43,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn train(arch: &str, batch: i64, steps: usize, precision: &str) -> Result<serde_json::Value> {
     let arch: Arch = serde_json::from_value(json!(arch))?;
     let precision: Precision = precision.parse().map_err(anyhow::Error::msg)?;
+    // As the train stage does before it builds anything.
+    mlops_torch::tune_allocator();
     tch::manual_seed(0);
     let config = TrainConfig {
         arch,
