@@ -167,11 +167,11 @@ impl DeviceSpec {
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let chosen = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        if !chosen {
+        if ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none())
+        {
             // SAFETY: mallopt only changes allocator parameters; 32 MiB is glibc's largest
             // accepted mmap threshold on 64-bit systems.
             unsafe {
@@ -179,7 +179,6 @@ pub fn tune_allocator() {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
         }
-        let _ = chosen;
     });
 }
 

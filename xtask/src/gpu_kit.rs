@@ -11,12 +11,11 @@
 //! device call carries.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::{root, run_cmd, setup};
 
@@ -75,7 +74,7 @@ pub fn run(args: &GpuKitArgs) -> Result<()> {
         let dest = out.join("bin").join(name);
         fs::copy(bin.join(name), &dest)
             .with_context(|| format!("cannot copy {}", bin.join(name).display()))?;
-        binaries.insert(name.into(), sha256(&dest)?.into());
+        binaries.insert(name.into(), crate::pipeline::sha256_file(&dest)?.into());
     }
     let data = out.join("data");
     fs::create_dir_all(&data)?;
@@ -248,20 +247,6 @@ fn gzip(bytes: &[u8], to: &Path) -> Result<()> {
         .write_all(bytes)?;
     ensure!(child.wait()?.success(), "gzip failed for {}", to.display());
     Ok(())
-}
-
-fn sha256(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 fn dir_bytes(dir: &Path) -> Result<u64> {

@@ -555,7 +555,7 @@ pub fn source_fingerprint(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
