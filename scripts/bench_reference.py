@@ -17,46 +17,59 @@ import numpy as np
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "1"))
 
 
-def autocast(precision):
+def autocast(precision, device="cpu"):
     import contextlib
     import torch
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def train(arch, batch, steps, precision):
-    """The stage's default recipe: SGD, Nesterov momentum 0.9, weight decay 5e-4 (L2) on tensors
-    of two or more dimensions only; the network under autocast, ArcFace and the loss in fp32."""
+def sync(device):
     import torch
-    sys.path.insert(0, os.path.dirname(__file__))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def train(arch, batch, steps, precision, device="cpu", channels_last=False, warmup=3):
+    """The stage's default recipe: SGD, Nesterov momentum 0.9, weight decay 5e-4 (L2) on tensors
+    of two or more dimensions only; the network under autocast, ArcFace and the loss in fp32.
+    `channels_last` stores the network NHWC, as ours is (the GPU kit's stronger reference)."""
+    import torch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from torch_replica import ArcFace, Res, Seed, Wide
-    torch.set_num_threads(THREADS)
+    if device == "cpu":
+        torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     net = {"wide": lambda: Wide(), "res": lambda: Res(dropout=0.0), "seed": lambda: Seed()}[arch]()
-    head = ArcFace(128, 10)
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    head = ArcFace(128, 10).to(device)
     params = list(net.parameters()) + list(head.parameters())
     groups = [
         {"params": [p for p in params if p.dim() > 1], "weight_decay": 5e-4},
         {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
     ]
     opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True)
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
     net.train()
 
     def step():
         opt.zero_grad()
-        with autocast(precision):
+        with autocast(precision, device):
             emb = net(x)
         head(emb.float(), y).backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(warmup):
         step()
+    sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync(device)
     seconds = time.perf_counter() - t
     return {"img_per_s": steps * batch / seconds, "seconds": seconds}
 

@@ -16,9 +16,9 @@ use anyhow::{bail, Context, Result};
 use faiss::Index;
 use mlops_core::artifact::{DataDir, EmbeddingsDir, Metric, ModelDir, Role};
 use mlops_torch::Precision;
-use mlops_train::{Arch, TrainConfig, TrainNet};
+use mlops_train::{Arch, TrainConfig};
 use serde_json::json;
-use tch::{nn, Device, Kind, Tensor};
+use tch::Device;
 
 #[link(name = "gomp")]
 extern "C" {
@@ -37,39 +37,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Training steps of the stage's default recipe on a fixed random batch: SGD with Nesterov
-/// momentum, weight decay on tensors of two or more dimensions only, ArcFace in fp32 after the
-/// network (under autocast with bf16).
+/// Training steps of the stage's default recipe on a fixed random batch (see
+/// [`mlops_train::timing::step_throughput`]).
 fn train(arch: &str, batch: i64, steps: usize, precision: &str) -> Result<serde_json::Value> {
     let arch: Arch = serde_json::from_value(json!(arch))?;
     let precision: Precision = precision.parse().map_err(anyhow::Error::msg)?;
-    // As the train stage does before it builds anything.
-    mlops_torch::tune_allocator();
-    tch::manual_seed(0);
     let config = TrainConfig {
         arch,
         ..Default::default()
     };
-    let vs = nn::VarStore::new(Device::Cpu);
-    let net = TrainNet::new(&vs.root(), &config, [1, 28, 28], 10);
-    let mut opt =
-        mlops_train::optim::Optimizer::new(config.optimizer.resolved(), vs.trainable_variables());
-    let x = Tensor::rand([batch, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
-    let mut step = || {
-        opt.zero_grad();
-        net.loss(&x, &y, precision, 0.0).backward();
-        opt.step(0.01);
-    };
-    for _ in 0..3 {
-        step();
-    }
-    let t = Instant::now();
-    for _ in 0..steps {
-        step();
-    }
-    let seconds = t.elapsed().as_secs_f64();
-    Ok(json!({"img_per_s": (steps as i64 * batch) as f64 / seconds, "seconds": seconds}))
+    let t = mlops_train::timing::step_throughput(&config, Device::Cpu, batch, 3, steps, precision)?;
+    Ok(json!({"img_per_s": t.images_per_second, "seconds": t.seconds}))
 }
 
 /// The test images of a run through its `model.pt`, as the embed stage computes them.

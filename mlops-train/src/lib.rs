@@ -33,6 +33,7 @@ pub mod export;
 pub mod model;
 pub mod optim;
 pub mod parallel;
+pub mod timing;
 mod trainer;
 
 use std::path::PathBuf;

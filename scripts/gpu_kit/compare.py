@@ -1,16 +1,21 @@
 """Python half of the GPU check of `cargo xtask gpu-kit` (run.sh calls it; needs torch and numpy).
 
     compare.py libs   --kit KIT --device DEV     shell assignments: LIBPATH, PRELOAD
+    compare.py step   --kit KIT --device DEV --arch A --batch B --steps S --precision P --out OUT
     compare.py report --kit KIT --work W --out OUT --device DEV --epochs N
 
 `libs` imports the machine's PyTorch, runs one CUDA convolution and matmul so that every
 library they need is mapped, and reads the directories of the mapped shared objects from
 /proc/self/maps: our binaries get exactly the libraries PyTorch itself uses.
 
+`step` times PyTorch eager's training step on one fixed batch (bench_reference.py's `train`,
+the network stored channels-last as ours is) and appends a JSON line to OUT/step_timings.jsonl,
+beside the lines of our `train_step`.
+
 `report` compares what run.sh produced (trainings on the CPU, on the GPU and data parallel;
-embeddings of one model on both devices) and times PyTorch on the same device doing the same
-work (the `wide` network's training step from torch_replica.py, torch.jit.load of our
-model.pt), then writes OUT/gpu_report.json and OUT/gpu_report.md.
+embeddings of one model on both devices; the step timings) and times torch.jit.load of our
+model.pt on the same device, then writes OUT/gpu_report.json and OUT/gpu_report.md. Whatever
+a failed step did not produce is reported missing, not guessed.
 """
 import argparse
 import glob
@@ -104,63 +109,74 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def torch_train_step(device, batch=128, steps=50):
-    """PyTorch eager, the stage's recipe: SGD Nesterov, weight decay on >= 2-d tensors only,
-    the network under bf16 autocast, ArcFace and the loss in fp32."""
-    import torch
-
+def step(args):
     sys.path.insert(0, HERE)
-    from torch_replica import ArcFace, Wide
+    from bench_reference import train
 
-    torch.manual_seed(0)
-    net = Wide().to(device).to(memory_format=torch.channels_last)
-    head = ArcFace(128, 10).to(device)
-    params = list(net.parameters()) + list(head.parameters())
-    groups = [
-        {"params": [p for p in params if p.dim() > 1], "weight_decay": 5e-4},
-        {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, nesterov=True)
-    x = torch.rand(batch, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    r = train(args.arch, args.batch, args.steps, args.precision, device=args.device,
+              channels_last=True, warmup=5)
+    r.update({"impl": "pytorch", "device": args.device, "precision": args.precision,
+              "arch": args.arch, "batch": args.batch})
+    with open(os.path.join(args.out, "step_timings.jsonl"), "a") as f:
+        f.write(json.dumps(r) + "\n")
 
-    def step():
-        opt.zero_grad()
-        with torch.autocast(kind, dtype=torch.bfloat16):
-            emb = net(x)
-        head(emb.float(), y).backward()
-        opt.step()
 
-    for _ in range(5):
-        step()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch / (time.perf_counter() - t)
+def step_comparison(out):
+    """Median img/s of each side per (arch, batch, precision) and the ratio ours / PyTorch."""
+    path = os.path.join(out, "step_timings.jsonl")
+    rows = [json.loads(line) for line in open(path) if line.strip()] if os.path.exists(path) else []
+    table = {}
+    for r in rows:
+        key = f"{r['arch']} batch {r['batch']} {r['precision']}"
+        side = "ours" if r["impl"] == "mlops-train" else "pytorch"
+        table.setdefault(key, {"ours": [], "pytorch": []})[side].append(r["img_per_s"])
+    result = {}
+    for key, v in table.items():
+        ours = statistics.median(v["ours"]) if v["ours"] else None
+        ref = statistics.median(v["pytorch"]) if v["pytorch"] else None
+        result[key] = {"ours": ours, "pytorch": ref, "runs": v,
+                       "ratio": ours / ref if ours and ref else None}
+    return result
 
 
 def torch_embed(model_pt, data_dir, device, batch=512):
-    """torch.jit.load of our model.pt, bf16 autocast, batched over the test images."""
+    """torch.jit.load of our model.pt over the roles the embed stage embeds (gallery, val, test),
+    bf16 autocast, as the stage works: batches moved to the device and the embeddings back. The
+    first pass is timed from the first batch (the stage's figure includes its cold start too);
+    the second pass is warm."""
     import numpy as np
     import torch
 
-    xs = np.concatenate(
-        [np.load(p) for p in sorted(glob.glob(os.path.join(data_dir, "test_images_*.npy")))]
-    )
+    xs = np.concatenate([
+        np.load(p)
+        for role in ("gallery", "val", "test")
+        for p in sorted(glob.glob(os.path.join(data_dir, f"{role}_images_*.npy")))
+    ])
     m = torch.jit.load(model_pt, map_location=device).eval()
-    x = torch.from_numpy(xs).to(device)
+    x = torch.from_numpy(xs)
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    rates = []
     with torch.no_grad(), torch.autocast(kind, dtype=torch.bfloat16):
-        m(x[:batch])
-        sync(device)
-        t = time.perf_counter()
-        for i in range(0, len(x), batch):
-            m(x[i : i + batch])
-        sync(device)
-    return len(x) / (time.perf_counter() - t)
+        for _ in range(2):
+            sync(device)
+            t = time.perf_counter()
+            for i in range(0, len(x), batch):
+                m(x[i : i + batch].to(device)).float().cpu()
+            rates.append(len(x) / (time.perf_counter() - t))
+    return {"cold": rates[0], "warm": rates[1], "images": len(x)}
+
+
+def attempt(what, f, missing):
+    """f(), or None with the reason recorded in `missing` when its inputs are absent."""
+    try:
+        return f()
+    except (OSError, SystemExit, KeyError, ValueError) as e:
+        missing[what] = str(e) or type(e).__name__
+        return None
+
+
+def fmt(x, spec):
+    return "missing" if x is None else format(x, spec)
 
 
 def report(args):
@@ -168,45 +184,46 @@ def report(args):
     import torch
 
     w, out = args.work, args.out
+    missing = {}
     steps = {}
     for line in open(os.path.join(out, "step_seconds.txt")):
         name, t0, t1 = line.split()
         steps[name] = float(t1) - float(t0)
-    trains = {n: train_summary(os.path.join(w, f"train-{n}", "metrics.jsonl")) for n in ("cpu", "gpu", "dp")}
-    accuracy = {n: knn_accuracy(os.path.join(w, f"embed-{n}-model")) for n in ("cpu", "gpu", "dp")}
-    a, _ = load_role(os.path.join(w, "embed-gpu-model-cpu-fp32"), "test")
-    b, _ = load_role(os.path.join(w, "embed-gpu-model-gpu-fp32"), "test")
-    with open(os.path.join(w, "embed-gpu-model", "manifest.json")) as f:
-        ours_embed = json.load(f)["summary"]["images_per_second"]
+    failed = [l.strip() for l in open(os.path.join(out, "failed.txt")) if l.strip()]
+    names = ("cpu", "gpu", "dp")
+    trains = {n: attempt(f"train-{n}", lambda n=n: train_summary(os.path.join(w, f"train-{n}", "metrics.jsonl")), missing) for n in names}
+    accuracy = {n: attempt(f"embed-{n}-model", lambda n=n: knn_accuracy(os.path.join(w, f"embed-{n}-model")), missing) for n in names}
+
+    def fp32_diff():
+        a, _ = load_role(os.path.join(w, "embed-gpu-model-cpu-fp32"), "test")
+        b, _ = load_role(os.path.join(w, "embed-gpu-model-gpu-fp32"), "test")
+        return {"max_abs_diff": float(np.abs(a - b).max()), "mean_cosine": float((a * b).sum(1).mean())}
+
+    def ours_embed():
+        with open(os.path.join(w, "embed-gpu-model", "manifest.json")) as f:
+            return json.load(f)["summary"]["images_per_second"]
+
+    model_pt = os.path.join(w, "train-gpu", "model.pt")
+    jit = attempt("pytorch-jit", lambda: torch_embed(model_pt, os.path.join(w, "data"), args.device), missing) or {}
+    e = {"ours_stage": attempt("embed-gpu-model", ours_embed, missing),
+         "pytorch_jit_cold": jit.get("cold"), "pytorch_jit_warm": jit.get("warm"),
+         "images": jit.get("images")}
+    e["ratio"] = e["ours_stage"] / e["pytorch_jit_cold"] if e["ours_stage"] and e["pytorch_jit_cold"] else None
     r = {
         "device": args.device,
         "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu",
         "torch": torch.__version__,
         "kit": kit_info(args.kit),
         "epochs": args.epochs,
+        "failed_steps": failed,
+        "missing": missing,
         "step_seconds": steps,
         "train": trains,
         "test_knn_accuracy": accuracy,
-        "embeddings_cpu_vs_device_fp32": {
-            "max_abs_diff": float(np.abs(a - b).max()),
-            "mean_cosine": float((a * b).sum(1).mean()),
-        },
-        "throughput": {
-            "train_img_per_s": {
-                "ours_epoch_median": trains["gpu"]["images_per_second"],
-                "pytorch_eager_step": torch_train_step(args.device),
-            },
-            "embed_img_per_s": {
-                "ours_stage": ours_embed,
-                "pytorch_jit": torch_embed(
-                    os.path.join(w, "train-gpu", "model.pt"), os.path.join(w, "data"), args.device
-                ),
-            },
-        },
+        "embeddings_cpu_vs_device_fp32": attempt("embed-fp32-pair", fp32_diff, missing),
+        "train_step_img_per_s": step_comparison(out),
+        "embed_img_per_s": e,
     }
-    t, e = r["throughput"]["train_img_per_s"], r["throughput"]["embed_img_per_s"]
-    t["ratio"] = t["ours_epoch_median"] / t["pytorch_eager_step"]
-    e["ratio"] = e["ours_stage"] / e["pytorch_jit"]
     with open(os.path.join(out, "gpu_report.json"), "w") as f:
         json.dump(r, f, indent=2)
     md = [
@@ -215,36 +232,47 @@ def report(args):
         "| training | epochs | val kNN | val centre | test kNN (k 10) | img/s (median epoch) |",
         "|---|---|---|---|---|---|",
     ]
-    for n in ("cpu", "gpu", "dp"):
-        s = trains[n]
+    for n in names:
+        s = trains[n] or {}
         md.append(
-            f"| {n} | {s['epochs']} | {s['val_knn_accuracy']:.4f} | {s['val_centre_accuracy']:.4f} | {accuracy[n]:.4f} | {s['images_per_second']:.0f} |"
+            f"| {n} | {s.get('epochs', 'missing')} | {fmt(s.get('val_knn_accuracy'), '.4f')} | {fmt(s.get('val_centre_accuracy'), '.4f')} | {fmt(accuracy[n], '.4f')} | {fmt(s.get('images_per_second'), '.0f')} |"
         )
-    d = r["embeddings_cpu_vs_device_fp32"]
+    d = r["embeddings_cpu_vs_device_fp32"] or {}
     md += [
         "",
-        f"Same model embedded in fp32 on the CPU and on {args.device}: max abs diff {d['max_abs_diff']:.2e}, mean cosine {d['mean_cosine']:.6f}.",
+        f"Same model embedded in fp32 on the CPU and on {args.device}: max abs diff {fmt(d.get('max_abs_diff'), '.2e')}, mean cosine {fmt(d.get('mean_cosine'), '.6f')}.",
         "",
-        f"Training: ours {t['ours_epoch_median']:.0f} img/s (whole epochs: batches, augmentation, step) vs PyTorch eager {t['pytorch_eager_step']:.0f} img/s (steps on one fixed batch): {t['ratio']:.2f}x.",
-        f"Embedding: ours {e['ours_stage']:.0f} img/s (the embed stage) vs torch.jit.load {e['pytorch_jit']:.0f} img/s (batch 512): {e['ratio']:.2f}x.",
+        "| training step, one fixed batch | ours img/s | PyTorch eager (channels-last) img/s | ratio |",
+        "|---|---|---|---|",
+    ]
+    for key, v in r["train_step_img_per_s"].items():
+        md.append(f"| {key} | {fmt(v['ours'], '.0f')} | {fmt(v['pytorch'], '.0f')} | {fmt(v['ratio'], '.2f')}x |")
+    md += [
+        "",
+        f"Embedding {e['images']} images (gallery, val, test; batch 512, bf16, to the device and back): ours {fmt(e['ours_stage'], '.0f')} img/s (the embed stage, first pass) vs torch.jit.load {fmt(e['pytorch_jit_cold'], '.0f')} img/s first pass: {fmt(e['ratio'], '.2f')}x (PyTorch's second pass: {fmt(e['pytorch_jit_warm'], '.0f')} img/s).",
         "",
         "Step wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
     ]
+    if failed or missing:
+        md += ["", f"Failed steps: {', '.join(failed) or 'none'}. Missing: {json.dumps(missing)}"]
     with open(os.path.join(out, "gpu_report.md"), "w") as f:
         f.write("\n".join(md) + "\n")
-    print("\n".join(md))
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["libs", "report"])
+    p.add_argument("what", choices=["libs", "step", "report"])
     p.add_argument("--kit", required=True)
     p.add_argument("--device", required=True)
     p.add_argument("--work")
     p.add_argument("--out")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--arch")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--precision")
     args = p.parse_args()
-    {"libs": libs, "report": report}[args.what](args)
+    {"libs": libs, "step": step, "report": report}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 //! machine `run.sh` puts that PyTorch's own libraries on the search path and preloads its
 //! `libtorch_cuda.so`, which registers the CUDA backend. So the very same binaries also run
 //! here on the CPU (`--check` does that, through the same script), and the kit stays small:
-//! three stripped binaries, a slice of Fashion-MNIST and two scripts, well under the 64 MiB a
+//! four stripped binaries, a slice of Fashion-MNIST and four scripts, well under the 64 MiB a
 //! device call carries.
 
 use std::fs;
@@ -38,8 +38,15 @@ pub struct GpuKitArgs {
 /// The tch release built for each libtorch version (tch pins one libtorch per release).
 const TCH_FOR_TORCH: &[(&str, &str)] = &[("2.11.0", "0.24.0"), ("2.13.0", "0.26.0")];
 
-/// What the GPU check runs.
-const BINARIES: [&str; 3] = ["mlops-data", "mlops-train", "mlops-embed"];
+/// What the GPU check runs: the stages it chains, and `mlops-train`'s `train_step` example
+/// (the training step alone, timed against PyTorch's), as (built file, name in the kit).
+const BINARIES: [(&str, &str); 4] = [
+    ("mlops-data", "mlops-data"),
+    ("mlops-train", "mlops-train"),
+    ("mlops-embed", "mlops-embed"),
+    ("examples/train_step", "train_step"),
+];
+const PACKAGES: [&str; 3] = ["mlops-data", "mlops-train", "mlops-embed"];
 
 /// A device call carries at most this much (the working tree included).
 const MAX_KIT_BYTES: u64 = 48 << 20;
@@ -70,10 +77,10 @@ pub fn run(args: &GpuKitArgs) -> Result<()> {
     }
     fs::create_dir_all(out.join("bin"))?;
     let mut binaries = serde_json::Map::new();
-    for name in BINARIES {
+    for (built, name) in BINARIES {
         let dest = out.join("bin").join(name);
-        fs::copy(bin.join(name), &dest)
-            .with_context(|| format!("cannot copy {}", bin.join(name).display()))?;
+        fs::copy(bin.join(built), &dest)
+            .with_context(|| format!("cannot copy {}", bin.join(built).display()))?;
         binaries.insert(name.into(), crate::pipeline::sha256_file(&dest)?.into());
     }
     let data = out.join("data");
@@ -86,6 +93,7 @@ pub fn run(args: &GpuKitArgs) -> Result<()> {
         ("gpu_kit/run.sh", "run.sh"),
         ("gpu_kit/compare.py", "compare.py"),
         ("torch_replica.py", "torch_replica.py"),
+        ("bench_reference.py", "bench_reference.py"),
     ] {
         fs::copy(scripts.join(from), out.join(to))
             .with_context(|| format!("cannot copy scripts/{from}"))?;
@@ -131,8 +139,8 @@ fn build(torch: &str, tch: &str, prefix: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&src)
         .args(["build", "--release"])
-        .args(BINARIES.iter().flat_map(|b| ["-p", b]))
-        .arg("--bins")
+        .args(PACKAGES.iter().flat_map(|b| ["-p", b]))
+        .args(["--bins", "--example", "train_step"])
         .env("LIBTORCH", prefix)
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
