@@ -8,22 +8,34 @@ use plotters::style::FontStyle;
 
 use crate::artifact::model::EpochMetrics;
 
-/// The font charts are drawn with (Debian's `fonts-dejavu-core`; `MLOPS_FONT` overrides).
-pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-/// Registers [`DEFAULT_FONT`] (or `MLOPS_FONT`) as plotters' `sans-serif`, once per process.
+/// Registers the font charts are drawn with as plotters' `sans-serif`, once per process:
+/// DejaVu Sans, built into the binary (so a machine without fonts, a GPU node or a slim
+/// container, draws the same pixels), or the TrueType file `MLOPS_FONT` names.
 pub fn register_font() -> Result<(), String> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
-        .get_or_init(|| {
-            let path = std::env::var("MLOPS_FONT").unwrap_or_else(|_| DEFAULT_FONT.to_string());
-            let bytes = std::fs::read(&path).map_err(|e| {
-                format!("{path}: {e} (install fonts-dejavu-core or set MLOPS_FONT)")
-            })?;
-            // plotters keeps fonts for the life of the process.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| format!("{path}: not a usable TrueType font"))
+        .get_or_init(|| match std::env::var_os("MLOPS_FONT") {
+            None => plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                dejavu::sans::regular(),
+            )
+            .map_err(|_| "the built-in DejaVu Sans font is not usable".to_string()),
+            Some(path) => {
+                let path = std::path::PathBuf::from(path);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("{} (MLOPS_FONT): {e}", path.display()))?;
+                // plotters keeps fonts for the life of the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(
+                    |_| {
+                        format!(
+                            "{} (MLOPS_FONT): not a usable TrueType font",
+                            path.display()
+                        )
+                    },
+                )
+            }
         })
         .clone()
 }

@@ -9,7 +9,6 @@ use plotters::style::RGBColor;
 use mlops_core::artifact::EvalSummary as Outcome;
 
 use mlops_core::plot::register_font;
-pub use mlops_core::plot::DEFAULT_FONT;
 
 /// Draws the row-normalised confusion matrix with counts and class names as a PNG.
 pub fn confusion_png(

@@ -104,6 +104,11 @@ if [ "$DEV" = cpu ]; then
 else
   NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
   if [ "$NGPU" -gt 1 ]; then train dp cuda; else train dp "$DEV" --set replicas_per_device=2; fi
+  # Throughput only: at batch 128 this small network is launch-bound on a large GPU, and two
+  # replicas on one device double the launches; at batch 1024 the kernels carry the time.
+  train gpu-b1024 "$DEV" --set batch_size=1024
+  if [ "$NGPU" -gt 1 ]; then train dp-b1024 cuda --set batch_size=1024
+  else train dp-b1024 "$DEV" --set replicas_per_device=2 --set batch_size=1024; fi
 fi
 # Same model, fp32 on both devices: how far the GPU's kernels (cuDNN, TF32) move embeddings.
 embed gpu cpu gpu-model-cpu-fp32 --precision fp32
@@ -115,9 +120,9 @@ embed dp "$DEV" dp-model
 if [ "$DEV" = cpu ]; then
   step_timing wide 128 5 bf16
 else
-  step_timing wide 128 50 bf16
-  step_timing wide 1024 30 bf16
-  step_timing wide 128 50 fp32
+  step_timing wide 128 300 bf16
+  step_timing wide 1024 100 bf16
+  step_timing wide 128 300 fp32
 fi
 step report "$PY" "$KIT/compare.py" report --kit "$KIT" --work "$W" --out "$OUT" --device "$DEV" \
   --epochs "$EPOCHS"

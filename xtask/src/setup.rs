@@ -16,8 +16,6 @@ const APT_PACKAGES: &[&str] = &[
     "pkg-config",
     "libopenblas-openmp-dev",
     "dataset-fashion-mnist",
-    // The font the eval stage draws its confusion-matrix heat-map with.
-    "fonts-dejavu-core",
     // The load generator of `cargo xtask bench-serve`.
     "wrk",
     // Rewrites the library search path of `cargo xtask bundle`'s binaries.
