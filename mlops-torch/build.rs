@@ -13,9 +13,11 @@ fn main() {
     autocast_shim(&lib);
 }
 
-/// Compiles the small C++ shim that reaches libtorch's per-device autocast switches.
+/// Compiles the small C++ shim that reaches what tch does not bind: libtorch's per-device
+/// autocast switches and its multi-tensor (`_foreach_*`) ops.
 fn autocast_shim(lib: &str) {
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
+    println!("cargo:rerun-if-changed=cpp/foreach.cpp");
     let prefix = std::path::Path::new(lib)
         .parent()
         .expect("DEP_TCH_LIBTORCH_LIB has a parent")
@@ -24,6 +26,7 @@ fn autocast_shim(lib: &str) {
     cc::Build::new()
         .cpp(true)
         .file("cpp/autocast.cpp")
+        .file("cpp/foreach.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -11,6 +11,8 @@
 //! # Ok::<(), mlops_torch::Error>(())
 //! ```
 
+pub mod foreach;
+
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 

@@ -66,6 +66,8 @@ pub enum Error {
     Plot(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot start the replica threads: {0}")]
+    Threads(String),
     #[error("{}: corrupt or incompatible checkpoint: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
     #[error("{}: exported model does not reproduce the trained one: max abs diff {diff:e} > {tolerance:e}", path.display())]

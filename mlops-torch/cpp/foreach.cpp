@@ -1,0 +1,66 @@
+// Multi-tensor (`_foreach_*`) updates, which tch does not bind: on a GPU one launch covers every
+// parameter instead of one launch per parameter and operation (PyTorch's optimizers use them by
+// default). Each op is the same elementwise arithmetic the per-tensor code did, in the same
+// order, so results are bit-identical to it; on the CPU libtorch runs them tensor by tensor.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+std::vector<at::Tensor> list(const at::Tensor* const* ts, int64_t n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int64_t i = 0; i < n; ++i) v.push_back(*ts[i]);
+  return v;
+}
+
+void copy_error(const char* what, char* err, int64_t len) {
+  if (len <= 0) return;
+  std::strncpy(err, what, len - 1);
+  err[len - 1] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+// One SGD step over `n` parameters with their gradients and momentum buffers:
+//   d = g + p * weight_decay            (when weight_decay != 0)
+//   m = m * momentum + d
+//   p = p - (nesterov ? d + m * momentum : m) * lr
+// Returns 0, or 1 with the exception's message in `err`.
+int mlops_sgd_step(const at::Tensor* const* params, const at::Tensor* const* grads,
+                   const at::Tensor* const* bufs, int64_t n, double lr, double momentum,
+                   double weight_decay, int nesterov, char* err, int64_t err_len) {
+  try {
+    if (n == 0) return 0;
+    c10::NoGradGuard no_grad;
+    auto p = list(params, n), g = list(grads, n), m = list(bufs, n);
+    auto d = weight_decay != 0.0 ? at::_foreach_add(g, at::_foreach_mul(p, weight_decay)) : g;
+    at::_foreach_mul_(m, momentum);
+    at::_foreach_add_(m, d);
+    auto update = nesterov ? at::_foreach_add(d, at::_foreach_mul(m, momentum)) : m;
+    at::_foreach_sub_(p, at::_foreach_mul(update, lr));
+    return 0;
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+    return 1;
+  }
+}
+
+// Zeroes `n` tensors in place.
+int mlops_zero(const at::Tensor* const* tensors, int64_t n, char* err, int64_t err_len) {
+  try {
+    if (n == 0) return 0;
+    auto t = list(tensors, n);
+    at::_foreach_zero_(t);
+    return 0;
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+    return 1;
+  }
+}
+}
