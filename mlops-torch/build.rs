@@ -14,10 +14,11 @@ fn main() {
 }
 
 /// Compiles the small C++ shim that reaches what tch does not bind: libtorch's per-device
-/// autocast switches and its multi-tensor (`_foreach_*`) ops.
+/// autocast switches, its multi-tensor (`_foreach_*`) ops and TorchScript's fuser switch.
 fn autocast_shim(lib: &str) {
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
     println!("cargo:rerun-if-changed=cpp/foreach.cpp");
+    println!("cargo:rerun-if-changed=cpp/jit.cpp");
     let prefix = std::path::Path::new(lib)
         .parent()
         .expect("DEP_TCH_LIBTORCH_LIB has a parent")
@@ -27,6 +28,7 @@ fn autocast_shim(lib: &str) {
         .cpp(true)
         .file("cpp/autocast.cpp")
         .file("cpp/foreach.cpp")
+        .file("cpp/jit.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

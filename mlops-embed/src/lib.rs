@@ -155,6 +155,7 @@ impl Embedder {
     /// Loads a `model.pt` whose description the caller has read (e.g. from a registry).
     pub fn load_file(path: &Path, description: ModelDescription, device: Device) -> Result<Self> {
         mlops_torch::tune_allocator();
+        mlops_torch::prepare_jit(device);
         let mut module = CModule::load_on_device(path, device).map_err(|source| Error::Model {
             path: path.to_path_buf(),
             source,
@@ -265,6 +266,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     let mut embedded = BTreeMap::new();
     let (mut images_done, mut seconds) = (0usize, 0.0f64);
     for &role in &roles {
+        let role_started = seconds;
         let rs = data.role(role)?;
         let bar = mlops_core::telemetry::progress(rs.rows as u64, &format!("embed {role}"));
         let mut shards = Vec::new();
@@ -294,7 +296,12 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
-        tracing::info!(role = %role, rows = rs.rows, "embedded");
+        tracing::info!(
+            role = %role,
+            rows = rs.rows,
+            seconds = format!("{:.3}", seconds - role_started),
+            "embedded"
+        );
         embedded.insert(
             role.as_str().to_string(),
             EmbeddedRole {

@@ -147,7 +147,7 @@ mod tests {
             let ours = tensors(1, &shapes);
             let mut theirs: Vec<Tensor> = ours.iter().map(Tensor::copy).collect();
             let grads = tensors(2, &shapes);
-            let mut m1 = tensors(3, &shapes);
+            let m1 = tensors(3, &shapes);
             let mut m2: Vec<Tensor> = m1.iter().map(Tensor::copy).collect();
             for _ in 0..3 {
                 sgd_step(&ours, &grads, &m1, 0.1, 0.9, wd, nesterov);

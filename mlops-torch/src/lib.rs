@@ -184,6 +184,27 @@ pub fn tune_allocator() {
     });
 }
 
+extern "C" {
+    fn mlops_set_texpr_fuser(enabled: i32);
+}
+
+/// Prepares TorchScript for running a loaded model on `device`, once per process: on a GPU the
+/// TensorExpr fuser is turned off. With it, TorchScript compiles fused CUDA kernels for every
+/// new input shape it meets (each role's last, partial batch; every batch size a server
+/// forms), which cost the embed stage on an H200 more time than the forward passes did (3,505
+/// against 9,664 img/s for torch.jit.load with fewer distinct shapes). The elementwise work it
+/// fuses is small beside the convolutions. On the CPU libtorch does not fuse by default, so
+/// nothing changes there. `PYTORCH_TENSOREXPR=1` in the environment turns it back on.
+pub fn prepare_jit(device: Device) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if matches!(device, Device::Cuda(_)) {
+        ONCE.call_once(|| {
+            // SAFETY: sets a process-wide flag libtorch reads when it optimizes a graph.
+            unsafe { mlops_set_texpr_fuser(0) }
+        });
+    }
+}
+
 /// Sets libtorch's intra-op threads: `requested`, or one per core when it is 0. Returns the count.
 pub fn set_threads(requested: usize) -> usize {
     let threads = if requested == 0 {

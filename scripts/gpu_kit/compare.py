@@ -2,6 +2,7 @@
 
     compare.py libs   --kit KIT --device DEV     shell assignments: LIBPATH, PRELOAD
     compare.py step   --kit KIT --device DEV --arch A --batch B --steps S --precision P --out OUT
+    compare.py embed  --kit KIT --device DEV --model PT --data DIR --batch B [--no-fuser] --out OUT
     compare.py report --kit KIT --work W --out OUT --device DEV --epochs N
 
 `libs` imports the machine's PyTorch, runs one CUDA convolution and matmul so that every
@@ -139,31 +140,51 @@ def step_comparison(out):
     return result
 
 
+ROLES = ("val", "gallery", "test")  # the embed stage's order
+
+
 def torch_embed(model_pt, data_dir, device, batch=512):
-    """torch.jit.load of our model.pt over the roles the embed stage embeds (gallery, val, test),
-    bf16 autocast, as the stage works: batches moved to the device and the embeddings back. The
-    first pass is timed from the first batch (the stage's figure includes its cold start too);
-    the second pass is warm."""
+    """torch.jit.load of our model.pt over the roles the embed stage embeds, as the stage works:
+    role by role in batches of `batch` (so the same input shapes), bf16 autocast, each batch
+    moved to the device and its embeddings back. The first pass is timed from the first batch
+    (the stage's figure includes its cold start too); the second pass is warm."""
     import numpy as np
     import torch
 
-    xs = np.concatenate([
-        np.load(p)
-        for role in ("gallery", "val", "test")
-        for p in sorted(glob.glob(os.path.join(data_dir, f"{role}_images_*.npy")))
-    ])
+    roles = [
+        torch.from_numpy(np.concatenate([
+            np.load(p) for p in sorted(glob.glob(os.path.join(data_dir, f"{role}_images_*.npy")))
+        ]))
+        for role in ROLES
+    ]
     m = torch.jit.load(model_pt, map_location=device).eval()
-    x = torch.from_numpy(xs)
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    images = sum(len(x) for x in roles)
     rates = []
     with torch.no_grad(), torch.autocast(kind, dtype=torch.bfloat16):
         for _ in range(2):
             sync(device)
             t = time.perf_counter()
-            for i in range(0, len(x), batch):
-                m(x[i : i + batch].to(device)).float().cpu()
-            rates.append(len(x) / (time.perf_counter() - t))
-    return {"cold": rates[0], "warm": rates[1], "images": len(x)}
+            for x in roles:
+                for i in range(0, len(x), batch):
+                    m(x[i : i + batch].to(device)).float().cpu()
+            rates.append(images / (time.perf_counter() - t))
+    return {"cold": rates[0], "warm": rates[1], "images": images}
+
+
+def embed(args):
+    """One PyTorch embedding measurement in a fresh process (cold caches, as the stage starts),
+    with TorchScript's TensorExpr fuser as PyTorch leaves it or turned off; appends a JSON line
+    to OUT/embed_timings.jsonl."""
+    import torch
+
+    if args.no_fuser:
+        torch._C._jit_set_texpr_fuser_enabled(False)
+    r = torch_embed(args.model, args.data, args.device, args.batch)
+    r.update({"impl": "pytorch", "fuser": not args.no_fuser, "device": args.device,
+              "batch": args.batch})
+    with open(os.path.join(args.out, "embed_timings.jsonl"), "a") as f:
+        f.write(json.dumps(r) + "\n")
 
 
 def attempt(what, f, missing):
@@ -204,12 +225,21 @@ def report(args):
         with open(os.path.join(w, "embed-gpu-model", "manifest.json")) as f:
             return json.load(f)["summary"]["images_per_second"]
 
-    model_pt = os.path.join(w, "train-gpu", "model.pt")
-    jit = attempt("pytorch-jit", lambda: torch_embed(model_pt, os.path.join(w, "data"), args.device), missing) or {}
-    e = {"ours_stage": attempt("embed-gpu-model", ours_embed, missing),
-         "pytorch_jit_cold": jit.get("cold"), "pytorch_jit_warm": jit.get("warm"),
-         "images": jit.get("images")}
-    e["ratio"] = e["ours_stage"] / e["pytorch_jit_cold"] if e["ours_stage"] and e["pytorch_jit_cold"] else None
+    def embed_timings():
+        path = os.path.join(out, "embed_timings.jsonl")
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        ours = {name: json.load(open(os.path.join(out, f"embed-{name}.manifest.json")))["summary"]["images_per_second"]
+                for name in ("gpu-model", "gpu-model-fuser")
+                if os.path.exists(os.path.join(out, f"embed-{name}.manifest.json"))}
+        return {
+            "ours_stage": ours.get("gpu-model"),
+            "ours_stage_fuser_on": ours.get("gpu-model-fuser"),
+            "pytorch": [r for r in rows if r["impl"] == "pytorch"],
+        }
+
+    e = attempt("embed-timings", embed_timings, missing) or {"pytorch": []}
+    ref = next((r for r in e["pytorch"] if r["fuser"]), None)
+    e["ratio_vs_pytorch_default"] = e["ours_stage"] / ref["cold"] if ref and e.get("ours_stage") else None
     r = {
         "device": args.device,
         "device_name": torch.cuda.get_device_name(0) if args.device != "cpu" else "cpu",
@@ -253,7 +283,16 @@ def report(args):
         md.append(f"| {key} | {fmt(v['ours'], '.0f')} | {fmt(v['pytorch'], '.0f')} | {fmt(v['ratio'], '.2f')}x |")
     md += [
         "",
-        f"Embedding {e['images']} images (gallery, val, test; batch 512, bf16, to the device and back): ours {fmt(e['ours_stage'], '.0f')} img/s (the embed stage, first pass) vs torch.jit.load {fmt(e['pytorch_jit_cold'], '.0f')} img/s first pass: {fmt(e['ratio'], '.2f')}x (PyTorch's second pass: {fmt(e['pytorch_jit_warm'], '.0f')} img/s).",
+        "| embedding gallery+val+test, batch 512, bf16, to the device and back | first pass img/s | second pass img/s |",
+        "|---|---|---|",
+        f"| ours (the embed stage; TensorExpr fuser off on GPUs) | {fmt(e.get('ours_stage'), '.0f')} | |",
+        f"| ours with PYTORCH_TENSOREXPR=1 (fuser on) | {fmt(e.get('ours_stage_fuser_on'), '.0f')} | |",
+    ]
+    for row in e["pytorch"]:
+        md.append(f"| torch.jit.load, fuser {'on (PyTorch default)' if row['fuser'] else 'off'} | {row['cold']:.0f} | {row['warm']:.0f} |")
+    md += [
+        "",
+        f"Embedding, ours / torch.jit.load as PyTorch ships (first passes): {fmt(e.get('ratio_vs_pytorch_default'), '.2f')}x.",
         "",
         "Step wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
     ]
@@ -265,7 +304,7 @@ def report(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["libs", "step", "report"])
+    p.add_argument("what", choices=["libs", "step", "embed", "report"])
     p.add_argument("--kit", required=True)
     p.add_argument("--device", required=True)
     p.add_argument("--work")
@@ -275,8 +314,11 @@ def main():
     p.add_argument("--batch", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--precision")
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--no-fuser", action="store_true")
     args = p.parse_args()
-    {"libs": libs, "step": step, "report": report}[args.what](args)
+    {"libs": libs, "step": step, "embed": embed, "report": report}[args.what](args)
 
 
 if __name__ == "__main__":

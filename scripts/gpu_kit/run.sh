@@ -117,6 +117,19 @@ embed gpu "$DEV" gpu-model-gpu-fp32 --precision fp32
 embed gpu "$DEV" gpu-model --batch-size 512
 embed cpu "$DEV" cpu-model
 embed dp "$DEV" dp-model
+# The embedding comparison: the stage with libtorch's TensorExpr fuser as we set it (off on a
+# GPU) and as PyTorch leaves it; torch.jit.load of the same model.pt both ways, each in a fresh
+# process, over the same batches.
+: > "$OUT/embed_timings.jsonl"
+if [ -f "$W/train-gpu/model.pt" ]; then
+  embed_ref() { step "embed-pytorch$1" "$PY" "$KIT/compare.py" embed --kit "$KIT" --device "$DEV" \
+    --model "$W/train-gpu/model.pt" --data "$W/data" --batch 512 --out "$OUT" ${2:-}; }
+  if [ "$DEV" != cpu ]; then
+    PYTORCH_TENSOREXPR=1 embed gpu "$DEV" gpu-model-fuser --batch-size 512
+    embed_ref -fuser-off --no-fuser
+  fi
+  embed_ref ""
+fi
 if [ "$DEV" = cpu ]; then
   step_timing wide 128 5 bf16
 else
