@@ -695,8 +695,16 @@ fn markdown(r: &Value) -> String {
         s.push('\n');
     }
     s.push_str("Raw figures: `benches/results/latest.json`. Reproduce with the command above (the reference venv is set up on first use).\n");
+    if root().join(GPU_REPORT).exists() {
+        s.push_str(&format!(
+            "\nOn a GPU (training step, embedding, the data-parallel path against PyTorch on the same device): [{GPU_REPORT}]({GPU_REPORT}), from `cargo xtask gpu-kit` (README, `mlops-train`, Devices).\n"
+        ));
+    }
     s
 }
+
+/// The GPU kit's last report kept in the repository (the CPU machines here have no GPU).
+const GPU_REPORT: &str = "benches/results/gpu-h200/gpu_report.md";
 
 #[cfg(test)]
 mod tests {
