@@ -51,6 +51,21 @@ int mlops_sgd_step(const at::Tensor* const* params, const at::Tensor* const* gra
   }
 }
 
+// targets[i] += (sources[i] - targets[i]) * weight, in place (libtorch's lerp).
+int mlops_lerp(const at::Tensor* const* targets, const at::Tensor* const* sources, int64_t n,
+               double weight, char* err, int64_t err_len) {
+  try {
+    if (n == 0) return 0;
+    c10::NoGradGuard no_grad;
+    auto t = list(targets, n);
+    at::_foreach_lerp_(t, list(sources, n), weight);
+    return 0;
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+    return 1;
+  }
+}
+
 // Zeroes `n` tensors in place.
 int mlops_zero(const at::Tensor* const* tensors, int64_t n, char* err, int64_t err_len) {
   try {

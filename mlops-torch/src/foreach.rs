@@ -19,6 +19,14 @@ extern "C" {
         err: *mut c_char,
         err_len: i64,
     ) -> c_int;
+    fn mlops_lerp(
+        targets: *const *const c_void,
+        sources: *const *const c_void,
+        n: i64,
+        weight: f64,
+        err: *mut c_char,
+        err_len: i64,
+    ) -> c_int;
     fn mlops_zero(tensors: *const *const c_void, n: i64, err: *mut c_char, err_len: i64) -> c_int;
 }
 
@@ -79,6 +87,33 @@ pub fn sgd_step(
         )
     };
     check(status, &err, "sgd step");
+}
+
+/// `targets[i] += (sources[i] - targets[i]) * weight` in place for every pair (libtorch's
+/// `lerp_`, the same arithmetic tensor by tensor).
+///
+/// # Panics
+/// When the lists differ in length or libtorch refuses them.
+pub fn lerp(targets: &[Tensor], sources: &[Tensor], weight: f64) {
+    assert_eq!(
+        targets.len(),
+        sources.len(),
+        "lerp: lists of different lengths"
+    );
+    let (t, s) = (pointers(targets), pointers(sources));
+    let mut err = [0 as c_char; 512];
+    // SAFETY: as in `sgd_step`.
+    let status = unsafe {
+        mlops_lerp(
+            t.as_ptr(),
+            s.as_ptr(),
+            t.len() as i64,
+            weight,
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    check(status, &err, "lerp");
 }
 
 /// Zeroes every tensor in place.
@@ -170,6 +205,23 @@ mod tests {
                 );
                 assert!(m1[i].equal(&m2[i]), "buffer {i}");
             }
+        }
+    }
+
+    #[test]
+    fn lerp_is_bit_identical_to_the_per_tensor_lerp() {
+        let shapes: [&[i64]; 2] = [&[16, 8, 3, 3], &[16]];
+        let ours = tensors(8, &shapes);
+        let theirs: Vec<Tensor> = ours.iter().map(Tensor::copy).collect();
+        let live = tensors(9, &shapes);
+        for w in [1e-3, 0.7] {
+            lerp(&ours, &live, w);
+            for (t, l) in theirs.iter().zip(&live) {
+                let _ = t.shallow_clone().lerp_(l, w);
+            }
+        }
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(a.equal(b));
         }
     }
 

@@ -54,19 +54,23 @@ impl<M> Ema<M> {
     /// Folds the live weights in after optimizer step number `step` (counted from 1).
     pub fn update(&mut self, step: i64) {
         let d = self.decay_at(step);
+        // shadow = d * shadow + (1 - d) * live, in place: one multi-tensor lerp for the floating
+        // variables (on a GPU one launch, not one per variable), a copy for the rest.
+        let (mut shadows, mut lives) = (Vec::new(), Vec::new());
         tch::no_grad(|| {
             for (live, shadow) in &mut self.pairs {
                 if matches!(
                     live.kind(),
                     Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
                 ) {
-                    // shadow = d * shadow + (1 - d) * live, in place.
-                    let _ = shadow.lerp_(&*live, 1.0 - d);
+                    shadows.push(shadow.shallow_clone());
+                    lives.push(live.shallow_clone());
                 } else {
                     shadow.copy_(live);
                 }
             }
         });
+        mlops_torch::foreach::lerp(&shadows, &lives, 1.0 - d);
     }
 }
 
