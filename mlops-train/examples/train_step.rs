@@ -16,6 +16,7 @@ fn main() -> Result<()> {
     let arch: Arch = serde_json::from_value(serde_json::json!(arch)).context("ARCH")?;
     let spec: DeviceSpec = device.parse().map_err(anyhow::Error::msg)?;
     let device = spec.resolve()?[0];
+    let batch: i64 = batch.parse().context("BATCH")?;
     let config = TrainConfig {
         arch,
         ..Default::default()
@@ -23,7 +24,7 @@ fn main() -> Result<()> {
     let t = step_throughput(
         &config,
         device,
-        batch.parse().context("BATCH")?,
+        batch,
         5,
         steps.parse().context("STEPS")?,
         precision.parse().map_err(anyhow::Error::msg)?,
@@ -32,7 +33,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({"impl": "mlops-train", "img_per_s": t.images_per_second,
             "seconds": t.seconds, "device": format!("{device:?}"), "precision": precision,
-            "arch": arch, "batch": batch.parse::<i64>()?})
+            "arch": arch, "batch": batch})
     );
     Ok(())
 }

@@ -145,20 +145,20 @@ impl Optimizer {
     /// step there (the same arithmetic, bit-identical results).
     fn sgd_step(&mut self, lr: f64) {
         let c = self.config;
-        for decayed in [true, false] {
-            let (mut params, mut grads, mut bufs) = (Vec::new(), Vec::new(), Vec::new());
-            for (p, m) in self.params.iter().zip(&self.m) {
-                let g = p.grad();
-                if g.defined() && (p.dim() > 1) == decayed {
-                    params.push(p.shallow_clone());
-                    grads.push(g);
-                    bufs.push(m.shallow_clone());
-                }
+        // (params, grads, momentum buffers) of the decayed group [1] and the rest [0], in one
+        // pass over the parameters.
+        let mut groups: [(Vec<Tensor>, Vec<Tensor>, Vec<Tensor>); 2] = Default::default();
+        for (p, m) in self.params.iter().zip(&self.m) {
+            let g = p.grad();
+            if g.defined() {
+                let group = &mut groups[usize::from(p.dim() > 1)];
+                group.0.push(p.shallow_clone());
+                group.1.push(g);
+                group.2.push(m.shallow_clone());
             }
-            let decay = if decayed { c.weight_decay() } else { 0.0 };
-            mlops_torch::foreach::sgd_step(
-                &params, &grads, &bufs, lr, c.momentum, decay, c.nesterov,
-            );
+        }
+        for (decay, (params, grads, bufs)) in [0.0, c.weight_decay()].into_iter().zip(&groups) {
+            mlops_torch::foreach::sgd_step(params, grads, bufs, lr, c.momentum, decay, c.nesterov);
         }
     }
 
