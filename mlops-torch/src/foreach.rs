@@ -35,8 +35,11 @@ fn pointers(ts: &[Tensor]) -> Vec<*const c_void> {
     ts.iter().map(|t| t.as_ptr().cast::<c_void>()).collect()
 }
 
-fn check(status: c_int, err: &[c_char], what: &str) {
-    if status != 0 {
+/// Calls a shim function with a buffer for its error message; a failure becomes a panic naming
+/// `what`.
+fn shim(what: &str, call: impl FnOnce(*mut c_char, i64) -> c_int) {
+    let mut err = [0 as c_char; 512];
+    if call(err.as_mut_ptr(), err.len() as i64) != 0 {
         // SAFETY: the shim wrote a NUL-terminated message into `err` (it always terminates).
         let message = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
         // Like tch's non-`f_` methods: libtorch's failure becomes a panic, which
@@ -69,10 +72,9 @@ pub fn sgd_step(
         bufs.len()
     );
     let (p, g, m) = (pointers(params), pointers(grads), pointers(bufs));
-    let mut err = [0 as c_char; 512];
     // SAFETY: the pointers are live tensors borrowed for the call; the shim copies the handles
-    // (reference counts) and writes at most `err.len()` bytes into `err`.
-    let status = unsafe {
+    // (reference counts) and writes at most `len` bytes into `err`.
+    shim("sgd step", |err, len| unsafe {
         mlops_sgd_step(
             p.as_ptr(),
             g.as_ptr(),
@@ -82,11 +84,10 @@ pub fn sgd_step(
             momentum,
             weight_decay,
             c_int::from(nesterov),
-            err.as_mut_ptr(),
-            err.len() as i64,
+            err,
+            len,
         )
-    };
-    check(status, &err, "sgd step");
+    });
 }
 
 /// `targets[i] += (sources[i] - targets[i]) * weight` in place for every pair (libtorch's
@@ -101,19 +102,10 @@ pub fn lerp(targets: &[Tensor], sources: &[Tensor], weight: f64) {
         "lerp: lists of different lengths"
     );
     let (t, s) = (pointers(targets), pointers(sources));
-    let mut err = [0 as c_char; 512];
     // SAFETY: as in `sgd_step`.
-    let status = unsafe {
-        mlops_lerp(
-            t.as_ptr(),
-            s.as_ptr(),
-            t.len() as i64,
-            weight,
-            err.as_mut_ptr(),
-            err.len() as i64,
-        )
-    };
-    check(status, &err, "lerp");
+    shim("lerp", |err, len| unsafe {
+        mlops_lerp(t.as_ptr(), s.as_ptr(), t.len() as i64, weight, err, len)
+    });
 }
 
 /// Zeroes every tensor in place.
@@ -122,17 +114,10 @@ pub fn lerp(targets: &[Tensor], sources: &[Tensor], weight: f64) {
 /// When libtorch refuses them.
 pub fn zero(tensors: &[Tensor]) {
     let t = pointers(tensors);
-    let mut err = [0 as c_char; 512];
     // SAFETY: as in `sgd_step`.
-    let status = unsafe {
-        mlops_zero(
-            t.as_ptr(),
-            t.len() as i64,
-            err.as_mut_ptr(),
-            err.len() as i64,
-        )
-    };
-    check(status, &err, "zeroing");
+    shim("zeroing", |err, len| unsafe {
+        mlops_zero(t.as_ptr(), t.len() as i64, err, len)
+    });
 }
 
 #[cfg(test)]
