@@ -11,7 +11,7 @@
 //! device call carries.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -232,28 +232,21 @@ fn write_idx_slice(source: &Path, prefix: &str, count: usize, to: &Path) -> Resu
 }
 
 fn gunzip(path: &Path) -> Result<Vec<u8>> {
-    let out = Command::new("gzip")
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .with_context(|| format!("cannot run gzip on {}", path.display()))?;
-    ensure!(out.status.success(), "gzip -dc {} failed", path.display());
-    Ok(out.stdout)
+    let mut raw = Vec::new();
+    flate2::read::MultiGzDecoder::new(
+        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+    )
+    .read_to_end(&mut raw)
+    .with_context(|| format!("{}: not a readable gzip file", path.display()))?;
+    Ok(raw)
 }
 
 fn gzip(bytes: &[u8], to: &Path) -> Result<()> {
-    let mut child = Command::new("gzip")
-        .args(["-9", "-c", "-n"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(fs::File::create(to)?)
-        .spawn()
-        .context("cannot run gzip")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin was piped")
-        .write_all(bytes)?;
-    ensure!(child.wait()?.success(), "gzip failed for {}", to.display());
+    let file = fs::File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::best());
+    enc.write_all(bytes)?;
+    enc.finish()
+        .with_context(|| format!("cannot write {}", to.display()))?;
     Ok(())
 }
 
