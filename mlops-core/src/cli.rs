@@ -19,6 +19,11 @@ pub struct ConfigArgs {
     /// nested settings, e.g. optimizer.lr=0.05); repeatable; flags override it.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Settings as one inline TOML text (e.g. 'epochs = 6' or 'optimizer = { lr = 0.1 }'),
+    /// applied after --config and before --set: how an orchestrator passes a whole section as a
+    /// single parameter.
+    #[arg(long, value_name = "TOML")]
+    pub settings: Option<String>,
 }
 
 /// The body of a stage binary: starts logging, merges defaults, `--config`, `--set` and `flags`
@@ -35,7 +40,14 @@ where
     E: std::error::Error + 'static,
 {
     init_logging();
-    match crate::config::merge(args.config.as_deref(), &args.set, flags) {
+    let sets = match &args.settings {
+        None => Ok(args.set.clone()),
+        Some(text) => crate::config::inline_sets(text).map(|mut sets| {
+            sets.extend(args.set.iter().cloned());
+            sets
+        }),
+    };
+    match sets.and_then(|sets| crate::config::merge(args.config.as_deref(), &sets, flags)) {
         Ok(config) => run(config).unwrap_or_else(|e| report_error(&e)),
         Err(e) => report_error(&e),
     }

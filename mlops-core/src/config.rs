@@ -74,6 +74,34 @@ where
     serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
+/// The `key=value` pairs of an inline TOML table (`--settings`): `epochs = 6` and
+/// `optimizer = { lr = 0.1 }` become `epochs=6` and `optimizer.lr=0.1`, in the table's order.
+/// An empty text is an empty table. An orchestrator passes a stage's whole section this way as
+/// one parameter (Kubeflow's pipeline parameters are single strings).
+pub fn inline_sets(text: &str) -> Result<Vec<String>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| Error::Config {
+        path: PathBuf::from("<--settings>"),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    flatten("", &table, &mut out);
+    Ok(out)
+}
+
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out),
+            other => out.push(format!("{key}={other}")),
+        }
+    }
+}
+
 /// A `--set` value: TOML syntax (`3`, `0.5`, `true`, `[1, 2]`, `"text"`), or a bare string.
 fn parse_value(raw: &str) -> Value {
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -167,6 +195,19 @@ mod tests {
 
     #[derive(Serialize)]
     struct NoFlags {}
+
+    #[test]
+    fn inline_settings_become_sets() {
+        let sets = inline_sets("epochs = 6\ninner = { lr = 0.1, names = [\"b\"] }\n").unwrap();
+        assert_eq!(sets, ["epochs=6", "inner.lr=0.1", "inner.names=[\"b\"]"]);
+        let c: Config = merge(None, &sets, &NoFlags {}).unwrap();
+        assert_eq!(c.epochs, 6);
+        assert_eq!(c.inner.lr, Some(0.1));
+        assert_eq!(c.inner.names, vec!["b"]);
+        assert!(inline_sets("").unwrap().is_empty());
+        let err = inline_sets("epochs = ").unwrap_err().to_string();
+        assert!(err.contains("<--settings>"), "{err}");
+    }
 
     #[test]
     fn file_then_sets_then_flags() {

@@ -4,6 +4,7 @@
 //! - `pipeline`: set up, build, and run the stages on the default dataset into `runs/<name>/`.
 //! - `test`: set up, check formatting, and run every test.
 //! - `bench-serve`: the server under wrk on loopback, against the in-process rate.
+//! - `images`: one container image per stage, built with podman from the `Dockerfile`.
 
 mod bench;
 mod bench_serve;
@@ -11,6 +12,7 @@ mod bundle;
 mod ct;
 mod dag;
 mod gpu_kit;
+mod images;
 mod kfp;
 mod notify;
 mod pipeline;
@@ -47,6 +49,8 @@ enum Cmd {
     Ct(ct::CtArgs),
     /// Lay out a stage's binary with the shared libraries it loads, as its image copies them.
     Bundle(bundle::BundleArgs),
+    /// Build one container image per stage (podman by default) from the Dockerfile.
+    Images(images::ImagesArgs),
     /// Criterion benchmarks; with --compare, ours against PyTorch, faiss-cpu and TorchServe
     /// (writes BENCHMARKS.md and benches/results/latest.json).
     Bench(bench::BenchArgs),
@@ -73,6 +77,7 @@ fn main() -> Result<()> {
         Cmd::Runs { runs_dir } => pipeline::list_runs(runs_dir.as_deref()),
         Cmd::Kfp(args) => kfp::run(&args),
         Cmd::Bundle(args) => bundle::run(&args),
+        Cmd::Images(args) => images::run(&args),
         Cmd::Ct(args) => ct::run(&args),
         Cmd::Test { cargo_args } => test(&cargo_args),
     }

@@ -66,9 +66,122 @@ pub struct PipelineArgs {
     /// Skip set-up (apt, libtorch, venv) when it is known to be done.
     #[arg(long)]
     pub no_setup: bool,
-    /// Use the stage binaries already built in the target directory.
+    /// Use the stage binaries (and, with `--engine podman`, the images) already built.
     #[arg(long)]
     pub no_build: bool,
+    /// Where each stage runs: `native` (its binary on this machine) or `podman` (its image,
+    /// the run directory, registry and sources bind-mounted at the same paths).
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: EngineKind,
+    /// With `--engine podman`: the tag of the images to run [default: build them now, tagged
+    /// as `cargo xtask images` tags them].
+    #[arg(long)]
+    pub image_tag: Option<String>,
+}
+
+/// Where stages run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    #[default]
+    Native,
+    Podman,
+}
+
+/// How a stage's process is started: the native binary, or its container image.
+enum Engine {
+    Native,
+    /// Image reference and id per stage; bind mounts shared by every stage.
+    Podman {
+        images: std::collections::BTreeMap<&'static str, (String, String)>,
+        mounts: Vec<(PathBuf, bool)>,
+    },
+}
+
+impl Engine {
+    fn prepare(
+        args: &PipelineArgs,
+        params: &Params,
+        run_dir: &Path,
+        registry: &Path,
+    ) -> Result<Engine> {
+        if args.engine == EngineKind::Native {
+            return Ok(Engine::Native);
+        }
+        let tag = match &args.image_tag {
+            Some(tag) => tag.clone(),
+            None if args.no_build => crate::images::default_tag(),
+            None => {
+                // The binaries were just built; images of them follow (cached layers make an
+                // unchanged image a matter of seconds).
+                let built = crate::images::build(&crate::images::ImagesArgs {
+                    no_build: true,
+                    ..Default::default()
+                })?;
+                built
+                    .first()
+                    .and_then(|i| i.reference.rsplit_once(':'))
+                    .map(|(_, t)| t.to_string())
+                    .context("no image built")?
+            }
+        };
+        let mut images = std::collections::BTreeMap::new();
+        for stage in &STAGES {
+            let reference = crate::images::reference(crate::images::LOCAL_PREFIX, stage, &tag);
+            let id = crate::images::image_id("podman", &reference).with_context(|| {
+                format!("podman has no image {reference}: run `cargo xtask images --tag {tag}`")
+            })?;
+            images.insert(stage.name, (reference, id));
+        }
+        std::fs::create_dir_all(registry)?;
+        let mut mounts = vec![
+            (run_dir.to_path_buf(), true),
+            (registry.to_path_buf(), true),
+        ];
+        for source in &params.sources {
+            mounts.push((source.clone(), false));
+        }
+        Ok(Engine::Podman { images, mounts })
+    }
+
+    /// What identifies the code a stage runs: the binary's sha256, or the image id.
+    fn identity(&self, stage: &Stage) -> Result<String> {
+        match self {
+            Engine::Native => sha256_file(&release_dir().join(stage.binary)),
+            Engine::Podman { images, .. } => Ok(images[stage.name].1.clone()),
+        }
+    }
+
+    fn command(&self, stage: &Stage, run: &str) -> Command {
+        match self {
+            Engine::Native => Command::new(release_dir().join(stage.binary)),
+            Engine::Podman { images, mounts } => {
+                let mut cmd = Command::new("podman");
+                // SAFETY: getuid and getgid cannot fail.
+                let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                cmd.args(["run", "--rm", "--network=none"])
+                    .arg(format!(
+                        "--name=mlops-{run}-{}-{}",
+                        stage.name,
+                        std::process::id()
+                    ))
+                    // Files in the run directory belong to whoever runs the pipeline, as they
+                    // do natively (the image's own user is 10001).
+                    .arg(format!("--user={uid}:{gid}"));
+                for (path, writable) in mounts {
+                    let mode = if *writable { "rw" } else { "ro" };
+                    cmd.arg(format!("--volume={0}:{0}:{mode}", path.display()));
+                }
+                for (key, _) in std::env::vars_os() {
+                    let key = key.to_string_lossy();
+                    if key == "RUST_LOG" || key.starts_with("MLOPS_") {
+                        cmd.arg(format!("--env={key}"));
+                    }
+                }
+                cmd.arg(&images[stage.name].0);
+                cmd
+            }
+        }
+    }
 }
 
 /// The resolved parameters of one run.
@@ -296,18 +409,19 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
         run_cmd(&mut build, "cargo build")?;
     }
     let runs = args.runs_dir.clone().unwrap_or_else(|| root().join("runs"));
-    let run_dir = runs.join(&params.run);
+    let run_dir = std::path::absolute(runs.join(&params.run))?;
     let registry = if params.registry.is_absolute() {
         params.registry.clone()
     } else {
         root().join(&params.registry)
     };
     std::fs::create_dir_all(&run_dir)?;
+    let engine = Engine::prepare(args, &params, &run_dir, &registry)?;
     let notifier = Notifier::from_env();
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let mut records = Vec::new();
-    let result = run_stages(args, &params, &run_dir, &registry, &mut records);
+    let result = run_stages(args, &engine, &params, &run_dir, &registry, &mut records);
     let seconds = started.elapsed().as_secs_f64();
     let record = run_record(&params, &run_dir, &records, started_at, seconds, &result);
     crate::write_json(&run_dir.join("run.json"), &record)?;
@@ -350,6 +464,7 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
 
 fn run_stages(
     args: &PipelineArgs,
+    engine: &Engine,
     params: &Params,
     run_dir: &Path,
     registry: &Path,
@@ -376,7 +491,7 @@ fn run_stages(
             continue;
         }
         let (argv, inputs) = arguments(stage, params, run_dir, registry)?;
-        let key = cache_key(stage, &argv, &inputs)?;
+        let key = cache_key(stage, &engine.identity(stage)?, &argv, &inputs)?;
         let forced = args
             .force
             .as_deref()
@@ -397,7 +512,7 @@ fn run_stages(
         }
         eprintln!("==> [{}/{total}] {}", i + 1, stage.name);
         let _ = std::fs::remove_file(dir.join(CACHE_KEY));
-        let ran = execute(stage, &argv, &dir);
+        let ran = execute(engine, stage, &params.run, &argv, &dir);
         let seconds = started.elapsed().as_secs_f64();
         let mut record = StageRecord {
             name: stage.name,
@@ -560,12 +675,17 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
-/// The stage's cache key: binary, arguments (parameters included), inputs' checksums.
-fn cache_key(stage: &Stage, argv: &[String], inputs: &[(String, String)]) -> Result<String> {
-    let binary = release_dir().join(stage.binary);
+/// The stage's cache key: the code it runs (binary or image), arguments (parameters
+/// included), inputs' checksums.
+fn cache_key(
+    stage: &Stage,
+    code: &str,
+    argv: &[String],
+    inputs: &[(String, String)],
+) -> Result<String> {
     let mut h = Sha256::new();
     h.update(stage.name.as_bytes());
-    h.update(sha256_file(&binary)?.as_bytes());
+    h.update(code.as_bytes());
     for a in argv {
         h.update(a.as_bytes());
         h.update([0]);
@@ -617,28 +737,46 @@ fn outputs(stage: &Stage, dir: &Path) -> Result<Vec<(String, String)>> {
 
 /// Runs the stage's binary; a train stage with checkpoints and no manifest resumes from them.
 /// Returns the peak resident set size of the process that finished the stage (MB).
-fn execute(stage: &Stage, argv: &[String], dir: &Path) -> Result<Option<f64>> {
-    let binary = release_dir().join(stage.binary);
+/// (Under podman the figure is podman's own, so none is reported.)
+fn execute(
+    engine: &Engine,
+    stage: &Stage,
+    run: &str,
+    argv: &[String],
+    dir: &Path,
+) -> Result<Option<f64>> {
+    let native = matches!(engine, Engine::Native);
+    let rss_of = |rss: Option<f64>| if native { rss } else { None };
     let resumable = stage.name == "train"
         && dir.join("checkpoints/state.json").is_file()
         && !dir.join("manifest.json").is_file();
     if resumable {
         eprintln!("    resuming from {}", dir.join("checkpoints").display());
         let (status, rss) =
-            crate::status_and_peak_rss(Command::new(&binary).args(argv).arg("--resume"))?;
+            crate::status_and_peak_rss(engine.command(stage, run).args(argv).arg("--resume"))?;
         if status.success() {
-            return Ok(rss);
+            return Ok(rss_of(rss));
         }
         // Checkpoints of other settings (or damaged ones): start over.
         eprintln!("    cannot resume ({status}); training from the start");
     }
     std::fs::create_dir_all(dir)?;
-    let (status, rss) = crate::status_and_peak_rss(Command::new(&binary).args(argv))
-        .with_context(|| format!("cannot start stage {} ({})", stage.name, binary.display()))?;
+    let mut cmd = engine.command(stage, run);
+    let (status, rss) = crate::status_and_peak_rss(cmd.args(argv)).with_context(|| {
+        format!(
+            "cannot start stage {} ({:?})",
+            stage.name,
+            cmd.get_program()
+        )
+    })?;
     if !status.success() {
+        // podman's own failures (no image, a bad mount) are 125-127; the stage's are its own.
+        if !native && matches!(status.code(), Some(125..=127)) {
+            bail!("podman could not run stage {} ({status})", stage.name);
+        }
         bail!("stage {} failed ({status})", stage.name);
     }
-    Ok(rss)
+    Ok(rss_of(rss))
 }
 
 fn read_decision(run_dir: &Path) -> Result<String> {

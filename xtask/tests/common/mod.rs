@@ -1,5 +1,8 @@
 //! Helpers of the xtask integration tests that run the pipeline through its binaries.
+// Each test crate that includes this module uses part of it.
+#![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,4 +48,58 @@ pub fn pipeline(tmp: &Path, run: &str) -> Command {
 pub fn record(tmp: &Path, run: &str) -> Result<Value> {
     let path: PathBuf = tmp.join("runs").join(run).join("run.json");
     Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+}
+
+/// Writes `train-*` and `t10k-*` IDX files: 3 classes, each a bright bar at its own place
+/// over noise from a fixed generator.
+pub fn write_idx(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    for (prefix, per_class) in [("train", 60), ("t10k", 15)] {
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..per_class * 3 {
+            let class = i % 3;
+            let mut img: Vec<u8> = (0..28 * 28).map(|_| next() / 4).collect();
+            for x in 0..28 {
+                img[(class * 7 + 3) * 28 + x] = 200 + next() / 5;
+            }
+            images.extend(img);
+            labels.push(class as u8);
+        }
+        let n = (per_class * 3) as u32;
+        let mut f = std::fs::File::create(dir.join(format!("{prefix}-images-idx3-ubyte")))?;
+        f.write_all(&[0, 0, 8, 3])?;
+        for d in [n, 28, 28] {
+            f.write_all(&d.to_be_bytes())?;
+        }
+        f.write_all(&images)?;
+        let mut f = std::fs::File::create(dir.join(format!("{prefix}-labels-idx1-ubyte")))?;
+        f.write_all(&[0, 0, 8, 1])?;
+        f.write_all(&n.to_be_bytes())?;
+        f.write_all(&labels)?;
+    }
+    Ok(())
+}
+
+/// [`pipeline`] with the tiny data set's small settings (a few seconds a stage, one thread,
+/// a gate that accepts any accuracy).
+pub fn tiny_pipeline(tmp: &Path, run: &str) -> Command {
+    let mut cmd = pipeline(tmp, run);
+    for set in [
+        "train.epochs=4",
+        "train.batch_size=16",
+        "train.embedding_dim=16",
+        "train.threads=1",
+        "embed.threads=1",
+        "eval.gate.min_accuracy=0.0",
+    ] {
+        cmd.args(["--set", set]);
+    }
+    cmd
 }
