@@ -64,6 +64,25 @@ def check_dag(where, dag, inputs):
 
 
 check_dag("root", spec["root"]["dag"], spec["root"]["inputDefinitions"]["parameters"])
-assert any("triggerPolicy" in t for t in spec["root"]["dag"]["tasks"].values()), "no deploy condition"
+
+
+def conditions(dag):
+    """(trigger condition, container tasks under it) for every conditional task, nested too."""
+    for task in dag["tasks"].values():
+        comp = components[task["componentRef"]["name"]]
+        if "triggerPolicy" in task:
+            yield task["triggerPolicy"]["condition"], list(leaves(comp))
+        if "dag" in comp:
+            yield from conditions(comp["dag"])
+
+
+def leaves(comp):
+    for name, task in comp.get("dag", {}).get("tasks", {}).items():
+        sub = components[task["componentRef"]["name"]]
+        yield from (leaves(sub) if "dag" in sub else [name])
+
+
+found = list(conditions(spec["root"]["dag"]))
+assert any("deploy" in steps for _, steps in found), f"no condition guards the deploy step: {found}"
 load_component_from_file(path)
 print("ok", len(components), "components")

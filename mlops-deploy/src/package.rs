@@ -54,7 +54,9 @@ impl Default for PackageConfig {
             name: "fashion-mnist".into(),
             version: None,
             out: PathBuf::from("package"),
-            image: "ghcr.io/mlops-rs/mlops-deploy:0.1.0".into(),
+            // The name `cargo xtask images --prefix ghcr.io/mlops-rs --tag latest` gives the
+            // deploy image, as in the Kubeflow pipeline.
+            image: "ghcr.io/mlops-rs/mlops-deploy:latest".into(),
             replicas: 2,
             storage: "1Gi".into(),
             serve: ServeConfig::default(),

@@ -80,6 +80,13 @@ pub struct Image {
     pub bytes: u64,
 }
 
+impl Image {
+    /// The tag part of the reference.
+    pub fn tag(&self) -> &str {
+        self.reference.rsplit_once(':').map_or("", |(_, t)| t)
+    }
+}
+
 /// `PREFIX/mlops-STAGE:TAG`, the one naming scheme of the images, the Kubeflow pipeline and the
 /// Kubernetes manifests.
 pub fn reference(prefix: &str, stage: &Stage, tag: &str) -> String {

@@ -4,8 +4,8 @@
 //! (`<prefix>/mlops-<stage>:<tag>`, built from the repository's `Dockerfile`), with the
 //! resources of the definition (a GPU for training), every stage's output directory under
 //! `<run_root>/<pipeline job uuid>/<stage>` on a PVC that the platform document mounts, the
-//! parameters of `pipeline.toml` as `--set` arguments, and the deploy step inside a condition
-//! sub-DAG that reads the eval step's `decision` output parameter. The file is committed
+//! sections of `pipeline.toml` as one `--settings` parameter per stage (a run may change them),
+//! and the deploy step behind eval's `decision` in a gate sub-DAG (see [`deploy_gate`]). The file is committed
 //! (`kubeflow/pipeline.yaml`) and a test fails when it is stale.
 
 use std::path::PathBuf;
@@ -25,12 +25,19 @@ pub struct KfpArgs {
     /// Image registry and owner of the stage images.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     image_prefix: String,
-    /// Tag of the stage images (CD passes the commit).
-    #[arg(long, default_value = "latest")]
-    image_tag: String,
+    /// Tag of the stage images (CD passes the commit) [default: latest; with --run-local, the
+    /// images `cargo xtask images` builds now].
+    #[arg(long)]
+    image_tag: Option<String>,
     /// Write to stdout instead of a file.
     #[arg(long)]
     stdout: bool,
+    /// Execute the committed kubeflow/pipeline.yaml with Kubeflow's local runner on podman
+    /// instead of writing it.
+    #[arg(long)]
+    run_local: bool,
+    #[command(flatten)]
+    local: crate::kfp_local::LocalArgs,
 }
 
 pub const DEFAULT_PREFIX: &str = "ghcr.io/mlops-rs";
@@ -39,7 +46,13 @@ pub const PVC: &str = "mlops-artifacts";
 pub const MOUNT: &str = "/artifacts";
 
 pub fn run(args: &KfpArgs) -> Result<()> {
-    let yaml = render(&args.image_prefix, &args.image_tag)?;
+    if args.run_local {
+        return crate::kfp_local::run(&args.local, args.image_tag.as_deref());
+    }
+    let yaml = render(
+        &args.image_prefix,
+        args.image_tag.as_deref().unwrap_or("latest"),
+    )?;
     if args.stdout {
         print!("{yaml}");
         return Ok(());
@@ -201,6 +214,81 @@ fn task(stage: &Stage, channel: bool) -> Json {
     t
 }
 
+/// A DAG component and the task that runs it.
+struct Dag {
+    component: Json,
+    task: Json,
+}
+
+/// The deploy steps behind eval's decision, shaped as kfp's compiler shapes a sub-pipeline
+/// holding `dsl.If(decision == 'deploy')`: a root task `gate-deploy` takes eval's `decision`
+/// output (and what the steps need) as inputs of its own; inside it, `condition-deploy`
+/// passes them on as `pipelinechannel--*` and its trigger reads
+/// `pipelinechannel--decision`, one of its own inputs. A trigger at the root reading the eval
+/// task's output directly (what a top-level `dsl.If` compiles to) runs on a cluster but
+/// resolves to nothing in kfp's local runner, which then skips the step without a word.
+fn deploy_gate(conditional: &[&Stage]) -> (Dag, Json) {
+    let string = || json!({ "parameterType": "STRING" });
+    let mut gate_inputs = Map::new();
+    let mut gate_params = Map::new();
+    let mut cond_inputs = Map::new();
+    let mut cond_params = Map::new();
+    gate_inputs.insert("decision".into(), string());
+    gate_params.insert(
+        "decision".into(),
+        json!({ "taskOutputParameter": { "producerTask": "eval", "outputParameterKey": "decision" } }),
+    );
+    cond_inputs.insert("pipelinechannel--decision".into(), string());
+    cond_params.insert(
+        "pipelinechannel--decision".into(),
+        json!({ "componentInputParameter": "decision" }),
+    );
+    let mut tasks = Map::new();
+    let mut deps: Vec<&str> = Vec::new();
+    for stage in conditional {
+        for (_, p) in stage_params(stage) {
+            gate_inputs.insert(p.clone(), string());
+            gate_params.insert(p.clone(), json!({ "componentInputParameter": p }));
+            cond_inputs.insert(format!("pipelinechannel--{p}"), string());
+            cond_params.insert(
+                format!("pipelinechannel--{p}"),
+                json!({ "componentInputParameter": p }),
+            );
+        }
+        deps.extend(stage.upstream());
+        tasks.insert(stage.name.to_string(), task(stage, true));
+    }
+    deps.sort_unstable();
+    deps.dedup();
+    let condition = json!({
+        "dag": { "tasks": tasks },
+        "inputDefinitions": { "parameters": cond_inputs },
+    });
+    let mut gate_tasks = Map::new();
+    gate_tasks.insert(
+        "condition-deploy".into(),
+        json!({
+            "componentRef": { "name": "comp-condition-deploy" },
+            "inputs": { "parameters": cond_params },
+            "taskInfo": { "name": "condition-deploy" },
+            "triggerPolicy": { "condition": "inputs.parameter_values['pipelinechannel--decision'] == 'deploy'" },
+        }),
+    );
+    let gate = Dag {
+        component: json!({
+            "dag": { "tasks": gate_tasks },
+            "inputDefinitions": { "parameters": gate_inputs },
+        }),
+        task: json!({
+            "componentRef": { "name": "comp-gate-deploy" },
+            "dependentTasks": deps,
+            "inputs": { "parameters": gate_params },
+            "taskInfo": { "name": "gate-deploy" },
+        }),
+    };
+    (gate, condition)
+}
+
 fn documents(params: &Params, prefix: &str, tag: &str) -> Result<(Json, Json)> {
     let mut components = Map::new();
     let mut executors = Map::new();
@@ -225,48 +313,10 @@ fn documents(params: &Params, prefix: &str, tag: &str) -> Result<(Json, Json)> {
         }
     }
     if !conditional.is_empty() {
-        // The deploy step runs inside a sub-DAG whose trigger reads eval's decision, passed in
-        // as that task's own input (a condition sees only its task's inputs).
-        let decision = "pipelinechannel--eval-decision";
-        let mut sub_inputs = Map::new();
-        let mut sub_params = Map::new();
-        sub_inputs.insert(decision.into(), json!({ "parameterType": "STRING" }));
-        sub_params.insert(
-            decision.into(),
-            json!({ "taskOutputParameter": { "producerTask": "eval", "outputParameterKey": "decision" } }),
-        );
-        let mut sub_tasks = Map::new();
-        let mut deps: Vec<&str> = Vec::new();
-        for stage in &conditional {
-            for (_, p) in stage_params(stage) {
-                sub_inputs.insert(
-                    format!("pipelinechannel--{p}"),
-                    json!({ "parameterType": "STRING" }),
-                );
-                sub_params.insert(
-                    format!("pipelinechannel--{p}"),
-                    json!({ "componentInputParameter": p }),
-                );
-            }
-            deps.extend(stage.upstream());
-            sub_tasks.insert(stage.name.to_string(), task(stage, true));
-        }
-        deps.sort_unstable();
-        deps.dedup();
-        components.insert(
-            "comp-condition-deploy".into(),
-            json!({ "dag": { "tasks": sub_tasks }, "inputDefinitions": { "parameters": sub_inputs } }),
-        );
-        root_tasks.insert(
-            "condition-deploy".into(),
-            json!({
-                "componentRef": { "name": "comp-condition-deploy" },
-                "dependentTasks": deps,
-                "inputs": { "parameters": sub_params },
-                "taskInfo": { "name": "condition-deploy" },
-                "triggerPolicy": { "condition": format!("inputs.parameter_values['{decision}'] == 'deploy'") },
-            }),
-        );
+        let (gate, condition) = deploy_gate(&conditional);
+        components.insert("comp-gate-deploy".into(), gate.component);
+        components.insert("comp-condition-deploy".into(), condition);
+        root_tasks.insert("gate-deploy".into(), gate.task);
     }
     let source = params
         .sources

@@ -14,6 +14,7 @@ mod dag;
 mod gpu_kit;
 mod images;
 mod kfp;
+mod kfp_local;
 mod notify;
 mod pipeline;
 mod setup;
@@ -89,10 +90,25 @@ fn test(cargo_args: &[String]) -> Result<()> {
         cargo().args(["fmt", "--all", "--", "--check"]),
         "cargo fmt --check",
     )?;
+    // The stage images the container tests run (xtask/tests/containers.rs, kfp_local.rs):
+    // built here, from the binaries the tests use, so a failing image build fails the run.
+    run_cmd(
+        cargo().args(["build", "--release", "--workspace", "--bins"]),
+        "cargo build",
+    )?;
+    let images = images::build(&images::ImagesArgs {
+        no_build: true,
+        ..Default::default()
+    })?;
+    let tag = images
+        .first()
+        .map(|i| i.tag().to_string())
+        .unwrap_or_default();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"])
         .args(cargo_args)
-        .envs(env.vars());
+        .envs(env.vars())
+        .env("MLOPS_IMAGE_TAG", tag);
     run_cmd(&mut cmd, "cargo test")?;
     if cargo_args.is_empty() {
         // Each criterion benchmark once, in test mode: keeps them compiling and running.

@@ -119,8 +119,7 @@ impl Engine {
                 })?;
                 built
                     .first()
-                    .and_then(|i| i.reference.rsplit_once(':'))
-                    .map(|(_, t)| t.to_string())
+                    .map(|i| i.tag().to_string())
                     .context("no image built")?
             }
         };

