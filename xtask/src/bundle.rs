@@ -219,13 +219,28 @@ mod dockerfile_tests {
     fn dockerfile_has_one_target_per_stage_and_passes_hadolint() {
         let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
         for stage in &dag::STAGES {
+            // On the plain runtime, or on the layer of libtorch libraries (`cargo xtask images`
+            // puts them in bundles/torch/); the container tests run every image.
+            let target = ["runtime", "torch"]
+                .iter()
+                .map(|parent| format!("FROM {parent} AS {}\n", stage.name))
+                .find_map(|line| text.find(&line).map(|at| &text[at..]))
+                .unwrap_or_else(|| panic!("no target for {}", stage.name));
+            let target = &target[..target[1..].find("\nFROM ").map_or(target.len(), |e| e + 1)];
             assert!(
-                text.contains(&format!("FROM runtime AS {}\n", stage.name)),
-                "no target for {}",
-                stage.name
+                target.contains(&format!("COPY bundles/{}/ /opt/mlops/\n", stage.name)),
+                "{target}"
             );
-            assert!(text.contains(&format!("ENTRYPOINT [\"/opt/mlops/bin/{}\"]", stage.binary)));
+            assert!(
+                target.contains(&format!("ENTRYPOINT [\"/opt/mlops/bin/{}\"]", stage.binary)),
+                "{target}"
+            );
         }
+        assert!(text.contains("FROM runtime AS torch\nCOPY bundles/torch/ /opt/mlops/\n"));
+        assert!(
+            text.contains("USER 10001\n"),
+            "the images run as a non-root user"
+        );
         let Some(python) = mlops_core::testing::python() else {
             return;
         };
