@@ -150,19 +150,45 @@ impl Engine {
         }
     }
 
-    fn command(&self, stage: &Stage, run: &str) -> Command {
+    /// The container's name: one per run directory and stage, so a run started again after
+    /// its runner was killed (whose podman client then could not stop the container) finds
+    /// the orphan and removes it before the stage runs again.
+    fn container_name(stage: &Stage, run_dir: &Path) -> String {
+        let digest = hex::encode(Sha256::digest(run_dir.as_os_str().as_encoded_bytes()));
+        let run: String = run_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("mlops-{run}-{}-{}", stage.name, &digest[..12])
+    }
+
+    fn command(&self, stage: &Stage, run_dir: &Path) -> Result<Command> {
         match self {
-            Engine::Native => Command::new(release_dir().join(stage.binary)),
+            Engine::Native => Ok(Command::new(release_dir().join(stage.binary))),
             Engine::Podman { images, mounts } => {
+                let name = Self::container_name(stage, run_dir);
+                let removed = Command::new("podman")
+                    .args(["rm", "--force", "--ignore", "--time=0", &name])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .context("cannot run podman")?;
+                if !removed.success() {
+                    bail!("podman rm {name} failed ({removed})");
+                }
                 let mut cmd = Command::new("podman");
                 // SAFETY: getuid and getgid cannot fail.
                 let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
                 cmd.args(["run", "--rm", "--network=none"])
-                    .arg(format!(
-                        "--name=mlops-{run}-{}-{}",
-                        stage.name,
-                        std::process::id()
-                    ))
+                    .arg(format!("--name={name}"))
                     // Files in the run directory belong to whoever runs the pipeline, as they
                     // do natively (the image's own user is 10001).
                     .arg(format!("--user={uid}:{gid}"));
@@ -177,7 +203,7 @@ impl Engine {
                     }
                 }
                 cmd.arg(&images[stage.name].0);
-                cmd
+                Ok(cmd)
             }
         }
     }
@@ -511,7 +537,7 @@ fn run_stages(
         }
         eprintln!("==> [{}/{total}] {}", i + 1, stage.name);
         let _ = std::fs::remove_file(dir.join(CACHE_KEY));
-        let ran = execute(engine, stage, &params.run, &argv, &dir);
+        let ran = execute(engine, stage, run_dir, &argv, &dir);
         let seconds = started.elapsed().as_secs_f64();
         let mut record = StageRecord {
             name: stage.name,
@@ -740,7 +766,7 @@ fn outputs(stage: &Stage, dir: &Path) -> Result<Vec<(String, String)>> {
 fn execute(
     engine: &Engine,
     stage: &Stage,
-    run: &str,
+    run_dir: &Path,
     argv: &[String],
     dir: &Path,
 ) -> Result<Option<f64>> {
@@ -752,7 +778,7 @@ fn execute(
     if resumable {
         eprintln!("    resuming from {}", dir.join("checkpoints").display());
         let (status, rss) =
-            crate::status_and_peak_rss(engine.command(stage, run).args(argv).arg("--resume"))?;
+            crate::status_and_peak_rss(engine.command(stage, run_dir)?.args(argv).arg("--resume"))?;
         if status.success() {
             return Ok(rss_of(rss));
         }
@@ -760,7 +786,7 @@ fn execute(
         eprintln!("    cannot resume ({status}); training from the start");
     }
     std::fs::create_dir_all(dir)?;
-    let mut cmd = engine.command(stage, run);
+    let mut cmd = engine.command(stage, run_dir)?;
     let (status, rss) = crate::status_and_peak_rss(cmd.args(argv)).with_context(|| {
         format!(
             "cannot start stage {} ({:?})",

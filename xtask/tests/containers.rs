@@ -384,3 +384,84 @@ fn a_stage_failing_in_its_container_fails_the_run_with_its_own_message() -> Resu
     assert_eq!(record(t, "bad-podman")?["status"], "failed");
     Ok(())
 }
+
+/// Containers whose name mentions `needle` (running or not).
+fn containers_named(needle: &str) -> Result<Vec<String>> {
+    let out = Command::new("podman")
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.contains(needle))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn a_podman_run_killed_in_training_resumes_to_the_same_model() -> Result<()> {
+    let Some(tag) = image_tag() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let t = tmp.path();
+    common::write_idx(&t.join("src"))?;
+    // Long enough that the killed run's container is still training when the run resumes.
+    let longer = ["--set", "train.epochs=80"];
+    ensure!(
+        podman_pipeline(t, "straight", &tag)
+            .args(longer)
+            .status()?
+            .success(),
+        "the uninterrupted run failed"
+    );
+    // SIGKILL to the runner and its podman client together: nothing forwards a signal to the
+    // container, which trains on; the next start must remove it and resume.
+    let mut cmd = podman_pipeline(t, "killed", &tag);
+    cmd.args(longer);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    let checkpoint = t.join("runs/killed/train/checkpoints/state.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint.is_file() {
+        ensure!(
+            child.try_wait()?.is_none(),
+            "the run ended before a checkpoint"
+        );
+        ensure!(Instant::now() < deadline, "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()?;
+    child.wait()?;
+    let orphans = containers_named("mlops-killed-train-")?;
+    assert_eq!(orphans.len(), 1, "the killed run's container: {orphans:?}");
+    // The resumed run removes the orphan before it trains: never two trainers in one directory.
+    let mut resumed = podman_pipeline(t, "killed", &tag).args(longer).spawn()?;
+    let mut most = 0;
+    let status = loop {
+        if let Some(status) = resumed.try_wait()? {
+            break status;
+        }
+        most = most.max(containers_named("mlops-killed-train-")?.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(status.success(), "the resumed run failed");
+    assert_eq!(most, 1, "two train containers ran at once");
+    let (straight, resumed) = (record(t, "straight")?, record(t, "killed")?);
+    assert!(
+        resumed["stages"][2]["status"] == "ran",
+        "the train stage was not run again: {resumed}"
+    );
+    assert_eq!(resumed["status"], "succeeded");
+    assert_eq!(
+        sha256(&t.join("runs/killed/train/model.pt"))?,
+        sha256(&t.join("runs/straight/train/model.pt"))?,
+        "straight {straight}\nresumed {resumed}"
+    );
+    assert!(
+        containers_named("mlops-killed-")?.is_empty(),
+        "a container was left behind"
+    );
+    Ok(())
+}
