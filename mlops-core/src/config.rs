@@ -83,9 +83,14 @@ pub fn inline_sets(text: &str) -> Result<Vec<String>> {
         path: PathBuf::from("<--settings>"),
         message: e.to_string(),
     })?;
+    Ok(table_sets(&table))
+}
+
+/// The `key=value` pairs (dotted keys, TOML values) that set every leaf of `table`.
+pub fn table_sets(table: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
-    flatten("", &table, &mut out);
-    Ok(out)
+    flatten("", table, &mut out);
+    out
 }
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {

@@ -319,11 +319,11 @@ impl Params {
 
     /// The `--set key=value` arguments a stage binary gets from its section.
     pub fn stage_sets(&self, stage: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(section) = self.table.get(stage).and_then(toml::Value::as_table) {
-            flatten("", section, &mut out);
-        }
-        out
+        self.table
+            .get(stage)
+            .and_then(toml::Value::as_table)
+            .map(mlops_core::config::table_sets)
+            .unwrap_or_default()
     }
 }
 
@@ -362,20 +362,6 @@ fn set(table: &mut toml::Table, pair: &str) -> Result<()> {
     }
     slot.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
-}
-
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
-            other => out.push(format!("{key}={other}")),
-        }
-    }
 }
 
 /// (path, sha256) pairs.
@@ -970,8 +956,7 @@ mod tests {
         set(&mut t, "train.arcface.margin=0.3").unwrap();
         set(&mut t, "pipeline.run=exp").unwrap();
         assert!(set(&mut t, "epochs=3").is_err());
-        let mut out = Vec::new();
-        flatten("", t["train"].as_table().unwrap(), &mut out);
+        let mut out = mlops_core::config::table_sets(t["train"].as_table().unwrap());
         out.sort();
         assert_eq!(out, ["arcface.margin=0.3", "epochs=3", "seed=42"]);
         assert_eq!(t["pipeline"]["run"].as_str(), Some("exp"));

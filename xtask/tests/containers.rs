@@ -347,16 +347,7 @@ fn a_stage_failing_in_its_container_fails_the_run_with_its_own_message() -> Resu
     };
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
-    // An images file cut short: the data stage must name it and stop.
-    std::fs::create_dir_all(t.join("src"))?;
-    std::fs::write(
-        t.join("src/train-images-idx3-ubyte"),
-        [0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3],
-    )?;
-    std::fs::write(
-        t.join("src/train-labels-idx1-ubyte"),
-        [0, 0, 8, 1, 0, 0, 0, 9, 0, 1, 2, 0, 1, 2, 0, 1, 2],
-    )?;
+    common::write_truncated_idx(&t.join("src"))?;
     let stage_error = |out: &std::process::Output| -> String {
         String::from_utf8_lossy(&out.stderr)
             .lines()

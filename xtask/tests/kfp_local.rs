@@ -11,16 +11,6 @@ use anyhow::{ensure, Context, Result};
 
 mod common;
 
-/// The tiny run's settings, as `cargo xtask pipeline` and `cargo xtask kfp` both take them.
-const TINY: [&str; 6] = [
-    "train.epochs=4",
-    "train.batch_size=16",
-    "train.embedding_dim=16",
-    "train.threads=1",
-    "embed.threads=1",
-    "eval.gate.min_accuracy=0.0",
-];
-
 fn image_tag() -> Option<String> {
     common::release_binaries()?;
     mlops_core::testing::python()?;
@@ -41,7 +31,7 @@ fn kfp_local(tag: &str, source: &Path, workdir: &Path, extra: &[&str]) -> Result
         .arg(workdir)
         .env("RUST_LOG", "warn")
         .env("RUST_BACKTRACE", "0");
-    for set in TINY.iter().chain(extra) {
+    for set in common::TINY.iter().chain(extra) {
         cmd.args(["--set", set]);
     }
     Ok(cmd.output()?)
@@ -145,16 +135,7 @@ fn a_failing_step_fails_the_local_run_with_the_stage_message() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
     let src = t.join("bad");
-    std::fs::create_dir_all(&src)?;
-    // An images file cut short, as a broken upload would leave it.
-    std::fs::write(
-        src.join("train-images-idx3-ubyte"),
-        [0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2],
-    )?;
-    std::fs::write(
-        src.join("train-labels-idx1-ubyte"),
-        [0, 0, 8, 1, 0, 0, 0, 9, 0, 1, 2, 0, 1, 2, 0, 1, 2],
-    )?;
+    common::write_truncated_idx(&src)?;
     let work = t.join("kfp");
     let out = kfp_local(&tag, &src, &work, &[])?;
     let log = text(&out);

@@ -87,19 +87,37 @@ pub fn write_idx(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// [`pipeline`] with the tiny data set's small settings (a few seconds a stage, one thread,
-/// a gate that accepts any accuracy).
+/// The tiny data set's small settings (a few seconds a stage, one thread, a gate that accepts
+/// any accuracy), as `cargo xtask pipeline` and `cargo xtask kfp --run-local` take them.
+pub const TINY: [&str; 6] = [
+    "train.epochs=4",
+    "train.batch_size=16",
+    "train.embedding_dim=16",
+    "train.threads=1",
+    "embed.threads=1",
+    "eval.gate.min_accuracy=0.0",
+];
+
+/// [`pipeline`] with the [`TINY`] settings.
 pub fn tiny_pipeline(tmp: &Path, run: &str) -> Command {
     let mut cmd = pipeline(tmp, run);
-    for set in [
-        "train.epochs=4",
-        "train.batch_size=16",
-        "train.embedding_dim=16",
-        "train.threads=1",
-        "embed.threads=1",
-        "eval.gate.min_accuracy=0.0",
-    ] {
+    for set in TINY {
         cmd.args(["--set", set]);
     }
     cmd
+}
+
+/// An IDX source whose images file is cut short (9 images promised, 2 bytes given), as a
+/// broken upload would leave it: the data stage must name the file and stop.
+pub fn write_truncated_idx(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte"),
+        [0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2],
+    )?;
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 9, 0, 1, 2, 0, 1, 2, 0, 1, 2],
+    )?;
+    Ok(())
 }
