@@ -47,6 +47,12 @@ pub enum Error {
     Rejected { path: PathBuf, reasons: String },
     #[error("{}: {message}", path.display())]
     Registry { path: PathBuf, message: String },
+    #[error("{}: not the model registered as {name:?}: {}; register it under another name", path.display(), differences.join("; "))]
+    Signature {
+        path: PathBuf,
+        name: String,
+        differences: Vec<String>,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{what}: {source}")]

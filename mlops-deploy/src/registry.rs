@@ -14,8 +14,8 @@ use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE};
 use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
 use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::{
-    self, model_dir, read_pointer, version_dir, ModelPointer, VersionSummary, LOCK_FILE,
-    POINTER_FILE,
+    self, model_dir, read_pointer, version_dir, ModelPointer, ModelSignature, VersionSummary,
+    LOCK_FILE, POINTER_FILE,
 };
 use mlops_core::artifact::{
     EvalDir, IndexDir, ModelDir, StageDir, StageSummary, VersionDir, CLASSES_FILE,
@@ -93,6 +93,25 @@ const INDEX_FILES: [&str; 4] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE, CENTRES_F
 const OPTIONAL: [&str; 1] = [CENTRES_FILE];
 const EVAL_FILES: [&str; 2] = [METRICS_FILE, DECISION_FILE];
 
+/// Refuses a candidate whose signature differs from the model's it would join: the newest
+/// registered version speaks for the model (all its versions share one signature, this check
+/// keeps it so; versions from before signatures were recorded give theirs from `model.json`).
+fn check_signature(config: &RegisterConfig, candidate: &ModelSignature) -> Result<()> {
+    let Some(&newest) = registry::versions(&config.registry, &config.name)?.last() else {
+        return Ok(());
+    };
+    let registered = VersionDir::open(&version_dir(&config.registry, &config.name, newest)?)?;
+    let differences = registered.signature()?.differences(candidate);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Signature {
+        path: config.model.join(MODEL_DESCRIPTION_FILE),
+        name: config.name.clone(),
+        differences,
+    })
+}
+
 /// Registers the model of `config.model` with the index and evaluation that go with it as the
 /// next version of `config.name`; returns the version. Refused when the gate rejected the model
 /// (unless `force`), or when the three directories do not belong together.
@@ -110,8 +129,10 @@ pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
     }
     check_together(config, &model, &index, &eval, &description)?;
     let models_dir = model_dir(&config.registry, &config.name)?;
+    let signature = ModelSignature::of(&description);
 
     let _lock = RegistryLock::acquire(&config.registry)?;
+    check_signature(config, &signature)?;
     std::fs::create_dir_all(&models_dir).map_err(|e| mlops_core::Error::io(&models_dir, e))?;
     let mut pointer = read_pointer(&config.registry, &config.name)?;
     let existing = registry::versions(&config.registry, &config.name)?;
@@ -134,6 +155,7 @@ pub fn register(config: &RegisterConfig) -> Result<VersionSummary> {
         forced: !eval.summary.decision.deploy,
         classifier: eval.summary.classifier(),
         index: index.summary.clone(),
+        signature: Some(signature),
     };
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;

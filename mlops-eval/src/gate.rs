@@ -2,10 +2,28 @@
 
 use mlops_core::artifact::{Decision, GatePolicy};
 
-/// Applies `policy` to a candidate's `accuracy` and, if given, the deployed model's.
-pub fn decide(accuracy: f64, current_accuracy: Option<f64>, policy: GatePolicy) -> Decision {
+/// What the candidate is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Baseline {
+    /// Nothing is deployed.
+    None,
+    /// The deployed model's accuracy.
+    Accuracy(f64),
+    /// The deployed model answers other classes: a different model, no comparison.
+    OtherClasses {
+        deployed: Vec<String>,
+        candidate: Vec<String>,
+    },
+}
+
+/// Applies `policy` to a candidate's `accuracy` and what it is compared with.
+pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decision {
     let mut deploy = true;
     let mut reasons = Vec::new();
+    let current_accuracy = match baseline {
+        Baseline::Accuracy(a) => Some(*a),
+        _ => None,
+    };
     if accuracy >= policy.min_accuracy {
         reasons.push(format!(
             "accuracy {accuracy:.4} >= minimum {:.4}",
@@ -16,6 +34,18 @@ pub fn decide(accuracy: f64, current_accuracy: Option<f64>, policy: GatePolicy) 
         reasons.push(format!(
             "accuracy {accuracy:.4} is below the minimum {:.4}",
             policy.min_accuracy
+        ));
+    }
+    if let Baseline::OtherClasses {
+        deployed,
+        candidate,
+    } = baseline
+    {
+        deploy = false;
+        reasons.push(format!(
+            "the deployed model answers other classes ({deployed:?}) than this one ({candidate:?}): \
+             it is another model, so accuracies are not compared and it may not replace it; \
+             register it under another name"
         ));
     }
     match current_accuracy {
@@ -32,7 +62,10 @@ pub fn decide(accuracy: f64, current_accuracy: Option<f64>, policy: GatePolicy) 
             accuracy - current,
             policy.max_regression
         )),
-        None => reasons.push("no deployed model to compare with".to_string()),
+        None if *baseline == Baseline::None => {
+            reasons.push("no deployed model to compare with".to_string())
+        }
+        None => {}
     }
     Decision {
         deploy,
@@ -50,16 +83,25 @@ mod tests {
     #[test]
     fn gate_rules() {
         let p = GatePolicy::default();
-        assert!(decide(0.85, None, p).deploy);
-        assert!(!decide(0.79, None, p).deploy);
+        let was = Baseline::Accuracy;
+        assert!(decide(0.85, &Baseline::None, p).deploy);
+        assert!(!decide(0.79, &Baseline::None, p).deploy);
         assert!(
-            decide(0.90, Some(0.904), p).deploy,
+            decide(0.90, &was(0.904), p).deploy,
             "a 0.004 drop is allowed"
         );
-        let d = decide(0.90, Some(0.91), p);
+        let d = decide(0.90, &was(0.91), p);
         assert!(!d.deploy);
         assert!(d.reasons.iter().any(|r| r.contains("regresses")));
-        let d = decide(0.5, Some(0.9), p);
+        let d = decide(0.5, &was(0.9), p);
         assert!(!d.deploy && d.reasons.len() == 2);
+        let other = Baseline::OtherClasses {
+            deployed: vec!["shirt".into()],
+            candidate: vec!["cat".into()],
+        };
+        let d = decide(0.99, &other, p);
+        assert!(!d.deploy, "{d:?}");
+        assert_eq!(d.current_accuracy, None);
+        assert!(d.reasons[1].contains("[\"shirt\"]") && d.reasons[1].contains("[\"cat\"]"));
     }
 }

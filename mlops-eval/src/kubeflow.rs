@@ -167,7 +167,7 @@ mod tests {
             k_selection: vec![],
             queries_per_second: 1.0,
             classes_missing_in_gallery: vec![],
-            decision: crate::decide(0.5, None, Default::default()),
+            decision: crate::decide(0.5, &crate::Baseline::None, Default::default()),
         };
         let files = files(&o, &classes);
         for metric in files[0].1["metrics"].as_array().unwrap() {

@@ -38,7 +38,7 @@ use mlops_index::{Classifier, Neighbours};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-pub use gate::decide;
+pub use gate::{decide, Baseline};
 pub use mlops_core::artifact::{Decision, EvalSummary, GatePolicy, Metrics, Scoring, Vote};
 
 /// Name of this stage in manifests.
@@ -225,12 +225,12 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
     let m = metrics::compute(truth, &inputs.pred, &classes);
     let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
     let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
-    let current_accuracy = match &config.current {
-        Some(dir) => Some(read_current_accuracy(dir)?),
-        None => None,
+    let baseline = match &config.current {
+        Some(dir) => baseline(dir, &classes)?,
+        None => gate::Baseline::None,
     };
     Ok(EvalSummary {
-        decision: gate::decide(m.accuracy, current_accuracy, config.gate),
+        decision: gate::decide(m.accuracy, &baseline, config.gate),
         metrics: m,
         top1_accuracy,
         k: spec.k,
@@ -521,6 +521,26 @@ fn misclassified_thumbnails(
         offset += pair.rows;
     }
     (thumbs, String::new())
+}
+
+/// What the deployed model's evaluation in `dir` offers for comparison: its accuracy, unless
+/// `dir` is a registry version whose `classes.json` names other classes than `classes`.
+fn baseline(dir: &Path, classes: &[String]) -> Result<gate::Baseline> {
+    let path = dir.join(mlops_core::artifact::CLASSES_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let deployed: Vec<String> =
+            serde_json::from_slice(&bytes).map_err(|source| mlops_core::Error::Json {
+                path: path.clone(),
+                source,
+            })?;
+        if deployed != classes {
+            return Ok(gate::Baseline::OtherClasses {
+                deployed,
+                candidate: classes.to_vec(),
+            });
+        }
+    }
+    Ok(gate::Baseline::Accuracy(read_current_accuracy(dir)?))
 }
 
 /// Reads `accuracy` from the `metrics.json` of an earlier evaluation.

@@ -57,6 +57,10 @@ pub struct PipelineArgs {
     /// Registry directory (pipeline.registry).
     #[arg(long)]
     pub registry: Option<PathBuf>,
+    /// The model's name in the registry (pipeline.model) [default: the first source's directory
+    /// name, so another data set starts another model].
+    #[arg(long)]
+    pub model_name: Option<String>,
     /// Re-run every stage, or the named stage and every stage after it, ignoring the cache.
     #[arg(long, num_args = 0..=1, default_missing_value = "all", value_name = "STAGE")]
     pub force: Option<String>,
@@ -264,6 +268,9 @@ impl Params {
                 toml::Value::from(r.display().to_string())
             ));
         }
+        if let Some(m) = &args.model_name {
+            sets.push(format!("pipeline.model={}", toml::Value::from(m.as_str())));
+        }
         if let Some(seed) = args.seed {
             sets.extend([format!("data.seed={seed}"), format!("train.seed={seed}")]);
         }
@@ -308,9 +315,13 @@ impl Params {
         if run.is_empty() || run.contains(['/', '\\']) || run.starts_with('.') {
             bail!("run name {run:?} must be a plain directory name");
         }
+        let model = match pipeline.get("model") {
+            Some(_) => text_of("model", "")?,
+            None => model_name_of(&sources),
+        };
         Ok(Params {
             registry: PathBuf::from(text_of("registry", "runs/registry")?),
-            model: text_of("model", "fashion-mnist")?,
+            model,
             run,
             sources,
             table,
@@ -324,6 +335,32 @@ impl Params {
             .and_then(toml::Value::as_table)
             .map(mlops_core::config::table_sets)
             .unwrap_or_default()
+    }
+}
+
+/// The registry name a run's model gets unless `pipeline.model` names it: the first source's
+/// directory name (a file's parent directory), made a valid model name. A run on another data
+/// set so registers another model instead of replacing the one it would otherwise share a
+/// name with (and the registry refuses a version whose classes differ from its model's).
+pub fn model_name_of(sources: &[PathBuf]) -> String {
+    let name = sources
+        .first()
+        .and_then(|s| {
+            let dir = if s.is_file() { s.parent()? } else { s.as_path() };
+            dir.file_name()
+        })
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "model".into()
+    } else {
+        clean
     }
 }
 
@@ -995,6 +1032,20 @@ mod tests {
             err.contains("no profile \"fast\" (profiles: quick)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn model_names_come_from_the_data() {
+        let names = |s: &[&str]| model_name_of(&s.iter().map(PathBuf::from).collect::<Vec<_>>());
+        assert_eq!(names(&["/usr/share/datasets/fashion-mnist"]), "fashion-mnist");
+        assert_eq!(names(&["/data/My Flowers/", "/x"]), "My-Flowers");
+        assert_eq!(names(&["/data/.hidden set"]), "hidden-set");
+        assert_eq!(names(&[]), "model");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kmnist").join("train-images-idx3-ubyte");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"").unwrap();
+        assert_eq!(names(&[file.to_str().unwrap()]), "kmnist");
     }
 
     #[test]

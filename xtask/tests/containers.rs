@@ -142,7 +142,7 @@ fn kubernetes_manifests_name_the_images_and_validate(
         cmd.arg("package")
             .arg("--registry")
             .arg(registry)
-            .args(["--name", "fashion-mnist", "--out"])
+            .args(["--name", "src", "--out"])
             .arg(out)
             .stderr(Stdio::null());
         if let Some(image) = image {
@@ -255,8 +255,8 @@ fn serves_like_the_native_server(registry: &Path, tag: &str) -> Result<()> {
             pixels[(class * 7 + 3) * 28 + x] = 230;
         }
         let png = png(&pixels);
-        let (s1, from_container) = post(&format!("{container}/predictions/fashion-mnist"), &png)?;
-        let (s2, from_native) = post(&format!("{here}/predictions/fashion-mnist"), &png)?;
+        let (s1, from_container) = post(&format!("{container}/predictions/src"), &png)?;
+        let (s2, from_native) = post(&format!("{here}/predictions/src"), &png)?;
         assert_eq!((s1, s2), (200, 200), "{from_container} / {from_native}");
         assert_eq!(from_container, from_native);
     }

@@ -86,7 +86,7 @@ fn the_committed_pipeline_runs_locally_to_the_native_model_and_deploys_it() -> R
     assert!(states
         .iter()
         .any(|(p, _)| p == "gate-deploy/condition-deploy/deploy"));
-    let registry = work.join("artifacts/registry/fashion-mnist");
+    let registry = work.join("artifacts/registry/src");
     assert!(registry.join("1/manifest.json").is_file());
 
     // The same settings through the native runner train the same model.
@@ -123,7 +123,7 @@ fn the_deploy_step_is_skipped_when_the_gate_rejects() -> Result<()> {
         serde_json::json!(["gate-deploy/condition-deploy/deploy"])
     );
     assert_eq!(s["conditions"][0]["result"], false, "{s}");
-    assert!(!work.join("artifacts/registry/fashion-mnist/1").exists());
+    assert!(!work.join("artifacts/registry/src/1").exists());
     Ok(())
 }
 

@@ -56,6 +56,68 @@ impl ModelPointer {
     }
 }
 
+/// What makes two versions the same model: what a client sends (input shape and preprocessing)
+/// and what it gets back (the class names, in order, and the embedding size). The registry
+/// refuses a version whose signature differs from the model's it is registered under, so a
+/// model trained on another data set can never replace one that answers another question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSignature {
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// `[channels, height, width]` of one input image.
+    pub input_shape: [usize; 3],
+    /// How pixels are preprocessed: `unit` (`[0, 1]`) or `standardised` (training mean/std).
+    pub preprocessing: String,
+    pub embedding_dim: usize,
+}
+
+impl ModelSignature {
+    /// The signature of a model from its description (`model.json`), so versions registered
+    /// before signatures existed have one too.
+    pub fn of(description: &ModelDescription) -> Self {
+        ModelSignature {
+            classes: description.classes.clone(),
+            input_shape: description.input_shape,
+            preprocessing: if description.normalization.is_some() {
+                "standardised".into()
+            } else {
+                "unit".into()
+            },
+            embedding_dim: description.embedding_dim,
+        }
+    }
+
+    /// How `candidate` differs from `self`, one clause per difference; empty when they match.
+    pub fn differences(&self, candidate: &ModelSignature) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.classes != candidate.classes {
+            out.push(format!(
+                "classes {:?} (registered) against {:?} (candidate)",
+                self.classes, candidate.classes
+            ));
+        }
+        if self.input_shape != candidate.input_shape {
+            out.push(format!(
+                "input shape {:?} against {:?}",
+                self.input_shape, candidate.input_shape
+            ));
+        }
+        if self.preprocessing != candidate.preprocessing {
+            out.push(format!(
+                "preprocessing {} against {}",
+                self.preprocessing, candidate.preprocessing
+            ));
+        }
+        if self.embedding_dim != candidate.embedding_dim {
+            out.push(format!(
+                "embedding size {} against {}",
+                self.embedding_dim, candidate.embedding_dim
+            ));
+        }
+        out
+    }
+}
+
 /// The `summary` of a registered version's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionSummary {
@@ -72,6 +134,10 @@ pub struct VersionSummary {
     pub classifier: ClassifierSpec,
     /// The index stage's record (metric, search parameters) for loading `index.faiss`.
     pub index: IndexSummary,
+    /// The model's identity (absent in versions registered before it was recorded: read it
+    /// with [`StageDir::signature`], which falls back to `model.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ModelSignature>,
 }
 
 impl StageSummary for VersionSummary {
@@ -93,6 +159,15 @@ impl StageDir<VersionSummary> {
     /// The model's description (checksum verified).
     pub fn description(&self) -> Result<ModelDescription> {
         self.read_json(MODEL_DESCRIPTION_FILE)
+    }
+
+    /// The model's signature: recorded at registration, or derived from `model.json` for
+    /// versions registered before signatures were.
+    pub fn signature(&self) -> Result<ModelSignature> {
+        match &self.summary.signature {
+            Some(s) => Ok(s.clone()),
+            None => Ok(ModelSignature::of(&self.description()?)),
+        }
     }
 
     /// The path of `model.pt` (checksum verified).
@@ -196,6 +271,26 @@ mod tests {
         for good in ["fashion", "Fashion-MNIST_2.0", "7"] {
             assert!(valid_name(good), "{good:?}");
         }
+    }
+
+    #[test]
+    fn signatures_name_what_differs() {
+        let a = ModelSignature {
+            classes: vec!["shirt".into(), "shoe".into()],
+            input_shape: [1, 28, 28],
+            preprocessing: "unit".into(),
+            embedding_dim: 128,
+        };
+        assert!(a.differences(&a.clone()).is_empty());
+        let mut b = a.clone();
+        b.classes = vec!["cat".into(), "dog".into()];
+        b.embedding_dim = 64;
+        let d = a.differences(&b);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("\"shirt\"") && d[0].contains("\"dog\""), "{d:?}");
+        let mut reordered = a.clone();
+        reordered.classes.reverse();
+        assert_eq!(a.differences(&reordered).len(), 1, "label order is identity");
     }
 
     #[test]

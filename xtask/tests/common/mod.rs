@@ -27,16 +27,27 @@ pub fn release_binaries() -> Option<()> {
 }
 
 /// `cargo xtask pipeline` for run `run` under `tmp` (its own runs directory and registry),
-/// reading `tmp/src`, quiet.
+/// reading `tmp/src` (so its model is called `src`), quiet.
 pub fn pipeline(tmp: &Path, run: &str) -> Command {
+    pipeline_in(
+        tmp,
+        run,
+        &tmp.join("src"),
+        &tmp.join(format!("registry-{run}")),
+    )
+}
+
+/// `cargo xtask pipeline` for run `run` under `tmp` reading `source` and registering into
+/// `registry`, quiet.
+pub fn pipeline_in(tmp: &Path, run: &str, source: &Path, registry: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.args(["pipeline", "--no-setup", "--no-build", "--name", run])
         .arg("--runs-dir")
         .arg(tmp.join("runs"))
         .arg("--registry")
-        .arg(tmp.join(format!("registry-{run}")))
+        .arg(registry)
         .arg("--source")
-        .arg(tmp.join("src"))
+        .arg(source)
         .env("RUST_LOG", "warn")
         .env_remove("SLACK_WEBHOOK_URL")
         .stdout(std::process::Stdio::null())
