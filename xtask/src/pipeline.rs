@@ -346,10 +346,11 @@ pub fn model_name_of(sources: &[PathBuf]) -> String {
     let name = sources
         .first()
         .and_then(|s| {
+            // `--source .` names the directory it is run in.
+            let s = std::path::absolute(s).ok()?;
             let dir = if s.is_file() { s.parent()? } else { s.as_path() };
-            dir.file_name()
+            dir.file_name().map(|n| n.to_string_lossy().into_owned())
         })
-        .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let clean: String = name
         .chars()
@@ -439,7 +440,13 @@ impl StageRecord {
 const CACHE_KEY: &str = ".cache-key";
 
 pub fn run(args: &PipelineArgs) -> Result<()> {
-    let params = Params::load(args)?;
+    let mut params = Params::load(args)?;
+    // Stages see the sources by absolute path: a container's working directory is not ours, and
+    // podman bind-mounts only absolute paths.
+    for source in &mut params.sources {
+        *source = std::path::absolute(&*source)
+            .with_context(|| format!("cannot resolve {}", source.display()))?;
+    }
     if let Some(f) = args.force.as_deref() {
         if f != "all" && dag::stage(f).is_none() {
             bail!("--force {f}: no such stage");
