@@ -348,13 +348,23 @@ pub fn model_name_of(sources: &[PathBuf]) -> String {
         .and_then(|s| {
             // `--source .` names the directory it is run in.
             let s = std::path::absolute(s).ok()?;
-            let dir = if s.is_file() { s.parent()? } else { s.as_path() };
+            let dir = if s.is_file() {
+                s.parent()?
+            } else {
+                s.as_path()
+            };
             dir.file_name().map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .skip_while(|c| !c.is_ascii_alphanumeric())
         .take(64)
         .collect();
@@ -1044,7 +1054,10 @@ mod tests {
     #[test]
     fn model_names_come_from_the_data() {
         let names = |s: &[&str]| model_name_of(&s.iter().map(PathBuf::from).collect::<Vec<_>>());
-        assert_eq!(names(&["/usr/share/datasets/fashion-mnist"]), "fashion-mnist");
+        assert_eq!(
+            names(&["/usr/share/datasets/fashion-mnist"]),
+            "fashion-mnist"
+        );
         assert_eq!(names(&["/data/My Flowers/", "/x"]), "My-Flowers");
         assert_eq!(names(&["/data/.hidden set"]), "hidden-set");
         assert_eq!(names(&[]), "model");

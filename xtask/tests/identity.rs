@@ -123,7 +123,12 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
     let again = run(
         "again",
         "fashion",
-        &["--set", "train.seed=7", "--set", "eval.gate.max_regression=1.0"],
+        &[
+            "--set",
+            "train.seed=7",
+            "--set",
+            "eval.gate.max_regression=1.0",
+        ],
     )?;
     ensure!(again.status.success(), "{again:?}");
     assert!(registry.join("fashion/2/manifest.json").is_file());

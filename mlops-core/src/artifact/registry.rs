@@ -287,10 +287,17 @@ mod tests {
         b.embedding_dim = 64;
         let d = a.differences(&b);
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(d[0].contains("\"shirt\"") && d[0].contains("\"dog\""), "{d:?}");
+        assert!(
+            d[0].contains("\"shirt\"") && d[0].contains("\"dog\""),
+            "{d:?}"
+        );
         let mut reordered = a.clone();
         reordered.classes.reverse();
-        assert_eq!(a.differences(&reordered).len(), 1, "label order is identity");
+        assert_eq!(
+            a.differences(&reordered).len(),
+            1,
+            "label order is identity"
+        );
     }
 
     #[test]
