@@ -50,7 +50,7 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
     let tmp = tempfile::tempdir()?;
     let t = tmp.path();
     let registry = t.join("registry");
-    common::write_idx(&t.join("fashion"))?;
+    common::write_idx(&t.join("tiny"))?;
     write_other_folders(&t.join("other"))?;
     let run = |name: &str, source: &str, extra: &[&str]| {
         let mut cmd = common::pipeline_in(t, name, &t.join(source), &registry);
@@ -59,21 +59,21 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
         }
         cmd.args(extra).stderr(Stdio::piped()).output()
     };
-    let first = run("first", "fashion", &[])?;
+    let first = run("first", "tiny", &[])?;
     ensure!(first.status.success(), "{first:?}");
-    assert_eq!(pointer(&registry, "fashion")?["default"], 1);
+    assert_eq!(pointer(&registry, "tiny")?["default"], 1);
 
     // Another data set: its own model, named after its data; the first keeps its default.
     let other = run("other", "other", &[])?;
     ensure!(other.status.success(), "{other:?}");
     assert_eq!(pointer(&registry, "other")?["default"], 1);
-    assert_eq!(pointer(&registry, "fashion")?["default"], 1);
-    assert!(!registry.join("fashion/2").exists());
+    assert_eq!(pointer(&registry, "tiny")?["default"], 1);
+    assert!(!registry.join("tiny/2").exists());
 
     // Under the first model's name: refused. The version registered first has its signature
     // field removed, as a registry from before signatures would: it is read from the
     // version's model.json instead.
-    let manifest_path = registry.join("fashion/1/manifest.json");
+    let manifest_path = registry.join("tiny/1/manifest.json");
     let mut manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
     ensure!(manifest["summary"]["signature"].is_object(), "{manifest}");
     manifest["summary"]
@@ -82,7 +82,7 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
         .remove("signature");
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
     // The gate sees the deployed model answers other classes and says so.
-    let forced = run("forced", "other", &["--model-name", "fashion"])?;
+    let forced = run("forced", "other", &["--model-name", "tiny"])?;
     ensure!(forced.status.success(), "{forced:?}");
     let record = common::record(t, "forced")?;
     assert_eq!(record["decision"], "reject", "{record}");
@@ -106,23 +106,23 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
         .arg(forced_dir.join("eval"))
         .arg("--registry")
         .arg(&registry)
-        .args(["--name", "fashion", "--force", "--promote"])
+        .args(["--name", "tiny", "--force", "--promote"])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("not the model registered as \"fashion\"")
+        stderr.contains("not the model registered as \"tiny\"")
             && stderr.contains("[\"alpha\", \"beta\", \"gamma\"] (candidate)")
             && stderr.contains("register it under another name"),
         "{stderr}"
     );
-    assert_eq!(pointer(&registry, "fashion")?["default"], 1);
-    assert!(!registry.join("fashion/2").exists());
+    assert_eq!(pointer(&registry, "tiny")?["default"], 1);
+    assert!(!registry.join("tiny/2").exists());
 
     // The same data again joins its model as version 2.
     let again = run(
         "again",
-        "fashion",
+        "tiny",
         &[
             "--set",
             "train.seed=7",
@@ -131,6 +131,6 @@ fn another_data_set_registers_another_model_and_never_replaces_one() -> Result<(
         ],
     )?;
     ensure!(again.status.success(), "{again:?}");
-    assert!(registry.join("fashion/2/manifest.json").is_file());
+    assert!(registry.join("tiny/2/manifest.json").is_file());
     Ok(())
 }
