@@ -35,11 +35,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mlops_core::artifact::embeddings::{embeddings_file, labels_file};
+use mlops_core::artifact::embeddings::{embeddings_file, labels_file, BASELINE_TEST_ROLE};
 use mlops_core::artifact::model::{CENTRES_FILE, CURVES_FILE, MODEL_DESCRIPTION_FILE};
 use mlops_core::artifact::{
     DataDir, EmbedSummary, EmbeddedRole, EmbeddingShard, ModelDescription, ModelDir, Role,
-    CLASSES_FILE, CONFIG_FILE,
+    VersionDir, CLASSES_FILE, CONFIG_FILE,
 };
 use mlops_core::{Manifest, OutputDir};
 use mlops_torch::DeviceSpec;
@@ -97,6 +97,10 @@ pub struct EmbedConfig {
     /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16` compute; the
     /// embeddings written are fp32 and L2-normalised either way.
     pub precision: mlops_torch::Precision,
+    /// A registry version (the deployed model): its model embeds the test role too, as role
+    /// `baseline_test`, so eval can compare both models on the same images. Skipped, with a
+    /// warning, when that model cannot take this data (other classes, input or preprocessing).
+    pub baseline: Option<PathBuf>,
 }
 
 impl Default for EmbedConfig {
@@ -110,6 +114,7 @@ impl Default for EmbedConfig {
             device: DeviceSpec::Auto,
             threads: 0,
             precision: mlops_torch::Precision::Auto,
+            baseline: None,
         }
     }
 }
@@ -266,49 +271,44 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     let mut embedded = BTreeMap::new();
     let (mut images_done, mut seconds) = (0usize, 0.0f64);
     for &role in &roles {
-        let role_started = seconds;
-        let rs = data.role(role)?;
-        let bar = mlops_core::telemetry::progress(rs.rows as u64, &format!("embed {role}"));
-        let mut shards = Vec::new();
-        for (i, pair) in rs.shards.iter().enumerate() {
-            let (images, labels) = data.read_shard(pair)?;
-            let n = labels.len();
-            let started = Instant::now();
-            let emb = embedder
-                .embed(&images.into_raw_vec_and_offset().0, n, config.batch_size)
-                .map_err(|e| match e {
-                    Error::Mismatch { message, .. } => Error::Mismatch {
-                        path: config.data.join(&pair.images),
-                        message,
-                    },
-                    e => e,
-                })?;
-            seconds += started.elapsed().as_secs_f64();
-            images_done += n;
-            let e = out.write_npy(&embeddings_file(role.as_str(), i), &emb)?;
-            let l = out.write_npy(&labels_file(role.as_str(), i), &labels)?;
-            shards.push(EmbeddingShard {
-                embeddings: e.path.clone(),
-                labels: l.path.clone(),
-                rows: n,
-            });
-            manifest.outputs.extend([e, l]);
-            bar.inc(n as u64);
+        let (done, secs) = embed_role(
+            &embedder,
+            &data,
+            role,
+            role.as_str(),
+            config,
+            &mut out,
+            &mut manifest,
+            &mut embedded,
+        )?;
+        images_done += done;
+        seconds += secs;
+    }
+    if let Some(dir) = &config.baseline {
+        let version = VersionDir::open(dir)?;
+        let description = version.description()?;
+        match check_compatible(&description, &data, dir) {
+            Err(e) => tracing::warn!(
+                baseline = %dir.display(),
+                "the deployed model cannot take this data, no paired comparison: {e}"
+            ),
+            Ok(()) => {
+                let model = version.model_path()?;
+                let deployed = Embedder::load_file(&model, description, device)?
+                    .with_precision(config.precision);
+                manifest.inputs.push(mlops_core::FileEntry::input_file(&model)?);
+                embed_role(
+                    &deployed,
+                    &data,
+                    Role::Test,
+                    BASELINE_TEST_ROLE,
+                    config,
+                    &mut out,
+                    &mut manifest,
+                    &mut embedded,
+                )?;
+            }
         }
-        bar.finish_and_clear();
-        tracing::info!(
-            role = %role,
-            rows = rs.rows,
-            seconds = format!("{:.3}", seconds - role_started),
-            "embedded"
-        );
-        embedded.insert(
-            role.as_str().to_string(),
-            EmbeddedRole {
-                rows: rs.rows,
-                shards,
-            },
-        );
     }
     let classes = &embedder.description().classes;
     manifest
@@ -338,6 +338,64 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     );
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     Ok(out.commit(manifest)?)
+}
+
+/// Embeds `role`'s shards with `embedder` as role `name`; returns the images embedded and the
+/// seconds spent in the model.
+#[allow(clippy::too_many_arguments)]
+fn embed_role(
+    embedder: &Embedder,
+    data: &DataDir,
+    role: Role,
+    name: &str,
+    config: &EmbedConfig,
+    out: &mut OutputDir,
+    manifest: &mut Manifest,
+    embedded: &mut BTreeMap<String, EmbeddedRole>,
+) -> Result<(usize, f64)> {
+    let rs = data.role(role)?;
+    let bar = mlops_core::telemetry::progress(rs.rows as u64, &format!("embed {name}"));
+    let mut shards = Vec::new();
+    let mut seconds = 0.0;
+    for (i, pair) in rs.shards.iter().enumerate() {
+        let (images, labels) = data.read_shard(pair)?;
+        let n = labels.len();
+        let started = Instant::now();
+        let emb = embedder
+            .embed(&images.into_raw_vec_and_offset().0, n, config.batch_size)
+            .map_err(|e| match e {
+                Error::Mismatch { message, .. } => Error::Mismatch {
+                    path: config.data.join(&pair.images),
+                    message,
+                },
+                e => e,
+            })?;
+        seconds += started.elapsed().as_secs_f64();
+        let e = out.write_npy(&embeddings_file(name, i), &emb)?;
+        let l = out.write_npy(&labels_file(name, i), &labels)?;
+        shards.push(EmbeddingShard {
+            embeddings: e.path.clone(),
+            labels: l.path.clone(),
+            rows: n,
+        });
+        manifest.outputs.extend([e, l]);
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    tracing::info!(
+        role = name,
+        rows = rs.rows,
+        seconds = format!("{seconds:.3}"),
+        "embedded"
+    );
+    embedded.insert(
+        name.to_string(),
+        EmbeddedRole {
+            rows: rs.rows,
+            shards,
+        },
+    );
+    Ok((rs.rows, seconds))
 }
 
 fn check_compatible(model: &ModelDescription, data: &DataDir, model_dir: &Path) -> Result<()> {

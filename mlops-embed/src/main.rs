@@ -44,6 +44,10 @@ struct Flags {
     /// bf16 [default: auto].
     #[arg(long)]
     precision: Option<mlops_torch::Precision>,
+    /// A registry version (the deployed model) that embeds the test images too, for eval's
+    /// paired comparison.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {

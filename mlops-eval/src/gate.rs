@@ -1,14 +1,16 @@
 //! The deploy gate: a pure policy from metrics to a decision; the caller does the I/O.
 
-use mlops_core::artifact::{Decision, GatePolicy};
+use mlops_core::artifact::{Decision, GatePolicy, PairedComparison};
 
 /// What the candidate is compared with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Baseline {
     /// Nothing is deployed.
     None,
-    /// The deployed model's accuracy.
+    /// The deployed model's accuracy, measured apart (no paired comparison was possible).
     Accuracy(f64),
+    /// The deployed model classified the candidate's own test images: compared pair by pair.
+    Paired(PairedComparison),
     /// The deployed model answers other classes: a different model, no comparison.
     OtherClasses {
         deployed: Vec<String>,
@@ -22,6 +24,7 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
     let mut reasons = Vec::new();
     let current_accuracy = match baseline {
         Baseline::Accuracy(a) => Some(*a),
+        Baseline::Paired(p) => Some(p.deployed_accuracy),
         _ => None,
     };
     if accuracy >= policy.min_accuracy {
@@ -48,7 +51,32 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
              register it under another name"
         ));
     }
+    if let Baseline::Paired(p) = baseline {
+        let figures = format!(
+            "on the same {} test images the deployed model scores {:.4} and this one {:.4}; \
+             only this one is right on {}, only the deployed one on {} (McNemar exact p = {:.3g})",
+            p.images,
+            p.deployed_accuracy,
+            p.candidate_accuracy,
+            p.candidate_only,
+            p.deployed_only,
+            p.p_value
+        );
+        if p.deployed_only > p.candidate_only && p.p_value < policy.alpha {
+            deploy = false;
+            reasons.push(format!(
+                "worse than the deployed model at significance {}: {figures}",
+                policy.alpha
+            ));
+        } else {
+            reasons.push(format!(
+                "not worse than the deployed model at significance {}: {figures}",
+                policy.alpha
+            ));
+        }
+    }
     match current_accuracy {
+        _ if matches!(baseline, Baseline::Paired(_)) => {}
         Some(current) if current - accuracy > policy.max_regression => {
             deploy = false;
             reasons.push(format!(
@@ -73,7 +101,57 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
         current_accuracy,
         policy,
         reasons,
+        paired: match baseline {
+            Baseline::Paired(p) => Some(p.clone()),
+            _ => None,
+        },
     }
+}
+
+/// Compares two classifiers' predictions of the same images (`truth`, `candidate` and
+/// `deployed` aligned row by row) with McNemar's exact test.
+pub fn paired(truth: &[usize], candidate: &[usize], deployed: &[usize]) -> PairedComparison {
+    let n = truth.len().min(candidate.len()).min(deployed.len());
+    let (mut c_right, mut d_right, mut c_only, mut d_only) = (0usize, 0usize, 0usize, 0usize);
+    for i in 0..n {
+        let (c, d) = (candidate[i] == truth[i], deployed[i] == truth[i]);
+        c_right += c as usize;
+        d_right += d as usize;
+        c_only += (c && !d) as usize;
+        d_only += (d && !c) as usize;
+    }
+    let share = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    PairedComparison {
+        images: n,
+        candidate_accuracy: share(c_right),
+        deployed_accuracy: share(d_right),
+        candidate_only: c_only,
+        deployed_only: d_only,
+        p_value: mcnemar_exact(c_only, d_only),
+    }
+}
+
+/// Two-sided p-value of McNemar's exact test: under "both classifiers err alike", each of the
+/// `b + c` discordant images is a fair coin; `2 P(X <= min(b, c))` for `X ~ Bin(b + c, 1/2)`,
+/// capped at 1. Summed in log space: `2^-n` underflows for the thousands of images a test set
+/// can have.
+pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = b.min(c);
+    // ln C(n, i) - n ln 2, for i = 0..=k.
+    let mut terms = Vec::with_capacity(k + 1);
+    let mut log = -(n as f64) * std::f64::consts::LN_2;
+    terms.push(log);
+    for i in 1..=k {
+        log += ((n - i + 1) as f64 / i as f64).ln();
+        terms.push(log);
+    }
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tail = max.exp() * terms.iter().map(|t| (t - max).exp()).sum::<f64>();
+    (2.0 * tail).min(1.0)
 }
 
 #[cfg(test)]
@@ -103,5 +181,41 @@ mod tests {
         assert!(!d.deploy, "{d:?}");
         assert_eq!(d.current_accuracy, None);
         assert!(d.reasons[1].contains("[\"shirt\"]") && d.reasons[1].contains("[\"cat\"]"));
+    }
+
+    #[test]
+    fn mcnemar_matches_the_binomial() {
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        assert!((mcnemar_exact(10, 0) - 2.0 * 0.5f64.powi(10)).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(7, 7), 1.0);
+        // 2 * P(X <= 3), X ~ Bin(15, 1/2) = 2 * 576 / 32768.
+        assert!((mcnemar_exact(3, 12) - 2.0 * 576.0 / 32768.0).abs() < 1e-12);
+        assert_eq!(mcnemar_exact(3, 12), mcnemar_exact(12, 3));
+        // Thousands of discordant pairs: no underflow, a tiny p for a lopsided split.
+        let p = mcnemar_exact(900, 1100);
+        assert!(p > 0.0 && p < 1e-5, "{p}");
+        assert!(mcnemar_exact(1000, 1010) > 0.8);
+    }
+
+    #[test]
+    fn the_paired_gate_rejects_only_a_significant_loss() {
+        let truth = vec![0usize; 100];
+        let right = vec![0usize; 100];
+        let mut worse = right.clone();
+        worse[..20].fill(1);
+        let p = GatePolicy::default();
+        let loss = paired(&truth, &worse, &right);
+        assert_eq!((loss.candidate_only, loss.deployed_only), (0, 20));
+        assert!((loss.deployed_accuracy - 1.0).abs() < 1e-12 && (loss.candidate_accuracy - 0.8).abs() < 1e-12);
+        let d = decide(0.8, &Baseline::Paired(loss), p);
+        assert!(!d.deploy, "{d:?}");
+        assert!(d.paired.is_some() && d.reasons[1].contains("McNemar"), "{d:?}");
+        // Two differences either way: not significant, so no reason to refuse.
+        let mut mixed = right.clone();
+        mixed[..2].fill(1);
+        let mut deployed = right.clone();
+        deployed[50] = 1;
+        let small = paired(&truth, &mixed, &deployed);
+        assert!(decide(0.98, &Baseline::Paired(small), p).deploy);
     }
 }

@@ -226,7 +226,7 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
     let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
     let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
     let baseline = match &config.current {
-        Some(dir) => baseline(dir, &classes)?,
+        Some(dir) => baseline(dir, &classes, inputs)?,
         None => gate::Baseline::None,
     };
     Ok(EvalSummary {
@@ -384,14 +384,16 @@ fn write_outputs(
     let classes = inputs.classifier.classes();
     manifest.inputs = inputs.classifier.index.dir.index_input_entries()?;
     // The val shards count as inputs only when they chose k.
-    let roles: &[&str] = if outcome.k_selection.is_empty() {
-        &["test"]
-    } else {
-        &["test", "val"]
-    };
+    let mut roles = vec!["test"];
+    if !outcome.k_selection.is_empty() {
+        roles.push("val");
+    }
+    if outcome.decision.paired.is_some() {
+        roles.push(BASELINE_ROLE);
+    }
     manifest
         .inputs
-        .extend(inputs.emb.role_input_entries(roles)?);
+        .extend(inputs.emb.role_input_entries(&roles)?);
     if let Some(dir) = &config.current {
         manifest
             .inputs
@@ -523,9 +525,14 @@ fn misclassified_thumbnails(
     (thumbs, String::new())
 }
 
-/// What the deployed model's evaluation in `dir` offers for comparison: its accuracy, unless
-/// `dir` is a registry version whose `classes.json` names other classes than `classes`.
-fn baseline(dir: &Path, classes: &[String]) -> Result<gate::Baseline> {
+/// The embed stage's role holding the test images embedded by the deployed model.
+pub const BASELINE_ROLE: &str = mlops_core::artifact::embeddings::BASELINE_TEST_ROLE;
+
+/// What the deployed model in `dir` offers for comparison: a paired comparison on the
+/// candidate's own test images when `dir` is a registry version and the embed stage embedded
+/// those images with its model too; its recorded accuracy otherwise; nothing when its
+/// `classes.json` names other classes than `classes`.
+fn baseline(dir: &Path, classes: &[String], inputs: &Inputs) -> Result<gate::Baseline> {
     let path = dir.join(mlops_core::artifact::CLASSES_FILE);
     if let Ok(bytes) = std::fs::read(&path) {
         let deployed: Vec<String> =
@@ -538,6 +545,29 @@ fn baseline(dir: &Path, classes: &[String]) -> Result<gate::Baseline> {
                 deployed,
                 candidate: classes.to_vec(),
             });
+        }
+        if inputs.emb.has_role(BASELINE_ROLE) && dir.join(mlops_core::MANIFEST_FILE).is_file() {
+            let version = mlops_core::artifact::VersionDir::open(dir)?;
+            let spec = version.summary.classifier;
+            let mut deployed = Classifier::new(mlops_index::load_dir(version.index_dir())?, spec);
+            let (queries, labels) = inputs.emb.read_role(BASELINE_ROLE)?;
+            let truth = class_ids(&labels, classes.len(), &inputs.emb.dir, BASELINE_ROLE)?;
+            if truth != inputs.truth {
+                return Err(inputs
+                    .emb
+                    .invalid(format!("{BASELINE_ROLE} is not the test role's images"))
+                    .into());
+            }
+            let predicted: Vec<usize> = deployed
+                .classify(standard(&queries))?
+                .into_iter()
+                .map(|p| p.class)
+                .collect();
+            return Ok(gate::Baseline::Paired(gate::paired(
+                &inputs.truth,
+                &inputs.pred,
+                &predicted,
+            )));
         }
     }
     Ok(gate::Baseline::Accuracy(read_current_accuracy(dir)?))

@@ -16,6 +16,9 @@ pub enum Value {
     ModelName,
     /// The evaluation of the currently deployed version, when there is one (regression guard).
     DeployedEval,
+    /// The currently deployed version, when there is one: its model embeds the test images too
+    /// (the gate's paired comparison).
+    DeployedModel,
 }
 
 /// A step's computing needs (Kubeflow resources).
@@ -114,6 +117,7 @@ pub const STAGES: [Stage; 7] = [
         inputs: &[
             ("--model", Value::Stage("train")),
             ("--data", Value::Stage("data")),
+            ("--baseline", Value::DeployedModel),
         ],
         out_flag: Some("--out"),
         fixed: &[],

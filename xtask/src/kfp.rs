@@ -99,7 +99,7 @@ fn stage_params(stage: &Stage) -> Vec<(&'static str, String)> {
             Value::Sources => names.push(("source", "source".into())),
             Value::Registry => names.push(("registry", "registry".into())),
             Value::ModelName => names.push(("model", "model".into())),
-            Value::Stage(_) | Value::DeployedEval => {}
+            Value::Stage(_) | Value::DeployedEval | Value::DeployedModel => {}
         }
     }
     names
@@ -130,7 +130,7 @@ fn executor(stage: &Stage, prefix: &str, tag: &str) -> Json {
             Value::Registry => param("registry"),
             Value::ModelName => param("model"),
             // Kubeflow runs compare with no earlier evaluation (documented in the README).
-            Value::DeployedEval => continue,
+            Value::DeployedEval | Value::DeployedModel => continue,
         };
         args.extend([flag.to_string(), v]);
     }

@@ -632,11 +632,16 @@ fn arguments(
             }
             Value::Registry => argv.extend([flag.to_string(), registry.display().to_string()]),
             Value::ModelName => argv.extend([flag.to_string(), params.model.clone()]),
-            Value::DeployedEval => {
+            Value::DeployedEval | Value::DeployedModel => {
                 if let Some(dir) = baseline(run_dir, registry, &params.model)? {
                     argv.extend([flag.to_string(), dir.display().to_string()]);
-                    let metrics = dir.join("metrics.json");
-                    inputs.push((metrics.display().to_string(), sha256_file(&metrics)?));
+                    let read = if *value == Value::DeployedEval {
+                        "metrics.json"
+                    } else {
+                        "model.pt"
+                    };
+                    let file = dir.join(read);
+                    inputs.push((file.display().to_string(), sha256_file(&file)?));
                 }
             }
         }

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::{StageDir, StageSummary};
 use crate::{npy, Error, FileEntry, Result};
 
+/// The role holding the test images embedded by the deployed model (`mlops-embed --baseline`),
+/// for eval's paired comparison.
+pub const BASELINE_TEST_ROLE: &str = "baseline_test";
+
 /// File name of shard `shard` of `role`'s embeddings.
 pub fn embeddings_file(role: &str, shard: usize) -> String {
     format!("{role}_embeddings_{shard:03}.npy")

@@ -125,8 +125,13 @@ pub struct Metrics {
 pub struct GatePolicy {
     /// Smallest acceptable test accuracy.
     pub min_accuracy: f64,
-    /// Largest acceptable drop in accuracy against the currently deployed model.
+    /// Largest acceptable drop in accuracy against the currently deployed model, where the two
+    /// were measured apart (no paired comparison was possible).
     pub max_regression: f64,
+    /// Significance level of the paired test: a candidate is rejected when McNemar's exact test
+    /// says, at this level, that it is wrong more often than the deployed model on the same
+    /// test images.
+    pub alpha: f64,
 }
 
 impl Default for GatePolicy {
@@ -134,8 +139,25 @@ impl Default for GatePolicy {
         GatePolicy {
             min_accuracy: 0.8,
             max_regression: 0.005,
+            alpha: 0.05,
         }
     }
+}
+
+/// The candidate and the deployed model classifying the same test images (each with its own
+/// model, index and classifier), compared pair by pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedComparison {
+    /// Test images both classified.
+    pub images: usize,
+    pub candidate_accuracy: f64,
+    pub deployed_accuracy: f64,
+    /// Images only the candidate got right.
+    pub candidate_only: usize,
+    /// Images only the deployed model got right.
+    pub deployed_only: usize,
+    /// Two-sided p-value of McNemar's exact test (binomial on the discordant pairs).
+    pub p_value: f64,
 }
 
 /// Deploy or not, and why.
@@ -148,6 +170,9 @@ pub struct Decision {
     pub policy: GatePolicy,
     /// One line per rule, passed or failed.
     pub reasons: Vec<String>,
+    /// The paired comparison with the deployed model, when one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<PairedComparison>,
 }
 
 /// The eval stage's `summary` in its manifest: what an evaluation found.

@@ -34,7 +34,8 @@ use crate::{Error, FileEntry, Manifest, OutputDir, Result, MANIFEST_FILE};
 pub use data::{DataDir, DataSummary, Normalization, Role, RoleSummary, ShardPair};
 pub use embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
 pub use eval::{
-    ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, Scoring, Vote,
+    ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, PairedComparison, Scoring,
+    Vote,
 };
 pub use index::{IndexDir, IndexSummary, Metric};
 pub use model::{ModelDescription, ModelDir, TrainSummary};
