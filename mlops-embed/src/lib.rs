@@ -296,7 +296,9 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
                 let model = version.model_path()?;
                 let deployed = Embedder::load_file(&model, description, device)?
                     .with_precision(config.precision);
-                manifest.inputs.push(mlops_core::FileEntry::input_file(&model)?);
+                manifest
+                    .inputs
+                    .push(mlops_core::FileEntry::input_file(&model)?);
                 embed_role(
                     &deployed,
                     &data,

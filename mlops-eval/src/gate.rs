@@ -54,13 +54,13 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
     if let Baseline::Paired(p) = baseline {
         let figures = format!(
             "on the same {} test images the deployed model scores {:.4} and this one {:.4}; \
-             only this one is right on {}, only the deployed one on {} (McNemar exact p = {:.3g})",
+             only this one is right on {}, only the deployed one on {} (McNemar exact p = {})",
             p.images,
             p.deployed_accuracy,
             p.candidate_accuracy,
             p.candidate_only,
             p.deployed_only,
-            p.p_value
+            p_text(p.p_value)
         );
         if p.deployed_only > p.candidate_only && p.p_value < policy.alpha {
             deploy = false;
@@ -105,6 +105,15 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
             Baseline::Paired(p) => Some(p.clone()),
             _ => None,
         },
+    }
+}
+
+/// A p-value to read: three decimals, or scientific notation below 0.001.
+fn p_text(p: f64) -> String {
+    if p >= 0.001 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.1e}")
     }
 }
 
@@ -206,10 +215,16 @@ mod tests {
         let p = GatePolicy::default();
         let loss = paired(&truth, &worse, &right);
         assert_eq!((loss.candidate_only, loss.deployed_only), (0, 20));
-        assert!((loss.deployed_accuracy - 1.0).abs() < 1e-12 && (loss.candidate_accuracy - 0.8).abs() < 1e-12);
+        assert!(
+            (loss.deployed_accuracy - 1.0).abs() < 1e-12
+                && (loss.candidate_accuracy - 0.8).abs() < 1e-12
+        );
         let d = decide(0.8, &Baseline::Paired(loss), p);
         assert!(!d.deploy, "{d:?}");
-        assert!(d.paired.is_some() && d.reasons[1].contains("McNemar"), "{d:?}");
+        assert!(
+            d.paired.is_some() && d.reasons[1].contains("McNemar"),
+            "{d:?}"
+        );
         // Two differences either way: not significant, so no reason to refuse.
         let mut mixed = right.clone();
         mixed[..2].fill(1);

@@ -107,10 +107,15 @@ fn a_worse_retrain_is_refused_and_a_better_one_passes_on_the_same_images() -> Re
     assert_eq!(worse["decision"], "reject", "{d}");
     let paired = &d["paired"];
     assert_eq!(paired["images"], 600, "{d}");
-    assert!(paired["deployed_only"].as_u64() > paired["candidate_only"].as_u64(), "{d}");
+    assert!(
+        paired["deployed_only"].as_u64() > paired["candidate_only"].as_u64(),
+        "{d}"
+    );
     assert!(paired["p_value"].as_f64().context("p")? < 0.05, "{d}");
     assert!(
-        d["reasons"].to_string().contains("worse than the deployed model"),
+        d["reasons"]
+            .to_string()
+            .contains("worse than the deployed model"),
         "{d}"
     );
 
@@ -121,8 +126,7 @@ fn a_worse_retrain_is_refused_and_a_better_one_passes_on_the_same_images() -> Re
     assert_eq!(better["registered_version"], 2, "{better}");
     assert!(d["paired"]["p_value"].as_f64().is_some(), "{d}");
     assert_eq!(
-        d["paired"]["deployed_accuracy"],
-        first["metrics"]["accuracy"],
+        d["paired"]["deployed_accuracy"], first["metrics"]["accuracy"],
         "the deployed model's accuracy on the shared images is its own eval's: {d}"
     );
     Ok(())
