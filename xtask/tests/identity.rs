@@ -14,13 +14,7 @@ mod common;
 /// An image folder of three classes unlike the tiny IDX set's: `alpha/`, `beta/`, `gamma/`,
 /// each a bright column at its own place over noise.
 fn write_other_folders(root: &Path) -> Result<()> {
-    let mut state = 99u64;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
+    let mut next = common::noise(99);
     for (c, class) in ["alpha", "beta", "gamma"].iter().enumerate() {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir)?;

@@ -17,15 +17,14 @@ const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 /// The first `per_class` images of each class of `split` (`train` or `t10k`) as IDX files.
 fn write_slice(src: &Path, out: &Path, split: &str, per_class: usize) -> Result<()> {
-    let find = |stem: &str| {
-        ["", ".gz"]
-            .iter()
-            .map(|ext| src.join(format!("{stem}{ext}")))
-            .find(|p| p.is_file())
-            .with_context(|| format!("{stem} not found in {}", src.display()))
-    };
-    let images = mlops_data::idx::read_idx(&find(&format!("{split}-images-idx3-ubyte"))?, 3)?;
-    let labels = mlops_data::idx::read_idx(&find(&format!("{split}-labels-idx1-ubyte"))?, 1)?;
+    let images = mlops_data::idx::read_idx(
+        &common::find_idx(src, &format!("{split}-images-idx3-ubyte"))?,
+        3,
+    )?;
+    let labels = mlops_data::idx::read_idx(
+        &common::find_idx(src, &format!("{split}-labels-idx1-ubyte"))?,
+        1,
+    )?;
     let frame = images.dims[1] * images.dims[2];
     let (mut pixels, mut kept) = (Vec::new(), Vec::new());
     let mut counts = [0usize; 10];

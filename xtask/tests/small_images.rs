@@ -18,15 +18,8 @@ const SIDE: u32 = 8;
 
 /// The first `PER_CLASS` training images of each class, area-averaged to `SIDE` x `SIDE`.
 fn write_small_folders(src: &Path, out: &Path) -> Result<()> {
-    let find = |stem: &str| {
-        ["", ".gz"]
-            .iter()
-            .map(|ext| src.join(format!("{stem}{ext}")))
-            .find(|p| p.is_file())
-            .with_context(|| format!("{stem} not found in {}", src.display()))
-    };
-    let images = mlops_data::idx::read_idx(&find("train-images-idx3-ubyte")?, 3)?;
-    let labels = mlops_data::idx::read_idx(&find("train-labels-idx1-ubyte")?, 1)?;
+    let images = mlops_data::idx::read_idx(&common::find_idx(src, "train-images-idx3-ubyte")?, 3)?;
+    let labels = mlops_data::idx::read_idx(&common::find_idx(src, "train-labels-idx1-ubyte")?, 1)?;
     let frame = images.dims[1] * images.dims[2];
     let mut counts = [0usize; 10];
     for (i, &label) in labels.data.iter().enumerate() {

@@ -61,17 +61,31 @@ pub fn record(tmp: &Path, run: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&std::fs::read(path)?)?)
 }
 
-/// Writes `train-*` and `t10k-*` IDX files: 3 classes, each a bright bar at its own place
-/// over noise from a fixed generator.
-pub fn write_idx(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut state = 12345u64;
-    let mut next = || {
+/// A fixed pseudo-random byte stream (a 64-bit linear congruential generator) for fixtures.
+pub fn noise(seed: u64) -> impl FnMut() -> u8 {
+    let mut state = seed;
+    move || {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         (state >> 33) as u8
-    };
+    }
+}
+
+/// `dir/stem` or `dir/stem.gz`, whichever exists (IDX files come both ways).
+pub fn find_idx(dir: &Path, stem: &str) -> Result<PathBuf> {
+    ["", ".gz"]
+        .iter()
+        .map(|ext| dir.join(format!("{stem}{ext}")))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{stem} not found in {}", dir.display()))
+}
+
+/// Writes `train-*` and `t10k-*` IDX files: 3 classes, each a bright bar at its own place
+/// over noise from a fixed generator.
+pub fn write_idx(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut next = noise(12345);
     for (prefix, per_class) in [("train", 60), ("t10k", 15)] {
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for i in 0..per_class * 3 {
