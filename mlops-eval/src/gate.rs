@@ -39,45 +39,39 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
             policy.min_accuracy
         ));
     }
-    if let Baseline::OtherClasses {
-        deployed,
-        candidate,
-    } = baseline
-    {
-        deploy = false;
-        reasons.push(format!(
-            "the deployed model answers other classes ({deployed:?}) than this one ({candidate:?}): \
-             it is another model, so accuracies are not compared and it may not replace it; \
-             register it under another name"
-        ));
-    }
-    if let Baseline::Paired(p) = baseline {
-        let figures = format!(
-            "on the same {} test images the deployed model scores {:.4} and this one {:.4}; \
-             only this one is right on {}, only the deployed one on {} (McNemar exact p = {})",
-            p.images,
-            p.deployed_accuracy,
-            p.candidate_accuracy,
-            p.candidate_only,
-            p.deployed_only,
-            p_text(p.p_value)
-        );
-        if p.deployed_only > p.candidate_only && p.p_value < policy.alpha {
+    match baseline {
+        Baseline::None => reasons.push("no deployed model to compare with".to_string()),
+        Baseline::OtherClasses {
+            deployed,
+            candidate,
+        } => {
             deploy = false;
             reasons.push(format!(
-                "worse than the deployed model at significance {}: {figures}",
-                policy.alpha
+                "the deployed model answers other classes ({deployed:?}) than this one ({candidate:?}): \
+                 it is another model, so accuracies are not compared and it may not replace it; \
+                 register it under another name"
             ));
-        } else {
+        }
+        Baseline::Paired(p) => {
+            let figures = format!(
+                "on the same {} test images the deployed model scores {:.4} and this one {:.4}; \
+                 only this one is right on {}, only the deployed one on {} (McNemar exact p = {})",
+                p.images,
+                p.deployed_accuracy,
+                p.candidate_accuracy,
+                p.candidate_only,
+                p.deployed_only,
+                p_text(p.p_value)
+            );
+            let worse = p.deployed_only > p.candidate_only && p.p_value < policy.alpha;
+            deploy &= !worse;
             reasons.push(format!(
-                "not worse than the deployed model at significance {}: {figures}",
+                "{} than the deployed model at significance {}: {figures}",
+                if worse { "worse" } else { "not worse" },
                 policy.alpha
             ));
         }
-    }
-    match current_accuracy {
-        _ if matches!(baseline, Baseline::Paired(_)) => {}
-        Some(current) if current - accuracy > policy.max_regression => {
+        &Baseline::Accuracy(current) if current - accuracy > policy.max_regression => {
             deploy = false;
             reasons.push(format!(
                 "accuracy regresses by {:.4} against the deployed model ({current:.4}), more than the allowed {:.4}",
@@ -85,15 +79,11 @@ pub fn decide(accuracy: f64, baseline: &Baseline, policy: GatePolicy) -> Decisio
                 policy.max_regression
             ));
         }
-        Some(current) => reasons.push(format!(
+        &Baseline::Accuracy(current) => reasons.push(format!(
             "change against the deployed model ({current:.4}): {:+.4}, within the allowed regression {:.4}",
             accuracy - current,
             policy.max_regression
         )),
-        None if *baseline == Baseline::None => {
-            reasons.push("no deployed model to compare with".to_string())
-        }
-        None => {}
     }
     Decision {
         deploy,

@@ -549,7 +549,7 @@ fn baseline(dir: &Path, classes: &[String], inputs: &Inputs) -> Result<gate::Bas
         if inputs.emb.has_role(BASELINE_ROLE) && dir.join(mlops_core::MANIFEST_FILE).is_file() {
             let version = mlops_core::artifact::VersionDir::open(dir)?;
             let spec = version.summary.classifier;
-            let mut deployed = Classifier::new(mlops_index::load_dir(version.index_dir())?, spec);
+            let mut classifier = Classifier::new(mlops_index::load_dir(version.index_dir())?, spec);
             let (queries, labels) = inputs.emb.read_role(BASELINE_ROLE)?;
             let truth = class_ids(&labels, classes.len(), &inputs.emb.dir, BASELINE_ROLE)?;
             if truth != inputs.truth {
@@ -558,7 +558,7 @@ fn baseline(dir: &Path, classes: &[String], inputs: &Inputs) -> Result<gate::Bas
                     .invalid(format!("{BASELINE_ROLE} is not the test role's images"))
                     .into());
             }
-            let predicted: Vec<usize> = deployed
+            let predicted: Vec<usize> = classifier
                 .classify(standard(&queries))?
                 .into_iter()
                 .map(|p| p.class)

@@ -97,8 +97,24 @@ pub fn ldd(binary: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(libs)
 }
 
-/// Lays out `binary` and its non-system libraries in `out`; returns how many libraries.
+/// Lays out `binary` and its non-system libraries in `out`; returns how many libraries it
+/// copied.
 pub fn bundle(binary: &Path, out: &Path) -> Result<usize> {
+    bundle_sharing(binary, out, None)
+}
+
+/// Libraries that several bundles load from one prefix (libtorch's), laid out once in a
+/// directory of their own instead of in each bundle's `lib/`.
+pub struct Shared<'a> {
+    /// The canonical directory the libraries are loaded from.
+    pub from: &'a Path,
+    /// Where their one copy goes.
+    pub to: &'a Path,
+}
+
+/// [`bundle`], with the libraries under `shared.from` copied once to `shared.to` (skipped when
+/// an earlier bundle put them there) instead of into `out/lib`.
+pub fn bundle_sharing(binary: &Path, out: &Path, shared: Option<&Shared>) -> Result<usize> {
     ensure!(binary.is_file(), "{} is not built", binary.display());
     if out.exists() {
         std::fs::remove_dir_all(out)?;
@@ -114,7 +130,16 @@ pub fn bundle(binary: &Path, out: &Path) -> Result<usize> {
         if is_system(&soname) {
             continue;
         }
-        let dest = out.join("lib").join(&soname);
+        let dir = match shared {
+            Some(s) if std::fs::canonicalize(&path).is_ok_and(|p| p.starts_with(s.from)) => {
+                s.to.to_path_buf()
+            }
+            _ => out.join("lib"),
+        };
+        let dest = dir.join(&soname);
+        if dest.exists() {
+            continue;
+        }
         // fs::copy follows symlinks (Debian's alternatives for libblas.so.3, for instance).
         std::fs::copy(&path, &dest).with_context(|| format!("cannot copy {}", path.display()))?;
         let mut perms = std::fs::metadata(&dest)?.permissions();

@@ -87,6 +87,50 @@ impl Image {
     }
 }
 
+/// What [`local`] builds before it looks the images up.
+pub enum Build {
+    /// Nothing: the images of the tag `cargo xtask images` would give must exist.
+    Nothing,
+    /// The images, from the stage binaries already built.
+    Images,
+    /// The stage binaries (after set-up), then the images.
+    BinariesAndImages,
+}
+
+/// The local images a run uses: their tag, and each stage's reference and image id.
+pub struct Local {
+    pub tag: String,
+    pub images: BTreeMap<&'static str, (String, String)>,
+}
+
+/// The local image of every stage at `tag` or, without one, as `build` makes them; an error
+/// names an image podman does not have.
+pub fn local(tag: Option<&str>, build: Build) -> Result<Local> {
+    let tag = match (tag, build) {
+        (Some(tag), _) => tag.to_string(),
+        (None, Build::Nothing) => default_tag(),
+        (None, build) => {
+            let built = self::build(&ImagesArgs {
+                no_build: matches!(build, Build::Images),
+                ..Default::default()
+            })?;
+            built
+                .first()
+                .map(|i| i.tag().to_string())
+                .context("no image built")?
+        }
+    };
+    let mut images = BTreeMap::new();
+    for stage in &STAGES {
+        let reference = reference(LOCAL_PREFIX, stage, &tag);
+        let id = image_id("podman", &reference).with_context(|| {
+            format!("podman has no image {reference}: run `cargo xtask images --tag {tag}`")
+        })?;
+        images.insert(stage.name, (reference, id));
+    }
+    Ok(Local { tag, images })
+}
+
 /// `PREFIX/mlops-STAGE:TAG`, the one naming scheme of the images, the Kubeflow pipeline and the
 /// Kubernetes manifests.
 pub fn reference(prefix: &str, stage: &Stage, tag: &str) -> String {
@@ -226,18 +270,14 @@ pub fn lay_out_context(stages: &[&Stage], context: &Path) -> Result<()> {
     let shared = bundles.join(SHARED).join("lib");
     std::fs::create_dir_all(&shared)?;
     for stage in stages {
-        let out = bundles.join(stage.name);
-        let binary = release_dir().join(stage.binary);
-        bundle::bundle(&binary, &out)?;
-        for (soname, path) in bundle::ldd(&binary)? {
-            let from_torch = std::fs::canonicalize(&path)
-                .map(|p| p.starts_with(&libtorch))
-                .unwrap_or(false);
-            if from_torch && !bundle::is_system(&soname) {
-                // The same bytes for every stage (patchelf is deterministic): keep one copy.
-                std::fs::rename(out.join("lib").join(&soname), shared.join(&soname))?;
-            }
-        }
+        bundle::bundle_sharing(
+            &release_dir().join(stage.binary),
+            &bundles.join(stage.name),
+            Some(&bundle::Shared {
+                from: &libtorch,
+                to: &shared,
+            }),
+        )?;
     }
     Ok(())
 }

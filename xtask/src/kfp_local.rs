@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::dag::STAGES;
-use crate::images::{self, ImagesArgs};
+use crate::images;
 use crate::pipeline::{Params, PipelineArgs};
 use crate::{kfp, root, setup};
 
@@ -73,14 +73,12 @@ pub fn run(args: &LocalArgs, image_tag: Option<&str>) -> Result<()> {
 /// Runs the committed pipeline; fails with the failing step's message when a step fails.
 pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
     let env = setup::run(&setup::SetupArgs::default())?;
-    let tag = match image_tag {
-        Some(tag) => tag.to_string(),
-        None if args.no_build => images::default_tag(),
-        None => images::build(&ImagesArgs::default())?
-            .first()
-            .map(|i| i.tag().to_string())
-            .context("no image built")?,
+    let build = if args.no_build {
+        images::Build::Nothing
+    } else {
+        images::Build::BinariesAndImages
     };
+    let local = images::local(image_tag, build)?;
     let params = Params::load(&PipelineArgs {
         profile: args.profile.clone(),
         set: args.set.clone(),
@@ -127,13 +125,8 @@ pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
         .arg(&summary_path)
         .env("DOCKER_HOST", service.url());
     for stage in &STAGES {
-        let reference = images::reference(images::LOCAL_PREFIX, stage, &tag);
-        ensure!(
-            images::image_id("podman", &reference).is_some(),
-            "podman has no image {reference}: run `cargo xtask images --tag {tag}`"
-        );
         cmd.arg("--image")
-            .arg(format!("{}={reference}", stage.name));
+            .arg(format!("{}={}", stage.name, local.images[stage.name].0));
         cmd.arg("--param").arg(format!(
             "{}={}",
             kfp::settings_param(stage),
@@ -145,7 +138,8 @@ pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
         .arg("--param")
         .arg(format!("model={}", params.model));
     eprintln!(
-        "==> kubeflow/pipeline.yaml on kfp.local.DockerRunner (podman), images localhost/mlops-*:{tag}, artifacts {}",
+        "==> kubeflow/pipeline.yaml on kfp.local.DockerRunner (podman), images localhost/mlops-*:{}, artifacts {}",
+        local.tag,
         artifacts.display()
     );
     let status = cmd.status().context("cannot start kubeflow/run_local.py")?;

@@ -96,14 +96,7 @@ fn test(cargo_args: &[String]) -> Result<()> {
         cargo().args(["build", "--release", "--workspace", "--bins"]),
         "cargo build",
     )?;
-    let images = images::build(&images::ImagesArgs {
-        no_build: true,
-        ..Default::default()
-    })?;
-    let tag = images
-        .first()
-        .map(|i| i.tag().to_string())
-        .unwrap_or_default();
+    let tag = images::local(None, images::Build::Images)?.tag;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"])
         .args(cargo_args)

@@ -111,30 +111,14 @@ impl Engine {
         if args.engine == EngineKind::Native {
             return Ok(Engine::Native);
         }
-        let tag = match &args.image_tag {
-            Some(tag) => tag.clone(),
-            None if args.no_build => crate::images::default_tag(),
-            None => {
-                // The binaries were just built; images of them follow (cached layers make an
-                // unchanged image a matter of seconds).
-                let built = crate::images::build(&crate::images::ImagesArgs {
-                    no_build: true,
-                    ..Default::default()
-                })?;
-                built
-                    .first()
-                    .map(|i| i.tag().to_string())
-                    .context("no image built")?
-            }
+        let build = if args.no_build {
+            crate::images::Build::Nothing
+        } else {
+            // The binaries were just built; images of them follow (cached layers make an
+            // unchanged image a matter of seconds).
+            crate::images::Build::Images
         };
-        let mut images = std::collections::BTreeMap::new();
-        for stage in &STAGES {
-            let reference = crate::images::reference(crate::images::LOCAL_PREFIX, stage, &tag);
-            let id = crate::images::image_id("podman", &reference).with_context(|| {
-                format!("podman has no image {reference}: run `cargo xtask images --tag {tag}`")
-            })?;
-            images.insert(stage.name, (reference, id));
-        }
+        let images = crate::images::local(args.image_tag.as_deref(), build)?.images;
         std::fs::create_dir_all(registry)?;
         let mut mounts = vec![
             (run_dir.to_path_buf(), true),
