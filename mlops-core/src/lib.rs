@@ -35,6 +35,8 @@ pub mod config;
 mod error;
 mod hash;
 mod manifest;
+#[cfg(feature = "notify")]
+pub mod notify;
 pub mod npy;
 mod outdir;
 #[cfg(feature = "plot")]

@@ -26,13 +26,27 @@ enum Command {
         #[arg(long)]
         version_output: Option<PathBuf>,
     },
-    /// Make VERSION the default of NAME.
+    /// Make VERSION the default of NAME, or roll it out beside the default first (a canary or a
+    /// shadow), or finish the rollout in progress.
     Promote {
         #[command(flatten)]
         at: At,
-        version: u64,
+        #[arg(required_unless_present = "finish")]
+        version: Option<u64>,
+        /// Send this percentage of NAME's unversioned requests to VERSION (a request carrying
+        /// an X-Request-Id, or a KServe id, always goes the same way).
+        #[arg(long, value_name = "PERCENT", conflicts_with_all = ["shadow", "finish"])]
+        canary: Option<f64>,
+        /// Predict with VERSION beside the default on every request, answer from the default,
+        /// and count how often they agree.
+        #[arg(long, conflicts_with = "finish")]
+        shadow: bool,
+        /// Make the candidate of the rollout in progress the default.
+        #[arg(long, conflicts_with = "version")]
+        finish: bool,
     },
-    /// Return NAME to the version promoted before the default.
+    /// Abandon the rollout in progress, or return NAME to the version promoted before the
+    /// default.
     Rollback {
         #[command(flatten)]
         at: At,
@@ -168,18 +182,56 @@ fn main() -> ExitCode {
             mlops_core::cli::write_output(version_output.as_deref(), &version)?;
             Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
         }),
-        Command::Promote { at, version } => plain(|| {
-            registry::promote(&at.registry, &at.name, version)?;
-            println!("{} now serves version {version} by default", at.name);
+        Command::Promote {
+            at,
+            version,
+            canary,
+            shadow,
+            finish,
+        } => plain(|| {
+            use mlops_core::artifact::RolloutMode;
+            let (registry, name) = (&at.registry, &at.name);
+            let mode = match (canary, shadow) {
+                (Some(percent), _) => Some(RolloutMode::Canary { percent }),
+                (None, true) => Some(RolloutMode::Shadow),
+                (None, false) => None,
+            };
+            match (version, mode) {
+                (_, None) if finish => {
+                    let p = registry::finish_rollout(registry, name)?;
+                    println!(
+                        "{name} now serves version {} by default",
+                        p.default.unwrap_or(0)
+                    );
+                }
+                (Some(v), Some(mode)) => {
+                    registry::start_rollout(registry, name, v, mode)?;
+                    println!("{name} rolls out version {v}: {mode}");
+                }
+                (Some(v), None) => {
+                    registry::promote(registry, name, v)?;
+                    println!("{name} now serves version {v} by default");
+                }
+                (None, _) => unreachable!("clap requires VERSION unless --finish"),
+            }
             Ok(())
         }),
         Command::Rollback { at } => plain(|| {
+            let before = mlops_core::artifact::registry::read_pointer(&at.registry, &at.name)?;
             let p = registry::rollback(&at.registry, &at.name)?;
-            println!(
-                "{} rolled back to version {}",
-                at.name,
-                p.default.unwrap_or(0)
-            );
+            match before.rollout {
+                Some(r) => println!(
+                    "{} rollout of version {} abandoned; version {} stays the default",
+                    at.name,
+                    r.candidate,
+                    p.default.unwrap_or(0)
+                ),
+                None => println!(
+                    "{} rolled back to version {}",
+                    at.name,
+                    p.default.unwrap_or(0)
+                ),
+            }
             Ok(())
         }),
         Command::List { at } => plain(|| {
@@ -190,10 +242,13 @@ fn main() -> ExitCode {
             for v in registry::list(&at.registry, &at.name)? {
                 let mut notes = Vec::new();
                 if v.default {
-                    notes.push("default");
+                    notes.push("default".to_string());
                 }
                 if v.forced {
-                    notes.push("forced past the gate");
+                    notes.push("forced past the gate".to_string());
+                }
+                if let Some(mode) = v.rollout {
+                    notes.push(format!("rolling out: {mode}"));
                 }
                 let created = v.created_at.format("%Y-%m-%d %H:%M:%S UTC");
                 let (version, accuracy) = (v.version, v.accuracy);

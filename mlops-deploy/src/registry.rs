@@ -10,12 +10,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE};
+use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, SIMILARITY_BASELINE_FILE};
 use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
 use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::{
-    self, model_dir, read_pointer, version_dir, ModelPointer, ModelSignature, VersionSummary,
-    LOCK_FILE, POINTER_FILE,
+    self, model_dir, read_pointer, version_dir, ModelPointer, ModelSignature, Rollout, RolloutMode,
+    VersionSummary, LOCK_FILE, POINTER_FILE,
 };
 use mlops_core::artifact::{
     EvalDir, IndexDir, ModelDir, StageDir, StageSummary, VersionDir, CLASSES_FILE,
@@ -90,8 +90,8 @@ fn write_pointer(registry: &Path, name: &str, pointer: &ModelPointer) -> Result<
 /// The files a version holds, with the stage directory each comes from.
 const MODEL_FILES: [&str; 2] = [MODEL_FILE, MODEL_DESCRIPTION_FILE];
 const INDEX_FILES: [&str; 4] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE, CENTRES_FILE];
-const OPTIONAL: [&str; 1] = [CENTRES_FILE];
-const EVAL_FILES: [&str; 2] = [METRICS_FILE, DECISION_FILE];
+const OPTIONAL: [&str; 2] = [CENTRES_FILE, SIMILARITY_BASELINE_FILE];
+const EVAL_FILES: [&str; 3] = [METRICS_FILE, DECISION_FILE, SIMILARITY_BASELINE_FILE];
 
 /// Refuses a candidate whose signature differs from the model's it would join: the newest
 /// registered version speaks for the model (all its versions share one signature, this check
@@ -243,24 +243,66 @@ fn check_together(
     Ok(())
 }
 
-/// The pointer after promoting `version` (pure).
+/// The pointer after promoting `version` (pure); a rollout in progress ends.
 pub fn promoted(pointer: &ModelPointer, version: u64) -> ModelPointer {
     let mut next = pointer.clone();
     if next.default != Some(version) {
         next.history.push(version);
     }
     next.default = Some(version);
+    next.rollout = None;
     next
 }
 
-/// The pointer after a rollback to the previously promoted version (pure); `None` when there
-/// is none.
+/// The pointer after a rollback (pure): a rollout in progress is abandoned (the default stays);
+/// otherwise the default returns to the previously promoted version. `None` when there is
+/// nothing to roll back.
 pub fn rolled_back(pointer: &ModelPointer) -> Option<ModelPointer> {
-    let previous = pointer.previous()?;
     let mut next = pointer.clone();
+    if next.rollout.take().is_some() {
+        return Some(next);
+    }
+    let previous = pointer.previous()?;
     next.history.pop();
     next.default = Some(previous);
     Some(next)
+}
+
+/// The pointer with `candidate` rolled out beside the default (pure), or why not.
+pub fn with_rollout(
+    pointer: &ModelPointer,
+    candidate: u64,
+    mode: RolloutMode,
+    now: chrono::DateTime<Utc>,
+) -> std::result::Result<ModelPointer, String> {
+    let Some(default) = pointer.default else {
+        return Err(
+            "the model has no default version to roll out beside: promote one first".into(),
+        );
+    };
+    if default == candidate {
+        return Err(format!("version {candidate} is already the default"));
+    }
+    if let RolloutMode::Canary { percent } = mode {
+        if !(percent > 0.0 && percent < 100.0) {
+            return Err(format!(
+                "a canary takes a share in (0, 100) percent, not {percent}"
+            ));
+        }
+    }
+    let mut next = pointer.clone();
+    next.rollout = Some(Rollout {
+        candidate,
+        mode,
+        started_at: now,
+    });
+    Ok(next)
+}
+
+/// The pointer after a finished rollout (pure): the candidate becomes the default.
+pub fn finished(pointer: &ModelPointer) -> Option<ModelPointer> {
+    let candidate = pointer.rollout.as_ref()?.candidate;
+    Some(promoted(pointer, candidate))
 }
 
 /// The versions a prune removes (pure): all but the newest `keep`, never the default nor the
@@ -286,18 +328,59 @@ pub fn promote(registry: &Path, name: &str, version: u64) -> Result<ModelPointer
     Ok(pointer)
 }
 
-/// Returns `name` to the version promoted before the current default.
+/// Starts rolling `version` out beside the default of `name` (a canary or a shadow); a
+/// server reading the registry follows within its watch interval.
+pub fn start_rollout(
+    registry: &Path,
+    name: &str,
+    version: u64,
+    mode: RolloutMode,
+) -> Result<ModelPointer> {
+    let _lock = RegistryLock::acquire(registry)?;
+    VersionDir::open_verified(registry, name, version)?;
+    let pointer = with_rollout(&read_pointer(registry, name)?, version, mode, Utc::now()).map_err(
+        |message| Error::Registry {
+            path: model_dir(registry, name).unwrap_or_default(),
+            message,
+        },
+    )?;
+    write_pointer(registry, name, &pointer)?;
+    tracing::info!(name, version, %mode, "rollout started");
+    Ok(pointer)
+}
+
+/// Ends the rollout of `name` by making its candidate the default.
+pub fn finish_rollout(registry: &Path, name: &str) -> Result<ModelPointer> {
+    let _lock = RegistryLock::acquire(registry)?;
+    let pointer = finished(&read_pointer(registry, name)?).ok_or_else(|| Error::Registry {
+        path: model_dir(registry, name).unwrap_or_default(),
+        message: "no rollout in progress to finish".into(),
+    })?;
+    let version = pointer.default.expect("finished sets a default");
+    VersionDir::open_verified(registry, name, version)?;
+    write_pointer(registry, name, &pointer)?;
+    tracing::info!(name, version, "rollout finished: promoted");
+    Ok(pointer)
+}
+
+/// Abandons the rollout of `name` when one is in progress, else returns `name` to the version
+/// promoted before the current default.
 pub fn rollback(registry: &Path, name: &str) -> Result<ModelPointer> {
     let _lock = RegistryLock::acquire(registry)?;
     let current = read_pointer(registry, name)?;
     let pointer = rolled_back(&current).ok_or_else(|| Error::Registry {
         path: model_dir(registry, name).unwrap_or_default(),
-        message: "no previously promoted version to roll back to".into(),
+        message: "no rollout in progress and no previously promoted version to roll back to".into(),
     })?;
-    let version = pointer.default.expect("rolled_back sets a default");
+    let version = pointer
+        .default
+        .expect("rolled_back keeps or sets a default");
     VersionDir::open_verified(registry, name, version)?;
     write_pointer(registry, name, &pointer)?;
-    tracing::info!(name, version, "rolled back");
+    match &current.rollout {
+        Some(r) => tracing::info!(name, candidate = r.candidate, "rollout abandoned"),
+        None => tracing::info!(name, version, "rolled back"),
+    }
     Ok(pointer)
 }
 
@@ -325,6 +408,8 @@ pub struct VersionInfo {
     pub created_at: chrono::DateTime<Utc>,
     pub default: bool,
     pub forced: bool,
+    /// How the version is being rolled out beside the default, if it is.
+    pub rollout: Option<RolloutMode>,
 }
 
 /// The versions of `name`, oldest first.
@@ -340,6 +425,11 @@ pub fn list(registry: &Path, name: &str) -> Result<Vec<VersionInfo>> {
                 created_at: dir.summary.created_at,
                 default: pointer.default == Some(v),
                 forced: dir.summary.forced,
+                rollout: pointer
+                    .rollout
+                    .as_ref()
+                    .filter(|r| r.candidate == v)
+                    .map(|r| r.mode),
             })
         })
         .collect()
@@ -354,7 +444,34 @@ mod tests {
             default: history.last().copied(),
             history: history.to_vec(),
             next_version: 10,
+            rollout: None,
         }
+    }
+
+    #[test]
+    fn a_rollout_is_finished_or_abandoned() {
+        let now = Utc::now();
+        let p = pointer(&[1, 2]);
+        assert!(with_rollout(&pointer(&[]), 3, RolloutMode::Shadow, now).is_err());
+        assert!(with_rollout(&p, 2, RolloutMode::Shadow, now).is_err());
+        for bad in [0.0, 100.0, -5.0, f64::NAN] {
+            let mode = RolloutMode::Canary { percent: bad };
+            assert!(with_rollout(&p, 3, mode, now).is_err(), "{bad}");
+        }
+        let canary = with_rollout(&p, 3, RolloutMode::Canary { percent: 10.0 }, now).unwrap();
+        assert_eq!(canary.default, Some(2), "a canary leaves the default");
+        let done = finished(&canary).unwrap();
+        assert_eq!(
+            (done.default, done.history.clone()),
+            (Some(3), vec![1, 2, 3])
+        );
+        assert!(done.rollout.is_none() && finished(&done).is_none());
+        let abandoned = rolled_back(&canary).unwrap();
+        assert_eq!(
+            abandoned, p,
+            "rollback during a rollout only ends the rollout"
+        );
+        assert!(promoted(&canary, 3).rollout.is_none());
     }
 
     #[test]

@@ -30,9 +30,11 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, REPORT_FILE};
+pub use mlops_core::artifact::eval::{
+    DECISION_FILE, METRICS_FILE, REPORT_FILE, SIMILARITY_BASELINE_FILE,
+};
 use mlops_core::artifact::model::CURVES_FILE;
-use mlops_core::artifact::{ClassifierSpec, EmbeddingsDir, CONFIG_FILE};
+use mlops_core::artifact::{ClassifierSpec, EmbeddingsDir, SimilarityBaseline, CONFIG_FILE};
 use mlops_core::{FileEntry, Manifest, OutputDir};
 use mlops_index::{Classifier, Neighbours};
 use ndarray::Array2;
@@ -136,6 +138,8 @@ struct Inputs {
     val: Option<(Array2<f32>, Vec<usize>)>,
     /// Predicted class of each test embedding (set by [`compute`]).
     pred: Vec<usize>,
+    /// Similarity of each test embedding to its nearest gallery image (set by [`compute`]).
+    nearest: Vec<f32>,
 }
 
 fn prepare(config: &EvalConfig) -> Result<Inputs> {
@@ -181,6 +185,7 @@ fn prepare(config: &EvalConfig) -> Result<Inputs> {
         truth,
         val,
         pred: Vec::new(),
+        nearest: Vec::new(),
     })
 }
 
@@ -222,6 +227,7 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
     let seconds = started.elapsed().as_secs_f64();
     let truth = &inputs.truth;
     inputs.pred = Classifier::predict(&nb, cos.as_ref(), spec);
+    inputs.nearest = nb.sims.iter().step_by(nb.k_max.max(1)).copied().collect();
     let m = metrics::compute(truth, &inputs.pred, &classes);
     let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
     let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
@@ -410,6 +416,10 @@ fn write_outputs(
     manifest
         .outputs
         .push(out.write_json(DECISION_FILE, &outcome.decision)?);
+    let baseline = SimilarityBaseline::new(&inputs.nearest, &inputs.pred, classes.len());
+    manifest
+        .outputs
+        .push(out.write_json(SIMILARITY_BASELINE_FILE, &baseline)?);
     let png_path = out.staged_path("confusion_matrix.png");
     report::confusion_png(&png_path, &outcome.metrics.confusion, classes).map_err(Error::Report)?;
     let heatmap = std::fs::read(&png_path).map_err(|e| mlops_core::Error::io(&png_path, e))?;

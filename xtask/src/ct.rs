@@ -8,9 +8,9 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::Value as Json;
 
-use crate::notify::{Event, Notifier};
 use crate::pipeline::{self, Params, PipelineArgs};
 use crate::{cargo, read_json, release_dir, root, run_cmd};
+use mlops_core::notify::{Event, Notifier};
 
 #[derive(clap::Args)]
 pub struct CtArgs {

@@ -15,7 +15,6 @@ mod gpu_kit;
 mod images;
 mod kfp;
 mod kfp_local;
-mod notify;
 mod pipeline;
 mod setup;
 

@@ -22,8 +22,8 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
 use crate::dag::{self, Stage, Value, STAGES};
-use crate::notify::{Event, Notifier};
 use crate::{cargo, release_dir, root, run_cmd, setup};
+use mlops_core::notify::{Event, Notifier};
 
 /// Fashion-MNIST as Debian's `dataset-fashion-mnist` installs it.
 pub const DEFAULT_SOURCE: &str = "/usr/share/datasets/fashion-mnist";

@@ -11,6 +11,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const DECISION_FILE: &str = "decision.json";
 /// The human report.
 pub const REPORT_FILE: &str = "report.html";
+/// The test set's [`SimilarityBaseline`]: what in-distribution traffic looks like to a server.
+pub const SIMILARITY_BASELINE_FILE: &str = "similarity_baseline.json";
 
 /// How neighbours vote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,8 +229,118 @@ impl StageDir<EvalSummary> {
         self.read_json(DECISION_FILE)
     }
 
+    /// The test set's similarity baseline; `None` for evaluations made before it was recorded.
+    pub fn similarity_baseline(&self) -> Result<Option<SimilarityBaseline>> {
+        match self.verified_if_listed(SIMILARITY_BASELINE_FILE)? {
+            Some(_) => self.read_json(SIMILARITY_BASELINE_FILE).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Input entries for a stage that consumes the evaluation (metrics and decision).
     pub fn eval_input_entries(&self) -> Result<Vec<FileEntry>> {
         self.input_entries([METRICS_FILE, DECISION_FILE])
+    }
+}
+
+/// How in-distribution queries look from the index: the distribution of each test image's
+/// similarity to its nearest gallery image, and the share of test images predicted as each
+/// class. A server compares its recent requests with it: an image unlike anything in the
+/// gallery has a low nearest similarity, whatever class it is then given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimilarityBaseline {
+    /// Lower edge of the first bin.
+    pub low: f32,
+    /// Width of every bin.
+    pub bin_width: f32,
+    /// Test images per similarity bin; the first and last bins also hold what lies beyond.
+    pub counts: Vec<u64>,
+    /// Share of test images predicted as each class, in class order.
+    pub class_shares: Vec<f64>,
+    /// Test images counted.
+    pub images: u64,
+}
+
+impl SimilarityBaseline {
+    /// Cosine similarities lie in `[-1, 1]`; bins of 0.005 resolve the tail a threshold is
+    /// taken from.
+    const LOW: f32 = -1.0;
+    const WIDTH: f32 = 0.005;
+    const BINS: usize = 400;
+
+    /// The baseline of `nearest` similarities (one per test image) and `predicted` classes.
+    pub fn new(nearest: &[f32], predicted: &[usize], classes: usize) -> Self {
+        let mut counts = vec![0u64; Self::BINS];
+        for &s in nearest {
+            counts[Self::bin(s)] += 1;
+        }
+        let mut class_counts = vec![0u64; classes];
+        for &c in predicted {
+            if let Some(n) = class_counts.get_mut(c) {
+                *n += 1;
+            }
+        }
+        let total = predicted.len().max(1) as f64;
+        SimilarityBaseline {
+            low: Self::LOW,
+            bin_width: Self::WIDTH,
+            counts,
+            class_shares: class_counts.iter().map(|&n| n as f64 / total).collect(),
+            images: nearest.len() as u64,
+        }
+    }
+
+    fn bin(similarity: f32) -> usize {
+        let b = ((similarity - Self::LOW) / Self::WIDTH).floor();
+        if b.is_nan() || b < 0.0 {
+            0
+        } else {
+            (b as usize).min(Self::BINS - 1)
+        }
+    }
+
+    /// The similarity below which a share `q` of the test images lie (interpolated within
+    /// its bin); `None` for an empty baseline or `q` outside `(0, 1)`.
+    pub fn quantile(&self, q: f64) -> Option<f32> {
+        if self.images == 0 || !(q > 0.0 && q < 1.0) {
+            return None;
+        }
+        let target = q * self.images as f64;
+        let mut below = 0.0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            let n = n as f64;
+            if n > 0.0 && below + n >= target {
+                let within = ((target - below) / n) as f32;
+                return Some(self.low + self.bin_width * (i as f32 + within));
+            }
+            below += n;
+        }
+        Some(self.low + self.bin_width * self.counts.len() as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_histogram() {
+        let sims: Vec<f32> = (0..1000).map(|i| 0.5 + 0.0004 * i as f32).collect();
+        let b = SimilarityBaseline::new(&sims, &vec![1; 1000], 3);
+        assert_eq!(b.images, 1000);
+        assert_eq!(b.class_shares, vec![0.0, 1.0, 0.0]);
+        for (q, want) in [(0.05, 0.52), (0.5, 0.7), (0.95, 0.88)] {
+            let got = b.quantile(q).unwrap();
+            assert!((got - want).abs() < 0.006, "q {q}: {got} against {want}");
+        }
+        assert!(b.quantile(0.0).is_none() && b.quantile(1.0).is_none());
+        assert!(SimilarityBaseline::new(&[], &[], 2).quantile(0.5).is_none());
+    }
+
+    #[test]
+    fn out_of_range_similarities_land_in_the_end_bins() {
+        let b = SimilarityBaseline::new(&[-3.0, f32::NAN, 1.0, 7.0], &[0, 0, 0, 0], 1);
+        assert_eq!(b.counts[0], 2);
+        assert_eq!(b.counts[SimilarityBaseline::BINS - 1], 2);
     }
 }

@@ -35,11 +35,11 @@ pub use data::{DataDir, DataSummary, Normalization, Role, RoleSummary, ShardPair
 pub use embeddings::{EmbedSummary, EmbeddedRole, EmbeddingShard, EmbeddingsDir};
 pub use eval::{
     ClassifierSpec, Decision, EvalDir, EvalSummary, GatePolicy, Metrics, PairedComparison, Scoring,
-    Vote,
+    SimilarityBaseline, Vote,
 };
 pub use index::{IndexDir, IndexSummary, Metric};
 pub use model::{ModelDescription, ModelDir, TrainSummary};
-pub use registry::{ModelPointer, VersionDir, VersionSummary};
+pub use registry::{ModelPointer, Rollout, RolloutMode, VersionDir, VersionSummary};
 
 /// File holding the settings a stage ran with, in every stage directory.
 pub const CONFIG_FILE: &str = "config.json";

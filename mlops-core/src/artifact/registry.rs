@@ -38,7 +38,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Which version of a model is served by default, and which were before.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelPointer {
     /// The default version, once one was promoted.
     pub default: Option<u64>,
@@ -46,6 +46,43 @@ pub struct ModelPointer {
     pub history: Vec<u64>,
     /// The number the next registered version gets (versions never repeat, even after prune).
     pub next_version: u64,
+    /// A candidate being rolled out beside the default (absent in pointers written before
+    /// rollouts existed, and whenever none runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A candidate version served beside the default until `promote --finish` makes it the
+/// default or `rollback` abandons it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The candidate version.
+    pub candidate: u64,
+    /// How the candidate takes part.
+    #[serde(flatten)]
+    pub mode: RolloutMode,
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a candidate takes part in a model's unversioned traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum RolloutMode {
+    /// The candidate answers `percent` of the requests (0 < percent < 100); a request with an
+    /// id always goes the same way.
+    Canary { percent: f64 },
+    /// The candidate predicts beside the default on every request; the default answers, and
+    /// the server counts how often the two agree.
+    Shadow,
+}
+
+impl std::fmt::Display for RolloutMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RolloutMode::Canary { percent } => write!(f, "canary at {percent}%"),
+            RolloutMode::Shadow => f.write_str("shadow"),
+        }
+    }
 }
 
 impl ModelPointer {
@@ -167,6 +204,17 @@ impl StageDir<VersionSummary> {
         match &self.summary.signature {
             Some(s) => Ok(s.clone()),
             None => Ok(ModelSignature::of(&self.description()?)),
+        }
+    }
+
+    /// The test set's similarity baseline carried from the evaluation; `None` for versions
+    /// registered before it was recorded.
+    pub fn similarity_baseline(&self) -> Result<Option<super::SimilarityBaseline>> {
+        match self.verified_if_listed(super::eval::SIMILARITY_BASELINE_FILE)? {
+            Some(_) => self
+                .read_json(super::eval::SIMILARITY_BASELINE_FILE)
+                .map(Some),
+            None => Ok(None),
         }
     }
 
@@ -306,8 +354,28 @@ mod tests {
             default: Some(5),
             history: vec![1, 3, 5],
             next_version: 6,
+            rollout: None,
         };
         assert_eq!(p.previous(), Some(3));
         assert_eq!(ModelPointer::default().previous(), None);
+    }
+
+    #[test]
+    fn pointers_without_a_rollout_read_and_write_as_before() {
+        let old = r#"{"default": 2, "history": [1, 2], "next_version": 3}"#;
+        let p: ModelPointer = serde_json::from_str(old).unwrap();
+        assert_eq!(p.rollout, None);
+        assert!(!serde_json::to_string(&p).unwrap().contains("rollout"));
+        let canary = ModelPointer {
+            rollout: Some(Rollout {
+                candidate: 3,
+                mode: RolloutMode::Canary { percent: 10.0 },
+                started_at: chrono::Utc::now(),
+            }),
+            ..p
+        };
+        let text = serde_json::to_string(&canary).unwrap();
+        assert!(text.contains(r#""mode":"canary","percent":10.0"#), "{text}");
+        assert_eq!(serde_json::from_str::<ModelPointer>(&text).unwrap(), canary);
     }
 }

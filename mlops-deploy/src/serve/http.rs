@@ -18,7 +18,8 @@ use mlops_index::Prediction;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::state::{Lookup, State};
+use super::metrics::{Role, Shadowed};
+use super::state::{Lookup, Route, State, Unload};
 use super::worker::{Job, LoadedVersion, Refused};
 
 type Shared = AxumState<Arc<State>>;
@@ -235,7 +236,7 @@ async fn predict_default(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     predict(state, name, None, headers, body).await
 }
 
@@ -244,9 +245,12 @@ async fn predict_version(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     predict(state, name, Some(version), headers, body).await
 }
+
+/// The header naming the version that answered.
+const MODEL_VERSION_HEADER: &str = "x-model-version";
 
 async fn predict(
     state: Arc<State>,
@@ -254,15 +258,76 @@ async fn predict(
     version: Option<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let arrived = Instant::now();
-    let loaded = resolve(&state, &name, version.as_deref()).await?;
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let route = route(&state, &name, version.as_deref(), request_id).await?;
+    let loaded = &route.serve;
     let _counted = loaded.track(1);
     let body = body.map_err(body_error)?;
     let image = image_from_request(&headers, body).await?;
-    let pixels = preprocess(&loaded, image).await?;
-    let prediction = infer(&loaded, pixels, arrived).await?;
-    Ok(Json(prediction_json(&loaded, &prediction)))
+    let pixels = preprocess(loaded, image).await?;
+    let prediction = infer_routed(&state, &route, pixels, arrived).await?;
+    state
+        .metrics
+        .observe_route(&loaded.name, loaded.version, route.role, 1);
+    Ok((
+        [(MODEL_VERSION_HEADER, loaded.version.to_string())],
+        Json(prediction_json(loaded, &prediction)),
+    )
+        .into_response())
+}
+
+/// Where a request goes: the version named in the URL, or the model's routing (the default,
+/// a canary's candidate for its share, a shadow beside the default).
+async fn route(
+    state: &Arc<State>,
+    name: &str,
+    version: Option<&str>,
+    request_id: Option<&str>,
+) -> ApiResult<Route> {
+    if version.is_none() && layout::valid_name(name) {
+        if let Some(route) = state.route(name, request_id) {
+            return Ok(route);
+        }
+    }
+    // A pinned version, or the 404/503 that an unroutable name gets.
+    let serve = resolve(state, name, version).await?;
+    Ok(Route {
+        serve,
+        role: Role::Pinned,
+        shadow: None,
+    })
+}
+
+/// [`infer`] on the route's version; with a shadow, the candidate then predicts the same image
+/// off the client's path and the two classes are compared.
+async fn infer_routed(
+    state: &Arc<State>,
+    route: &Route,
+    pixels: Vec<f32>,
+    arrived: Instant,
+) -> ApiResult<Prediction> {
+    let Some(candidate) = &route.shadow else {
+        return infer(&route.serve, pixels, arrived).await;
+    };
+    let prediction = infer(&route.serve, pixels.clone(), arrived).await?;
+    let (metrics, candidate) = (state.metrics.clone(), candidate.clone());
+    let (name, default, class) = (
+        route.serve.name.clone(),
+        route.serve.version,
+        prediction.class,
+    );
+    tokio::spawn(async move {
+        let _counted = candidate.track(1);
+        let outcome = match infer(&candidate, pixels, Instant::now()).await {
+            Ok(p) if p.class == class => Shadowed::Agree,
+            Ok(_) => Shadowed::Disagree,
+            Err(_) => Shadowed::Failed,
+        };
+        metrics.observe_shadow(&name, default, candidate.version, outcome);
+    });
+    Ok(prediction)
 }
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -354,6 +419,7 @@ async fn infer(
         .submit(Job {
             pixels,
             arrived,
+            observed: true,
             reply,
         })
         .map_err(|refused| {
@@ -463,9 +529,10 @@ fn ready_answer(name: &str, ready: bool) -> Response {
 async fn v2_infer_default(
     AxumState(state): Shared,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    v2_infer(state, name, None, body)
+) -> ApiResult<Response> {
+    v2_infer(state, name, None, headers, body)
         .await
         .map_err(ApiError::kserve)
 }
@@ -473,9 +540,10 @@ async fn v2_infer_default(
 async fn v2_infer_version(
     AxumState(state): Shared,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    v2_infer(state, name, Some(version), body)
+) -> ApiResult<Response> {
+    v2_infer(state, name, Some(version), headers, body)
         .await
         .map_err(ApiError::kserve)
 }
@@ -486,13 +554,19 @@ async fn v2_infer(
     state: Arc<State>,
     name: String,
     version: Option<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let arrived = Instant::now();
-    let loaded = resolve(&state, &name, version.as_deref()).await?;
     let body = body.map_err(body_error)?;
     let request: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON: {e}")))?;
+    // The protocol's request id routes a canary; the header does for clients that set one.
+    let request_id = request["id"]
+        .as_str()
+        .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+    let route = route(&state, &name, version.as_deref(), request_id).await?;
+    let loaded = &route.serve;
     let inputs = request["inputs"]
         .as_array()
         .filter(|i| i.len() == 1)
@@ -506,8 +580,8 @@ async fn v2_infer(
     flatten(&input["data"], &mut data);
     let _counted = loaded.track(data.len());
     let images = match input["datatype"].as_str() {
-        Some("BYTES") => v2_bytes(&loaded, &shape, &data).await?,
-        Some("FP32") => v2_fp32(&loaded, &shape, &data)?,
+        Some("BYTES") => v2_bytes(loaded, &shape, &data).await?,
+        Some("FP32") => v2_fp32(loaded, &shape, &data)?,
         other => {
             return Err(ApiError::bad_request(format!(
                 "datatype {other:?} is not supported: use BYTES (base64 images) or FP32"
@@ -517,13 +591,17 @@ async fn v2_infer(
     let answers = futures_util::future::join_all(
         images
             .into_iter()
-            .map(|pixels| infer(&loaded, pixels, arrived)),
+            .map(|pixels| infer_routed(&state, &route, pixels, arrived)),
     )
     .await;
     let predictions: Vec<Prediction> = answers.into_iter().collect::<ApiResult<_>>()?;
     let n = predictions.len();
+    state
+        .metrics
+        .observe_route(&loaded.name, loaded.version, route.role, n);
     let classes = &loaded.description.classes;
-    Ok(Json(json!({
+    let version_header = [(MODEL_VERSION_HEADER, loaded.version.to_string())];
+    Ok((version_header, Json(json!({
         "model_name": loaded.name,
         "model_version": loaded.version.to_string(),
         "id": request.get("id").cloned().unwrap_or(Value::Null),
@@ -536,6 +614,7 @@ async fn v2_infer(
               "data": predictions.iter().map(|p| p.score).collect::<Vec<_>>() },
         ],
     })))
+        .into_response())
 }
 
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
@@ -686,6 +765,7 @@ fn describe(
         "accuracy": dir.summary.accuracy,
         "classifier": dir.summary.classifier,
         "createdAt": dir.summary.created_at.to_rfc3339(),
+        "rollout": state.rollout(name).map(|r| json!(r.spec)),
         "workers": workers,
         "jobQueueStatus": { "remainingCapacity": state.config.queue_capacity, "pendingRequests": 0 },
     }))
@@ -771,15 +851,20 @@ async fn unregister(
     authorize(&state, &headers)?;
     let v = parse_version(&name, &version)?;
     match state.unload(&name, v) {
-        Ok(true) => Ok(Json(json!({
+        Unload::Removed => Ok(Json(json!({
             "status": format!("Model \"{name}\" version {v} unregistered")
         }))),
-        Ok(false) => Err(ApiError::version_not_found(&name, &version)),
-        Err("default") => Err(ApiError::new(
+        Unload::NoVersion => Err(ApiError::version_not_found(&name, &version)),
+        Unload::IsDefault => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "InvalidModelVersionException",
             format!("Cannot remove default version {v} for model {name}"),
         )),
-        Err(_) => Err(ApiError::model_not_found(&name)),
+        Unload::InRollout => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "InvalidModelVersionException",
+            format!("Cannot remove version {v} for model {name}: it is being rolled out (finish or roll back first)"),
+        )),
+        Unload::NoModel => Err(ApiError::model_not_found(&name)),
     }
 }

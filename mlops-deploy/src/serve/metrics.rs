@@ -1,11 +1,45 @@
-//! Prometheus metrics with TorchServe's names, so its dashboards keep working, plus latency and
-//! batch-size histograms TorchServe lacks.
+//! Prometheus metrics with TorchServe's names, so its dashboards keep working, plus what
+//! TorchServe lacks: latency and batch-size histograms, requests by rollout role, shadow
+//! agreement, and the nearest-neighbour similarity and drift figures of every served version.
 
 use std::time::Instant;
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
+
+use super::drift::DriftStatus;
+
+/// How a request reached the version that answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The model's default version.
+    Default,
+    /// The candidate of a canary rollout.
+    Canary,
+    /// A version named in the URL.
+    Pinned,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::Default => "default",
+            Role::Canary => "canary",
+            Role::Pinned => "pinned",
+        }
+    }
+}
+
+/// What a shadow prediction found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadowed {
+    Agree,
+    Disagree,
+    /// The candidate failed or its queue was full (the client's answer is unaffected).
+    Failed,
+}
 
 /// The server's metrics.
 pub struct Metrics {
@@ -17,6 +51,11 @@ pub struct Metrics {
     latency: HistogramVec,
     batch_size: HistogramVec,
     errors: IntCounterVec,
+    routed: IntCounterVec,
+    shadow: IntCounterVec,
+    agreement: GaugeVec,
+    nearest: HistogramVec,
+    drift: GaugeVec,
 }
 
 impl Metrics {
@@ -69,6 +108,51 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
+        let version_labels = ["model_name", "model_version"];
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "mlops_routed_requests_total",
+                "Images answered, by version and by how they reached it (default, canary, pinned).",
+            ),
+            &["model_name", "model_version", "role"],
+        )
+        .expect("valid metric");
+        let pair = ["model_name", "default_version", "candidate_version"];
+        let shadow = IntCounterVec::new(
+            Opts::new(
+                "mlops_shadow_predictions_total",
+                "Shadow predictions of a candidate beside the default, by outcome (agree, disagree, failed).",
+            ),
+            &["model_name", "default_version", "candidate_version", "outcome"],
+        )
+        .expect("valid metric");
+        let agreement = GaugeVec::new(
+            Opts::new(
+                "mlops_shadow_agreement_ratio",
+                "Share of shadow predictions where the candidate's class equals the default's.",
+            ),
+            &pair,
+        )
+        .expect("valid metric");
+        let nearest = HistogramVec::new(
+            HistogramOpts::new(
+                "mlops_nearest_similarity",
+                "Similarity of each request's image to its nearest gallery image (low: unlike the training data).",
+            )
+            .buckets(vec![
+                0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0,
+            ]),
+            &version_labels,
+        )
+        .expect("valid metric");
+        let drift = GaugeVec::new(
+            Opts::new(
+                "mlops_drift",
+                "Recent requests against the version's test-set baseline: figure = low_similarity_share, class_shift, requests, alert (1 while alerting), and their limits (max_low_share, max_class_shift, low_similarity_threshold).",
+            ),
+            &["model_name", "model_version", "figure"],
+        )
+        .expect("valid metric");
         let registry = Registry::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -77,6 +161,11 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(batch_size.clone()),
             Box::new(errors.clone()),
+            Box::new(routed.clone()),
+            Box::new(shadow.clone()),
+            Box::new(agreement.clone()),
+            Box::new(nearest.clone()),
+            Box::new(drift.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -89,6 +178,67 @@ impl Metrics {
             latency,
             batch_size,
             errors,
+            routed,
+            shadow,
+            agreement,
+            nearest,
+            drift,
+        }
+    }
+
+    /// Counts `images` answered by `version` of `name`, reached as `role`.
+    pub fn observe_route(&self, name: &str, version: u64, role: Role, images: usize) {
+        self.routed
+            .with_label_values(&[name, &version.to_string(), role.label()])
+            .inc_by(images as u64);
+    }
+
+    /// Counts one shadow prediction of `candidate` beside `default`.
+    pub fn observe_shadow(&self, name: &str, default: u64, candidate: u64, outcome: Shadowed) {
+        let (d, c) = (default.to_string(), candidate.to_string());
+        let label = match outcome {
+            Shadowed::Agree => "agree",
+            Shadowed::Disagree => "disagree",
+            Shadowed::Failed => "failed",
+        };
+        self.shadow.with_label_values(&[name, &d, &c, label]).inc();
+        let count = |l: &str| self.shadow.with_label_values(&[name, &d, &c, l]).get() as f64;
+        let (agree, compared) = (count("agree"), count("agree") + count("disagree"));
+        if compared > 0.0 {
+            self.agreement
+                .with_label_values(&[name, &d, &c])
+                .set(agree / compared);
+        }
+    }
+
+    /// Records one prediction's similarity to its nearest gallery image.
+    pub fn observe_nearest(&self, name: &str, version: &str, similarity: f32) {
+        self.nearest
+            .with_label_values(&[name, version])
+            .observe(f64::from(similarity));
+    }
+
+    /// Publishes a version's drift figures and limits.
+    pub fn set_drift(
+        &self,
+        name: &str,
+        version: &str,
+        status: &DriftStatus,
+        limits: (&super::drift::DriftConfig, f32),
+    ) {
+        let (config, threshold) = limits;
+        for (figure, value) in [
+            ("low_similarity_share", status.low_similarity_share),
+            ("class_shift", status.class_shift),
+            ("requests", status.requests as f64),
+            ("alert", f64::from(u8::from(status.alerting))),
+            ("max_low_share", config.max_low_share),
+            ("max_class_shift", config.max_class_shift),
+            ("low_similarity_threshold", f64::from(threshold)),
+        ] {
+            self.drift
+                .with_label_values(&[name, version, figure])
+                .set(value);
         }
     }
 

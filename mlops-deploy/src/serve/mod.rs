@@ -8,8 +8,16 @@
 //! - The registry is watched: `mlops-deploy promote` (or `rollback`) on it reaches a running
 //!   server within `watch_interval_ms`; `PUT /models/{m}/{v}/set-default` swaps at once. Either
 //!   way requests in flight finish on the old version and none fails.
+//! - Rollouts: `mlops-deploy promote --canary PERCENT` or `--shadow` on the registry starts one
+//!   (a canary answers its share of the unversioned requests, deterministically by
+//!   `X-Request-Id` or KServe `id`; a shadow predicts beside the default and is compared with
+//!   it), `promote --finish` or `rollback` ends it; the responses carry `X-Model-Version`.
+//! - Every prediction's similarity to its nearest gallery image is exported, and compared with
+//!   the version's test-set baseline over a window of recent requests ([`drift`]): a departure
+//!   raises an alert (log, Slack through `SLACK_WEBHOOK_URL`, `mlops_drift{figure="alert"}`).
 //! - SIGTERM or Ctrl-C: stop accepting, finish what is in flight, exit 0.
 
+pub mod drift;
 mod http;
 pub mod metrics;
 pub mod state;
@@ -79,6 +87,8 @@ pub struct ServeConfig {
     pub device: DeviceSpec,
     /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16` inference.
     pub precision: mlops_torch::Precision,
+    /// Drift and out-of-distribution alerts (`[drift]`).
+    pub drift: drift::DriftConfig,
     /// Bearer token for the management API's changing calls; required when the management
     /// listener is not on loopback. From `--management-token` or `MLOPS_MANAGEMENT_TOKEN`.
     #[serde(skip)]
@@ -102,6 +112,7 @@ impl Default for ServeConfig {
             watch_interval_ms: 1000,
             device: DeviceSpec::Auto,
             precision: mlops_torch::Precision::Auto,
+            drift: drift::DriftConfig::default(),
             management_token: None,
         }
     }
@@ -134,6 +145,7 @@ impl ServeConfig {
                 "max_batch_delay_ms must lie in 0..=10000".into(),
             ));
         }
+        self.drift.check()?;
         if !self.registry.is_dir() {
             return Err(
                 mlops_core::Error::invalid(&self.registry, "no such registry directory").into(),

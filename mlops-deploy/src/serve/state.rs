@@ -1,20 +1,82 @@
 //! The models a server holds: per model, the default version every unversioned request goes to,
-//! and other versions loaded on request. Swapping the default is one pointer change under a
-//! write lock; a request holds an `Arc` of the version it started on, so requests in flight
-//! finish on the old version while new ones reach the new.
+//! the candidate of a rollout in progress (a canary answering a share of the unversioned
+//! requests, or a shadow predicting beside the default), and other versions loaded on request.
+//! Swapping the default is one pointer change under a write lock; a request holds an `Arc` of
+//! the version it started on, so requests in flight finish on the old version while new ones
+//! reach the new.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mlops_core::artifact::registry::{self as layout, read_pointer};
-use mlops_core::artifact::VersionDir;
+use mlops_core::artifact::{Rollout, RolloutMode, VersionDir};
+use mlops_core::notify::Notifier;
 
-use super::metrics::Metrics;
-use super::worker::{Batching, LoadedVersion};
+use super::metrics::{Metrics, Role};
+use super::worker::{Batching, LoadedVersion, Settings};
 use super::ServeConfig;
 use crate::{Error, Result};
+
+/// A rollout the server is carrying out: the registry's record and the loaded candidate.
+pub struct ActiveRollout {
+    pub spec: Rollout,
+    pub candidate: Arc<LoadedVersion>,
+    /// Unversioned requests routed so far: spreads a canary's share evenly over requests
+    /// without an id.
+    routed: AtomicU64,
+}
+
+/// Where one unversioned (or pinned) request goes.
+pub struct Route {
+    /// The version that answers.
+    pub serve: Arc<LoadedVersion>,
+    pub role: Role,
+    /// A candidate that predicts beside it without answering (shadow rollout).
+    pub shadow: Option<Arc<LoadedVersion>>,
+}
+
+/// Whether request number `n` (or the request with `id`) goes to a canary taking `percent` of
+/// the traffic (pure). With an id the choice is a hash of it, so a client retrying (or a user
+/// whose requests carry their id) always reaches the same version; without one, the requests
+/// are spread so that exactly `percent` of every run of them go to the canary.
+pub fn to_canary(percent: f64, id: Option<&str>, n: u64) -> bool {
+    let p = percent.clamp(0.0, 100.0) / 100.0;
+    match id {
+        Some(id) => (stable_hash(id.as_bytes()) % 1_000_000) as f64 / 1e6 < p,
+        None => ((n + 1) as f64 * p).floor() > (n as f64 * p).floor(),
+    }
+}
+
+/// FNV-1a followed by splitmix64's finaliser: stable across processes and versions (unlike
+/// std's `DefaultHasher`), and with every input bit reaching the low bits taken above.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Why a version was not unloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unload {
+    /// Unloaded: not served again until promoted.
+    Removed,
+    /// The model has no such version.
+    NoVersion,
+    NoModel,
+    /// The default cannot be removed.
+    IsDefault,
+    /// The candidate of a rollout in progress cannot be removed.
+    InRollout,
+}
 
 /// One model's loaded versions.
 #[derive(Default)]
@@ -26,6 +88,9 @@ pub struct ModelSlot {
     /// The last failure to load this model's default: the version and why, for the
     /// management API and so that a broken version is not retried until the pointer moves.
     pub failure: Option<(u64, String)>,
+    pub rollout: Option<Arc<ActiveRollout>>,
+    /// A rollout candidate that failed to load: not retried until the pointer names another.
+    pub rollout_failure: Option<u64>,
 }
 
 /// The versions of one model a server has loaded.
@@ -46,6 +111,7 @@ pub struct State {
     pub config: ServeConfig,
     pub metrics: Arc<Metrics>,
     pub device: tch::Device,
+    settings: Settings,
     models: RwLock<BTreeMap<String, ModelSlot>>,
     /// Serialises loading, so a watch pass and a `set-default` never load one version twice.
     loading: tokio::sync::Mutex<()>,
@@ -54,23 +120,30 @@ pub struct State {
 
 impl State {
     pub fn new(config: ServeConfig, device: tch::Device) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let settings = Settings {
+            device,
+            precision: config.precision,
+            k: config.k,
+            batching: Batching {
+                batch_size: config.batch_size.max(1),
+                max_delay: std::time::Duration::from_micros(
+                    (config.max_batch_delay_ms * 1000.0).max(0.0) as u64,
+                ),
+                queue: config.queue_capacity,
+            },
+            metrics: metrics.clone(),
+            drift: config.drift.clone(),
+            notifier: Arc::new(Notifier::from_env()),
+        };
         State {
             config,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             device,
+            settings,
             models: RwLock::new(BTreeMap::new()),
             loading: tokio::sync::Mutex::new(()),
             synced: AtomicBool::new(false),
-        }
-    }
-
-    fn batching(&self) -> Batching {
-        Batching {
-            batch_size: self.config.batch_size.max(1),
-            max_delay: std::time::Duration::from_micros(
-                (self.config.max_batch_delay_ms * 1000.0).max(0.0) as u64,
-            ),
-            queue: self.config.queue_capacity,
         }
     }
 
@@ -120,6 +193,58 @@ impl State {
             .map(|(v, e)| format!("version {v}: {e}"))
     }
 
+    /// Where an unversioned request for `name` goes: the default, or the candidate of a canary
+    /// rollout for its share (by `request_id` when there is one), with the shadow candidate
+    /// beside it; `None` when the model has no default loaded.
+    pub fn route(&self, name: &str, request_id: Option<&str>) -> Option<Route> {
+        let models = self.read();
+        let slot = models.get(name)?;
+        let default = slot.default.clone()?;
+        let plain = |serve| Route {
+            serve,
+            role: Role::Default,
+            shadow: None,
+        };
+        let Some(rollout) = &slot.rollout else {
+            return Some(plain(default));
+        };
+        Some(match rollout.spec.mode {
+            RolloutMode::Canary { percent } => {
+                let n = rollout.routed.fetch_add(1, Ordering::Relaxed);
+                if to_canary(percent, request_id, n) {
+                    Route {
+                        serve: rollout.candidate.clone(),
+                        role: Role::Canary,
+                        shadow: None,
+                    }
+                } else {
+                    plain(default)
+                }
+            }
+            RolloutMode::Shadow => Route {
+                shadow: Some(rollout.candidate.clone()),
+                ..plain(default)
+            },
+        })
+    }
+
+    /// The rollout in progress for `name`, if any.
+    pub fn rollout(&self, name: &str) -> Option<Arc<ActiveRollout>> {
+        self.read().get(name).and_then(|s| s.rollout.clone())
+    }
+
+    /// Version `v` of `name` when this server has it loaded in any role.
+    fn find_loaded(&self, name: &str, v: u64) -> Option<Arc<LoadedVersion>> {
+        let models = self.read();
+        let slot = models.get(name)?;
+        slot.default
+            .iter()
+            .chain(slot.rollout.as_ref().map(|r| &r.candidate))
+            .chain(slot.others.get(&v))
+            .find(|l| l.version == v)
+            .cloned()
+    }
+
     /// The version a request for `name` (and `version`, else the default) goes to, loading a
     /// registered non-default version on first use.
     pub async fn lookup(self: &Arc<Self>, name: &str, version: Option<u64>) -> Result<Lookup> {
@@ -136,27 +261,19 @@ impl State {
                         .map_or(Lookup::NoVersion, Lookup::Found))
                 }
                 Some(v) if slot.removed.contains(&v) => return Ok(Lookup::NoVersion),
-                Some(v) => {
-                    if let Some(d) = slot.default.as_ref().filter(|d| d.version == v) {
-                        return Ok(Lookup::Found(d.clone()));
-                    }
-                    if let Some(o) = slot.others.get(&v) {
-                        return Ok(Lookup::Found(o.clone()));
-                    }
-                }
+                Some(_) => {}
             }
         }
         let v = version.expect("the default case returned above");
+        if let Some(found) = self.find_loaded(name, v) {
+            return Ok(Lookup::Found(found));
+        }
         if !layout::versions(&self.config.registry, name)?.contains(&v) {
             return Ok(Lookup::NoVersion);
         }
         let _loading = self.loading.lock().await;
-        if let Some(o) = self
-            .read()
-            .get(name)
-            .and_then(|s| s.others.get(&v).cloned())
-        {
-            return Ok(Lookup::Found(o));
+        if let Some(found) = self.find_loaded(name, v) {
+            return Ok(Lookup::Found(found));
         }
         let loaded = self.load(name, v).await?;
         if let Some(slot) = self.write().get_mut(name) {
@@ -171,14 +288,7 @@ impl State {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let dir = VersionDir::open(&layout::version_dir(&state.config.registry, &name, v)?)?;
-            LoadedVersion::load(
-                dir,
-                state.device,
-                state.config.precision,
-                state.config.k,
-                state.batching(),
-                state.metrics.clone(),
-            )
+            LoadedVersion::load(dir, &state.settings)
         })
         .await
         .map_err(|e| Error::Config(format!("loading {v}: {e}")))?
@@ -187,7 +297,10 @@ impl State {
     /// Makes `v` the default of `name`: load it, record it in the registry, then swap.
     pub async fn set_default(self: &Arc<Self>, name: &str, v: u64) -> Result<()> {
         let _loading = self.loading.lock().await;
-        let loaded = self.load(name, v).await?;
+        let loaded = match self.find_loaded(name, v) {
+            Some(l) => l,
+            None => self.load(name, v).await?,
+        };
         let registry = self.config.registry.clone();
         let model = name.to_string();
         tokio::task::spawn_blocking(move || crate::registry::promote(&registry, &model, v))
@@ -203,6 +316,9 @@ impl State {
         slot.removed.remove(&loaded.version);
         slot.others.remove(&loaded.version);
         slot.failure = None;
+        // A new default ends any rollout (promoting clears the registry's too; a rollout
+        // started since is picked up again by the next sync).
+        slot.rollout = None;
         let old = slot.default.replace(loaded.clone());
         tracing::info!(
             model = name,
@@ -212,12 +328,21 @@ impl State {
         );
     }
 
-    /// Stops serving version `v` of `name` (not the default).
-    pub fn unload(&self, name: &str, v: u64) -> Result<bool, &'static str> {
+    /// Stops serving version `v` of `name` (neither the default nor a rollout's candidate).
+    pub fn unload(&self, name: &str, v: u64) -> Unload {
         let mut models = self.write();
-        let slot = models.get_mut(name).ok_or("model")?;
+        let Some(slot) = models.get_mut(name) else {
+            return Unload::NoModel;
+        };
         if slot.default.as_ref().is_some_and(|d| d.version == v) {
-            return Err("default");
+            return Unload::IsDefault;
+        }
+        if slot
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.candidate.version == v)
+        {
+            return Unload::InRollout;
         }
         let known = slot.others.remove(&v).is_some()
             || layout::versions(&self.config.registry, name)
@@ -225,8 +350,10 @@ impl State {
                 .unwrap_or(false);
         if known {
             slot.removed.insert(v);
+            Unload::Removed
+        } else {
+            Unload::NoVersion
         }
-        Ok(known)
     }
 
     /// Brings the served defaults in line with the registry's pointers: new models appear,
@@ -242,33 +369,114 @@ impl State {
             }
         };
         for name in names {
-            let wanted = match read_pointer(&registry, &name) {
-                Ok(p) => p.default,
+            let pointer = match read_pointer(&registry, &name) {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::error!(model = %name, "cannot read its pointer: {e}");
                     continue;
                 }
             };
-            let Some(v) = wanted else { continue };
-            let current = self
-                .read()
-                .get(&name)
-                .and_then(|s| s.default.as_ref().map(|d| d.version));
-            if current == Some(v) || self.failed_before(&name, v) {
-                continue;
+            if let Some(v) = pointer.default {
+                self.sync_default(&name, v).await;
             }
-            let _loading = self.loading.lock().await;
-            match self.load(&name, v).await {
-                Ok(loaded) => self.swap_default(&name, loaded),
-                Err(e) => {
-                    tracing::error!(model = %name, version = v, "cannot load: {e}");
-                    let mut models = self.write();
-                    let slot = models.entry(name.clone()).or_default();
-                    slot.failure = Some((v, e.to_string()));
+            self.sync_rollout(&name, pointer.rollout).await;
+        }
+        self.synced.store(true, Ordering::Release);
+    }
+
+    async fn sync_default(self: &Arc<Self>, name: &str, v: u64) {
+        let current = self
+            .read()
+            .get(name)
+            .and_then(|s| s.default.as_ref().map(|d| d.version));
+        if current == Some(v) || self.failed_before(name, v) {
+            return;
+        }
+        let _loading = self.loading.lock().await;
+        let loaded = match self.find_loaded(name, v) {
+            Some(l) => Ok(l),
+            None => self.load(name, v).await,
+        };
+        match loaded {
+            Ok(loaded) => self.swap_default(name, loaded),
+            Err(e) => {
+                tracing::error!(model = %name, version = v, "cannot load: {e}");
+                let mut models = self.write();
+                let slot = models.entry(name.to_string()).or_default();
+                slot.failure = Some((v, e.to_string()));
+            }
+        }
+    }
+
+    /// Starts, changes or ends the rollout of `name` as the registry's pointer says.
+    async fn sync_rollout(self: &Arc<Self>, name: &str, wanted: Option<Rollout>) {
+        let (current, failed, has_default) = {
+            let models = self.read();
+            let Some(slot) = models.get(name) else { return };
+            (
+                slot.rollout.clone(),
+                slot.rollout_failure,
+                slot.default.is_some(),
+            )
+        };
+        let set = |rollout: Option<Arc<ActiveRollout>>| {
+            if let Some(slot) = self.write().get_mut(name) {
+                slot.rollout = rollout;
+            }
+        };
+        match (wanted, current) {
+            (None, None) => {}
+            (None, Some(ended)) => {
+                tracing::info!(
+                    model = name,
+                    candidate = ended.candidate.version,
+                    "rollout ended"
+                );
+                set(None);
+            }
+            (Some(w), Some(c)) if w.candidate == c.candidate.version => {
+                if w != c.spec {
+                    tracing::info!(model = name, candidate = w.candidate, mode = %w.mode, "rollout changed");
+                    set(Some(Arc::new(ActiveRollout {
+                        spec: w,
+                        candidate: c.candidate.clone(),
+                        routed: AtomicU64::new(0),
+                    })));
+                }
+            }
+            (Some(w), _) if !has_default || failed == Some(w.candidate) => {}
+            (Some(w), _) => {
+                let _loading = self.loading.lock().await;
+                let loaded = match self.find_loaded(name, w.candidate) {
+                    Some(l) => Ok(l),
+                    None => self.load(name, w.candidate).await,
+                };
+                match loaded {
+                    Ok(candidate) => {
+                        tracing::info!(model = name, candidate = w.candidate, mode = %w.mode, "rollout started");
+                        if let Some(slot) = self.write().get_mut(name) {
+                            slot.rollout_failure = None;
+                            slot.rollout = Some(Arc::new(ActiveRollout {
+                                spec: w,
+                                candidate,
+                                routed: AtomicU64::new(0),
+                            }));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            model = name,
+                            version = w.candidate,
+                            "cannot load the rollout's candidate: {e}"
+                        );
+                        if let Some(slot) = self.write().get_mut(name) {
+                            slot.rollout_failure = Some(w.candidate);
+                            slot.rollout = None;
+                        }
+                    }
                 }
             }
         }
-        self.synced.store(true, Ordering::Release);
     }
 
     /// A version that failed to load is retried only after the pointer moves on.
@@ -282,5 +490,39 @@ impl State {
     /// The registry directory this server reads.
     pub fn registry(&self) -> &PathBuf {
         &self.config.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_without_ids_takes_exactly_its_share() {
+        for percent in [1.0, 10.0, 33.3, 50.0, 90.0] {
+            let sent = (0..2000).filter(|&n| to_canary(percent, None, n)).count();
+            let want = 2000.0 * percent / 100.0;
+            assert!((sent as f64 - want).abs() <= 1.0, "{percent}%: {sent}");
+        }
+    }
+
+    const PINNED: u64 = 0x0a28_81c3_268a_7392;
+
+    #[test]
+    fn a_canary_by_id_takes_its_share_and_keeps_each_id_on_one_side() {
+        let ids: Vec<String> = (0..20_000).map(|i| format!("req-{i}")).collect();
+        let sent = ids.iter().filter(|id| to_canary(10.0, Some(id), 0)).count();
+        assert!((1_800..=2_200).contains(&sent), "{sent} of 20000");
+        for id in &ids[..100] {
+            let first = to_canary(10.0, Some(id), 0);
+            assert!((1..50).all(|n| to_canary(10.0, Some(id), n) == first));
+        }
+        // Pinned: the split must not change between releases, or a rollout would move users.
+        assert_eq!(
+            stable_hash(b"req-1"),
+            PINNED,
+            "{:#x}",
+            stable_hash(b"req-1")
+        );
     }
 }

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlops_core::artifact::{ModelDescription, VersionDir, VersionSummary};
+use mlops_core::notify::{Event, Notifier};
 use mlops_core::preprocess::Preprocess;
 use mlops_embed::Embedder;
 use mlops_index::{Classifier, Prediction};
 use tokio::sync::oneshot;
 
+use super::drift::{DriftConfig, DriftMonitor, Transition};
 use super::metrics::Metrics;
 use crate::Result;
 
@@ -27,6 +29,8 @@ pub struct Job {
     pub pixels: Vec<f32>,
     /// When the request arrived: the batch delay counts from the first job's.
     pub arrived: Instant,
+    /// Whether the prediction counts towards the version's traffic figures (not a warm-up).
+    pub observed: bool,
     pub reply: oneshot::Sender<Result<Prediction, String>>,
 }
 
@@ -45,6 +49,19 @@ pub struct Batching {
     pub batch_size: usize,
     pub max_delay: Duration,
     pub queue: usize,
+}
+
+/// What every loaded version is served with.
+pub struct Settings {
+    pub device: tch::Device,
+    pub precision: mlops_torch::Precision,
+    /// Neighbours that vote; `None` keeps the version's.
+    pub k: Option<usize>,
+    pub batching: Batching,
+    pub metrics: Arc<Metrics>,
+    pub drift: DriftConfig,
+    /// Where drift alerts go (off without `SLACK_WEBHOOK_URL`).
+    pub notifier: Arc<Notifier>,
 }
 
 /// A model version ready to serve.
@@ -77,23 +94,29 @@ impl Drop for InFlight {
 impl LoadedVersion {
     /// Loads a registered version (every file verified against its manifest), starts its
     /// inference thread and runs one warm-up prediction through it.
-    pub fn load(
-        dir: VersionDir,
-        device: tch::Device,
-        precision: mlops_torch::Precision,
-        k: Option<usize>,
-        batching: Batching,
-        metrics: Arc<Metrics>,
-    ) -> Result<Arc<Self>> {
+    pub fn load(dir: VersionDir, settings: &Settings) -> Result<Arc<Self>> {
         dir.manifest.verify_outputs(&dir.dir)?;
         let description = dir.description()?;
-        let embedder = Embedder::load_file(&dir.model_path()?, description.clone(), device)?
-            .with_precision(precision);
+        let embedder =
+            Embedder::load_file(&dir.model_path()?, description.clone(), settings.device)?
+                .with_precision(settings.precision);
         let index = mlops_index::load_dir(dir.index_dir())?;
         let mut spec = dir.summary.classifier;
-        if let Some(k) = k {
+        if let Some(k) = settings.k {
             spec.k = k;
         }
+        let drift = match dir.similarity_baseline()? {
+            Some(baseline) => DriftMonitor::new(&baseline, &settings.drift),
+            None => {
+                tracing::info!(
+                    model = %dir.summary.name,
+                    version = dir.summary.version,
+                    "no similarity baseline (registered before it was recorded): drift is not watched"
+                );
+                None
+            }
+        };
+        let batching = settings.batching;
         let classifier = Classifier::new(index, spec);
         let (sender, receiver) = sync_channel(batching.queue.max(1));
         let summary = dir.summary.clone();
@@ -104,9 +127,11 @@ impl LoadedVersion {
             embedder,
             classifier,
             batching,
-            metrics,
+            metrics: settings.metrics.clone(),
             in_flight: in_flight.clone(),
             labels,
+            drift,
+            notifier: settings.notifier.clone(),
         };
         std::thread::Builder::new()
             .name(format!("infer-{}-{}", summary.name, summary.version))
@@ -139,6 +164,7 @@ impl LoadedVersion {
         self.submit(Job {
             pixels: vec![self.description.value_range[0]; c * h * w],
             arrived: Instant::now(),
+            observed: false,
             reply: tx,
         })
         .map_err(|e| crate::Error::Config(format!("warm-up refused: {e:?}")))?;
@@ -182,6 +208,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
     labels: (String, String),
+    drift: Option<DriftMonitor>,
+    notifier: Arc<Notifier>,
 }
 
 impl Worker {
@@ -219,7 +247,8 @@ impl Worker {
     }
 
     fn answer(&mut self, batch: Vec<Job>) {
-        let (name, version) = (&self.labels.0, &self.labels.1);
+        let labels = self.labels.clone();
+        let (name, version) = (&labels.0, &labels.1);
         let frame: usize = self.embedder.description().input_shape.iter().product();
         let started = Instant::now();
         let mut pixels = Vec::with_capacity(batch.len() * frame);
@@ -241,10 +270,20 @@ impl Worker {
         self.metrics.observe_batch(name, version, batch.len());
         match result {
             Ok(predictions) => {
+                let mut observed = false;
                 for (job, prediction) in batch.into_iter().zip(predictions) {
                     self.metrics
                         .observe_job(name, version, job.arrived, started, done);
+                    if job.observed {
+                        observed = true;
+                        self.watch(&prediction);
+                    }
                     let _ = job.reply.send(Ok(prediction));
+                }
+                if let (true, Some(drift)) = (observed, &self.drift) {
+                    let limits = (drift.config(), drift.threshold);
+                    self.metrics
+                        .set_drift(name, version, &drift.status(), limits);
                 }
             }
             Err(message) => {
@@ -254,5 +293,54 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    /// Feeds one answered request's nearest similarity to the metrics and the drift monitor,
+    /// and carries out an alert's change of state (log, Slack).
+    fn watch(&mut self, prediction: &Prediction) {
+        let Some(nearest) = prediction
+            .neighbours
+            .iter()
+            .map(|n| n.score)
+            .reduce(f32::max)
+        else {
+            return;
+        };
+        let (name, version) = (&self.labels.0, &self.labels.1);
+        self.metrics.observe_nearest(name, version, nearest);
+        let Some(drift) = &mut self.drift else { return };
+        let Some(transition) = drift.observe(nearest, prediction.class) else {
+            return;
+        };
+        let (status, alerting) = match transition {
+            Transition::Fired(s) => (s, true),
+            Transition::Cleared(s) => (s, false),
+        };
+        let config = drift.config();
+        if alerting {
+            tracing::warn!(model = %name, version = %version, ?status, "drift: recent requests do not look like the test set");
+        } else {
+            tracing::info!(model = %name, version = %version, ?status, "drift cleared");
+        }
+        let notifier = self.notifier.clone();
+        let (model, version_number) = (name.clone(), version.parse().unwrap_or(0));
+        let (low_limit, shift_limit) = (config.max_low_share, config.max_class_shift);
+        // Delivery can take seconds of retries: never on the inference thread.
+        let _ = std::thread::Builder::new()
+            .name("notify-drift".into())
+            .spawn(move || {
+                notifier.send(&Event::Drift {
+                    model: &model,
+                    version: version_number,
+                    alerting,
+                    window: status.requests,
+                    low_similarity_share: status.low_similarity_share,
+                    low_similarity_limit: low_limit,
+                    class_shift: status.class_shift,
+                    class_shift_limit: shift_limit,
+                });
+            });
     }
 }

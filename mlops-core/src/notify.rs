@@ -1,7 +1,8 @@
 //! Slack notifications through an [incoming webhook].
 //!
 //! The pipeline runner tells a channel what happened: a run succeeded or failed, whether the new
-//! model is deployed, and (in continuous training) that new data arrived. Notifications are a
+//! model is deployed, and (in continuous training) that new data arrived; the server tells it
+//! when a model's recent requests stop looking like its test set (drift) and when they recover. Notifications are a
 //! courtesy, never part of the pipeline's result, so [`Notifier::send`] cannot fail its caller:
 //! it retries what may be transient, gives up within a bounded time, prints a warning and reports
 //! whether the message was delivered.
@@ -12,8 +13,8 @@
 //! therefore never printed; only a generic reason ("HTTP 404", "timed out") is.
 //!
 //! HTTP is done with ureq 3. Slack's webhooks are `https://` URLs, which need ureq's `rustls`
-//! feature (enabled for xtask in `xtask/Cargo.toml`); without it only `http://` URLs (a local
-//! relay, the tests' server) could be reached.
+//! feature (enabled with this module's `notify` feature); without it only `http://` URLs (a
+//! local relay, the tests' server) could be reached.
 //!
 //! [incoming webhook]: https://api.slack.com/messaging/webhooks
 
@@ -51,6 +52,18 @@ pub enum Event<'a> {
         train: usize,
         gallery: usize,
         retraining: bool,
+    },
+    /// A served model version's recent requests departed from its test set's distribution
+    /// (`alerting`), or came back to it. Shares are fractions of the last `window` requests.
+    Drift {
+        model: &'a str,
+        version: u64,
+        alerting: bool,
+        window: usize,
+        low_similarity_share: f64,
+        low_similarity_limit: f64,
+        class_shift: f64,
+        class_shift_limit: f64,
     },
 }
 
@@ -102,7 +115,7 @@ impl Notifier {
             .http_status_as_error(false)
             // A webhook does not redirect; following one could send the payload elsewhere.
             .max_redirects(0)
-            .user_agent("mlops-rs-xtask");
+            .user_agent("mlops-rs");
         if url.as_deref().is_some_and(is_loopback) {
             // A local relay (or the tests' server) is never behind the environment's proxy.
             config = config.proxy(None);
@@ -134,10 +147,15 @@ impl Notifier {
                 }
                 Err(failure) => {
                     let tries = if attempt == 1 { "try" } else { "tries" };
-                    eprintln!(
-                        "warning: Slack notification not delivered ({}, after {attempt} {tries})",
-                        failure.reason
-                    );
+                    let reason = failure.reason;
+                    // The server logs through tracing; xtask has no subscriber and prints.
+                    if tracing::dispatcher::has_been_set() {
+                        tracing::warn!(%reason, attempt, "Slack notification not delivered");
+                    } else {
+                        eprintln!(
+                            "warning: Slack notification not delivered ({reason}, after {attempt} {tries})"
+                        );
+                    }
                     return false;
                 }
             }
@@ -333,7 +351,55 @@ pub fn payload(event: &Event) -> Value {
             ];
             message(headline, &facts, None)
         }
+        Event::Drift {
+            model,
+            version,
+            alerting,
+            window,
+            low_similarity_share,
+            low_similarity_limit,
+            class_shift,
+            class_shift_limit,
+        } => drift_message(
+            (model, version, alerting, window),
+            (
+                low_similarity_share,
+                low_similarity_limit,
+                class_shift,
+                class_shift_limit,
+            ),
+        ),
     }
+}
+
+/// The facts of a drift event, which the one-line text also carries.
+fn drift_message(
+    (model, version, alerting, window): (&str, u64, bool, usize),
+    (low, low_limit, shift, shift_limit): (f64, f64, f64, f64),
+) -> Value {
+    let headline = if alerting {
+        format!(
+            ":warning: Model `{}` version {version}: recent requests do not look like its test set",
+            escape(model)
+        )
+    } else {
+        format!(
+            ":white_check_mark: Model `{}` version {version}: recent requests look like its test set again",
+            escape(model)
+        )
+    };
+    let facts = [
+        ("Requests in the window", window.to_string()),
+        (
+            "Low-similarity share",
+            format!("{} (limit {})", percent(low), percent(low_limit)),
+        ),
+        (
+            "Predicted-class shift",
+            format!("{shift:.3} (limit {shift_limit:.3})"),
+        ),
+    ];
+    message(headline, &facts, None)
 }
 
 /// `text` = the headline and its facts in one line; blocks = the headline, the facts as fields,
@@ -616,6 +682,41 @@ mod tests {
         let failure = notifier(url, 300, 0).attempt(url, "{}").unwrap_err();
         assert!(!failure.retry);
         assert!(!failure.reason.contains("s3cr3t"), "{}", failure.reason);
+    }
+
+    #[test]
+    fn drift_alerts_name_the_version_and_the_figures() {
+        let drift = |alerting| {
+            payload(&Event::Drift {
+                model: "fashion-mnist",
+                version: 3,
+                alerting,
+                window: 200,
+                low_similarity_share: 0.415,
+                low_similarity_limit: 0.3,
+                class_shift: 0.21,
+                class_shift_limit: 0.4,
+            })
+        };
+        let fired = drift(true);
+        let text = fired["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(":warning: Model `fashion-mnist` version 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("low-similarity share: 41.50% (limit 30.00%)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("predicted-class shift: 0.210 (limit 0.400)"),
+            "{text}"
+        );
+        let cleared = drift(false)["text"].as_str().unwrap().to_string();
+        assert!(
+            cleared.contains("look like its test set again"),
+            "{cleared}"
+        );
     }
 
     #[test]
