@@ -15,13 +15,51 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlops-deploy");
 
-/// data -> fixture model -> embed -> index -> eval, once for all tests.
+/// data -> fixture model -> embed -> index -> eval, once for all tests; and a second model of
+/// the same signature (another seed) to roll out beside the first.
 struct Run {
     _tmp: tempfile::TempDir,
     data: PathBuf,
     train: PathBuf,
     index: PathBuf,
     eval: PathBuf,
+    /// train, index and eval of the second model.
+    candidate: [PathBuf; 3],
+}
+
+/// Model (seeded fixture), embeddings, index and evaluation of `data` under `t/name-*`.
+fn stages(t: &Path, data: &Path, name: &str, seed: i64) -> [PathBuf; 3] {
+    let train = t.join(format!("{name}-train"));
+    mlops_embed::testing::fixture_model_seeded(&train, data, seed).unwrap();
+    let embed = t.join(format!("{name}-embed"));
+    mlops_embed::run(&mlops_embed::EmbedConfig {
+        model: train.clone(),
+        data: data.to_path_buf(),
+        out: embed.clone(),
+        threads: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let index = t.join(format!("{name}-index"));
+    mlops_index::run(&mlops_index::IndexConfig {
+        embeddings: embed.clone(),
+        out: index.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let eval = t.join(format!("{name}-eval"));
+    mlops_eval::run(&mlops_eval::EvalConfig {
+        index: index.clone(),
+        embeddings: embed,
+        out: eval.clone(),
+        gate: mlops_eval::GatePolicy {
+            min_accuracy: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    [train, index, eval]
 }
 
 fn run() -> &'static Run {
@@ -37,42 +75,15 @@ fn run() -> &'static Run {
             ..Default::default()
         })
         .unwrap();
-        let train = t.join("train");
-        mlops_embed::testing::fixture_model(&train, &data).unwrap();
-        let embed = t.join("embed");
-        mlops_embed::run(&mlops_embed::EmbedConfig {
-            model: train.clone(),
-            data: data.clone(),
-            out: embed.clone(),
-            threads: 1,
-            ..Default::default()
-        })
-        .unwrap();
-        let index = t.join("index");
-        mlops_index::run(&mlops_index::IndexConfig {
-            embeddings: embed.clone(),
-            out: index.clone(),
-            ..Default::default()
-        })
-        .unwrap();
-        let eval = t.join("eval");
-        mlops_eval::run(&mlops_eval::EvalConfig {
-            index: index.clone(),
-            embeddings: embed,
-            out: eval.clone(),
-            gate: mlops_eval::GatePolicy {
-                min_accuracy: 0.0,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .unwrap();
+        let [train, index, eval] = stages(t, &data, "first", 0);
+        let candidate = stages(t, &data, "second", 1);
         Run {
             _tmp: tmp,
             data,
             train,
             index,
             eval,
+            candidate,
         }
     })
 }
@@ -665,7 +676,7 @@ fn registering_a_rejected_model_needs_force() -> Result<()> {
     let r = run();
     // An evaluation whose gate rejects (min accuracy above anything reachable).
     let eval = tmp.path().join("eval-strict");
-    let embed = r.eval.parent().unwrap().join("embed");
+    let embed = r.eval.parent().unwrap().join("first-embed");
     mlops_eval::run(&mlops_eval::EvalConfig {
         index: r.index.clone(),
         embeddings: embed,
@@ -780,4 +791,207 @@ fn package_writes_a_torchserve_archive_and_kubernetes_manifests() -> Result<()> 
     assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
     mlops_core::Manifest::load(&out)?.verify_outputs(&out)?;
     Ok(())
+}
+
+/// The sum of the samples of Prometheus metric `name` whose labels contain every one of `labels`
+/// (`key="value"`).
+fn metric(server: &Server, name: &str, labels: &[&str]) -> Result<f64> {
+    let (_, text) = get(&format!("{}/metrics", server.metrics))?;
+    let text = text.as_str().context("metrics are text")?.to_string();
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let metric = series.split('{').next().unwrap_or_default();
+            metric == name && labels.iter().all(|want| series.contains(want))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum())
+}
+
+/// POSTs `image` to `url` (with `X-Request-Id: id` when given); the answer's status, the
+/// version that answered (`X-Model-Version`) and the predicted class.
+fn predict_as(url: &str, image: &[u8], id: Option<&str>) -> Result<(u16, String, i64)> {
+    let mut req = agent().post(url).header("Content-Type", "image/png");
+    if let Some(id) = id {
+        req = req.header("X-Request-Id", id);
+    }
+    let mut r = req.send(image)?;
+    let version = r
+        .headers()
+        .get("x-model-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body: Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+    Ok((
+        r.status().as_u16(),
+        version,
+        body["class"].as_i64().unwrap_or(-1),
+    ))
+}
+
+/// Waits until `f` holds (the server follows the registry within its watch interval).
+fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(15);
+    while !f()? {
+        if Instant::now() > until {
+            bail!("never: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+#[test]
+fn canary_and_shadow_rollouts_split_and_compare_traffic() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    assert_eq!(register(&reg, true)?, 1);
+    let r = run();
+    let [train, index, eval] = &r.candidate;
+    let candidate = registry::register(&RegisterConfig {
+        model: train.clone(),
+        index: index.clone(),
+        eval: eval.clone(),
+        registry: reg.clone(),
+        name: "fashion".into(),
+        promote: false,
+        force: false,
+    })?;
+    assert_eq!(candidate.version, 2);
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let url = format!("{}/predictions/fashion", server.inference);
+    let rollout = |s: &Server| -> Result<Value> {
+        Ok(get(&format!("{}/models/fashion", s.management))?.1[0]["rollout"].clone())
+    };
+    let (pngs, _, _, _) = test_images()?;
+
+    // A 10 % canary: 2,000 requests without an id, then 2,000 with distinct ids.
+    let (code, out) = registry_cli(&["promote", "fashion", "2", "--canary", "10"], &reg)?;
+    assert_eq!(code, 0, "{out}");
+    eventually("the canary starts", || {
+        Ok(rollout(&server)?["mode"] == "canary")
+    })?;
+    let answered_by: [std::cell::Cell<usize>; 3] = Default::default();
+    let ask = |i: usize, id: Option<&str>| -> Result<String> {
+        let (status, version, _) = predict_as(&url, &pngs[i % pngs.len()], id)?;
+        assert_eq!(status, 200);
+        let slot = &answered_by[version.parse::<usize>()?];
+        slot.set(slot.get() + 1);
+        Ok(version)
+    };
+    for i in 0..2000 {
+        ask(i, None)?;
+    }
+    let without_ids = answered_by[2].get();
+    assert!(
+        (160..=240).contains(&without_ids),
+        "{without_ids} of 2000 went to the canary"
+    );
+    let mut by_id = 0;
+    for i in 0..2000 {
+        let id = format!("client-{i}");
+        let version = ask(i, Some(&id))?;
+        by_id += usize::from(version == "2");
+        if i < 50 {
+            assert_eq!(
+                ask(0, Some(&id))?,
+                version,
+                "the same id goes the same way: {id}"
+            );
+        }
+    }
+    assert!(
+        (160..=240).contains(&by_id),
+        "{by_id} of 2000 ids went to the canary"
+    );
+    let counted = |role: &str, v: &str| {
+        metric(
+            &server,
+            "mlops_routed_requests_total",
+            &[
+                &format!("role=\"{role}\""),
+                &format!("model_version=\"{v}\""),
+            ],
+        )
+    };
+    assert_eq!(counted("canary", "2")? as usize, answered_by[2].get());
+    assert_eq!(counted("default", "1")? as usize, answered_by[1].get());
+
+    // The candidate cannot be removed while it is rolled out.
+    let (s, body) = answer(
+        agent()
+            .delete(&format!("{}/models/fashion/2", server.management))
+            .call(),
+    )?;
+    assert_eq!(s, 403, "{body}");
+
+    // Shadow: the default answers every request; the candidate predicts beside it.
+    assert_eq!(
+        registry_cli(&["promote", "fashion", "2", "--shadow"], &reg)?.0,
+        0
+    );
+    eventually("the shadow starts", || {
+        Ok(rollout(&server)?["mode"] == "shadow")
+    })?;
+    let n = 300;
+    let mut agree = 0;
+    for i in 0..n {
+        let image = &pngs[i % pngs.len()];
+        let (_, version, class) = predict_as(&url, image, None)?;
+        assert_eq!(version, "1", "the default answers during a shadow rollout");
+        let (_, _, candidate_class) = predict_as(&format!("{url}/2"), image, None)?;
+        agree += usize::from(class == candidate_class);
+    }
+    let shadowed = |outcome: &str| {
+        metric(
+            &server,
+            "mlops_shadow_predictions_total",
+            &[&format!("outcome=\"{outcome}\""), "candidate_version=\"2\""],
+        )
+    };
+    eventually("every shadow prediction is counted", || {
+        Ok(shadowed("agree")? + shadowed("disagree")? + shadowed("failed")? >= n as f64)
+    })?;
+    assert_eq!(shadowed("failed")?, 0.0);
+    assert_eq!(
+        shadowed("agree")? as usize,
+        agree,
+        "shadow agreement is the pinned answers'"
+    );
+    // (The fixture's classes are easy: the two seeds may agree everywhere. Disagreement is
+    // counted in xtask's paired_gate test, between two real Fashion-MNIST models.)
+    let ratio = metric(
+        &server,
+        "mlops_shadow_agreement_ratio",
+        &["default_version=\"1\""],
+    )?;
+    assert!((ratio - agree as f64 / n as f64).abs() < 1e-9, "{ratio}");
+
+    // Finish: the candidate becomes the default.
+    let (code, out) = registry_cli(&["promote", "fashion", "--finish"], &reg)?;
+    assert!(code == 0 && out.contains("version 2"), "{out}");
+    eventually("the candidate is the default", || {
+        Ok(predict_as(&url, &pngs[0], None)?.1 == "2" && rollout(&server)?.is_null())
+    })?;
+    // A rollback during a rollout abandons it and keeps the default.
+    assert_eq!(
+        registry_cli(&["promote", "fashion", "1", "--canary", "50"], &reg)?.0,
+        0
+    );
+    let (_, listing) = registry_cli(&["list", "fashion"], &reg)?;
+    assert!(listing.contains("rolling out: canary at 50%"), "{listing}");
+    let (code, out) = registry_cli(&["rollback", "fashion"], &reg)?;
+    assert!(
+        code == 0 && out.contains("abandoned") && out.contains("version 2 stays"),
+        "{out}"
+    );
+    eventually("the rollout ends", || Ok(rollout(&server)?.is_null()))?;
+    assert!(
+        (0..20).all(|i| predict_as(&url, &pngs[i % pngs.len()], None).is_ok_and(|a| a.1 == "2"))
+    );
+    server.stop()
 }

@@ -13,9 +13,15 @@ use crate::Result;
 /// seeded random linear map of the pixels of `data`'s images, L2-normalised to 16 dimensions,
 /// traced to TorchScript, with its description and manifest.
 pub fn fixture_model(dir: &Path, data: &Path) -> Result<()> {
+    fixture_model_seeded(dir, data, 0)
+}
+
+/// [`fixture_model`] with the map drawn from `seed`: another model of the same signature, which
+/// classifies some images differently (a candidate to roll out beside the first).
+pub fn fixture_model_seeded(dir: &Path, data: &Path, seed: i64) -> Result<()> {
     let data = DataDir::open(data)?;
     let [c, h, w] = data.summary.image_shape;
-    tch::manual_seed(0);
+    tch::manual_seed(seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let fc = nn::linear(vs.root() / "fc", (c * h * w) as i64, 16, Default::default());
     vs.freeze();

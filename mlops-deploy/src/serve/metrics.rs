@@ -300,3 +300,29 @@ fn hostname() -> String {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "localhost".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_agreement_is_the_share_of_compared_predictions() {
+        let m = Metrics::new();
+        for outcome in [
+            Shadowed::Agree,
+            Shadowed::Agree,
+            Shadowed::Disagree,
+            Shadowed::Failed,
+            Shadowed::Agree,
+        ] {
+            m.observe_shadow("m", 1, 2, outcome);
+        }
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("mlops_shadow_agreement_ratio{"))
+            .unwrap();
+        assert!(line.ends_with(" 0.75"), "{line}");
+        assert!(text.contains(r#"outcome="failed"} 1"#), "{text}");
+    }
+}
