@@ -81,6 +81,16 @@ pub fn python() -> Option<PathBuf> {
     )
 }
 
+/// Prometheus's `promtool`, which `cargo xtask setup` unpacks and `cargo xtask test` names in
+/// `MLOPS_PROMTOOL`.
+pub fn promtool() -> Option<PathBuf> {
+    prerequisite(
+        "promtool",
+        std::env::var_os("MLOPS_PROMTOOL").map(PathBuf::from),
+        "cargo xtask test sets MLOPS_PROMTOOL",
+    )
+}
+
 /// Writes a synthetic embed-stage directory: `classes` clusters of unit vectors of dimension
 /// `dim` (noise `spread` around random centres), `per_class` vectors per class in each of
 /// `roles`, one shard per role. Deterministic in `seed`.

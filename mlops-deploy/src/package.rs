@@ -6,7 +6,9 @@
 //! - `config.properties`: TorchServe's settings to serve it (batching as ours);
 //! - `k8s/`: Kubernetes manifests for our own server: a Deployment (readiness on
 //!   `/v2/health/ready`, liveness on `/v2/health/live`, resources, RollingUpdate that never
-//!   drops below the wanted replicas), its Service, and the model-store PVC.
+//!   drops below the wanted replicas), its Service, the model-store PVC, and
+//!   `prometheus-rules.yaml`: a ConfigMap holding a Prometheus rule file (mount it where
+//!   Prometheus's `rule_files` look) that alerts on the server's drift judgement.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -239,6 +241,13 @@ pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
                             "--metrics-addr", "0.0.0.0:8082",
                             "--batch-size", s.batch_size.to_string(),
                             "--max-batch-delay-ms", s.max_batch_delay_ms.to_string(),
+                            // The drift thresholds the alert rule relies on, explicitly.
+                            "--set", format!("drift.enabled={}", s.drift.enabled),
+                            "--set", format!("drift.window={}", s.drift.window),
+                            "--set", format!("drift.min_requests={}", s.drift.min_requests),
+                            "--set", format!("drift.low_similarity_quantile={:?}", s.drift.low_similarity_quantile),
+                            "--set", format!("drift.max_low_share={:?}", s.drift.max_low_share),
+                            "--set", format!("drift.max_class_shift={:?}", s.drift.max_class_shift),
                         ],
                         "env": [{
                             "name": "MLOPS_MANAGEMENT_TOKEN",
@@ -281,9 +290,57 @@ pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
             "resources": { "requests": { "storage": config.storage } },
         },
     });
+    let rules = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": "mlops-deploy-prometheus-rules", "labels": labels },
+        "data": { RULES_FILE: prometheus_rules() },
+    });
     vec![
         ("deployment.yaml", deployment),
         ("service.yaml", service),
         ("pvc.yaml", pvc),
+        ("prometheus-rules.yaml", rules),
     ]
+}
+
+/// The key of the rule file in the rules ConfigMap.
+pub const RULES_FILE: &str = "mlops-deploy.rules.yaml";
+
+/// How long the server's drift judgement must hold before Prometheus alerts: two scrapes at
+/// the usual 30 s, so one scrape that caught a passing spike does not page anyone.
+const DRIFT_FOR: &str = "1m";
+
+/// A Prometheus rule file: the drift alert (the server's own judgement, whose thresholds live
+/// in its `[drift]` settings and are exported beside it, so the rule repeats none of them), and
+/// failing inference.
+pub fn prometheus_rules() -> String {
+    let rules = json!({
+        "groups": [{
+            "name": "mlops-deploy",
+            "rules": [
+                {
+                    "alert": "MlopsModelDrift",
+                    "expr": "max by (model_name, model_version) (mlops_drift{figure=\"alert\"}) == 1",
+                    "for": DRIFT_FOR,
+                    "labels": { "severity": "warning" },
+                    "annotations": {
+                        "summary": "Model {{ $labels.model_name }} version {{ $labels.model_version }}: recent requests do not look like its test set",
+                        "description": "The share of requests unlike every gallery image (mlops_drift{figure=\"low_similarity_share\"}) or the shift of the predicted classes (figure=\"class_shift\") passed its limit (figure=\"max_low_share\", \"max_class_shift\") over the server's drift window.",
+                    },
+                },
+                {
+                    "alert": "MlopsInferenceFailing",
+                    "expr": "sum(rate(mlops_http_errors_total{code=~\"5..\"}[5m])) > 0",
+                    "for": "5m",
+                    "labels": { "severity": "critical" },
+                    "annotations": {
+                        "summary": "mlops-deploy answers requests with server errors",
+                        "description": "{{ $value }} 5xx answers per second over the last 5 minutes.",
+                    },
+                },
+            ],
+        }],
+    });
+    serde_norway::to_string(&rules).expect("plain data")
 }

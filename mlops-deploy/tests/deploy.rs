@@ -778,6 +778,7 @@ fn package_writes_a_torchserve_archive_and_kubernetes_manifests() -> Result<()> 
         ("deployment.yaml", "Deployment"),
         ("service.yaml", "Service"),
         ("pvc.yaml", "PersistentVolumeClaim"),
+        ("prometheus-rules.yaml", "ConfigMap"),
     ] {
         let doc: Value =
             serde_norway::from_str(&std::fs::read_to_string(out.join("k8s").join(file))?)?;
@@ -789,7 +790,79 @@ fn package_writes_a_torchserve_archive_and_kubernetes_manifests() -> Result<()> 
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
     assert_eq!(dep["spec"]["strategy"]["type"], "RollingUpdate");
+    let args = c["args"].to_string();
+    assert!(args.contains("drift.max_low_share=0.25"), "{args}");
     mlops_core::Manifest::load(&out)?.verify_outputs(&out)?;
+    prometheus_rules_check_and_fire(&out.join("k8s/prometheus-rules.yaml"))
+}
+
+/// The rule file in the rules ConfigMap passes `promtool check rules`, and promtool's rule unit
+/// test shows the drift alert firing a minute after the server's judgement turns to alert, for
+/// that version only, and not for a one-scrape spike.
+fn prometheus_rules_check_and_fire(configmap: &Path) -> Result<()> {
+    let doc: Value = serde_norway::from_str(&std::fs::read_to_string(configmap)?)?;
+    assert_eq!(doc["kind"], "ConfigMap");
+    let rules = doc["data"][mlops_deploy::package::RULES_FILE]
+        .as_str()
+        .context("the rule file")?;
+    let Some(promtool) = mlops_core::testing::promtool() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("rules.yaml"), rules)?;
+    let check = Command::new(&promtool)
+        .args(["check", "rules", "rules.yaml"])
+        .current_dir(dir.path())
+        .output()?;
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let alert = |version: u64| {
+        format!(
+            r#"{{__name__="mlops_drift", figure="alert", model_name="fashion", model_version="{version}"}}"#
+        )
+    };
+    let test = format!(
+        r#"rule_files: [rules.yaml]
+evaluation_interval: 30s
+tests:
+  - interval: 30s
+    input_series:
+      - series: '{}'
+        values: '0 0 1 1 1 1 1 0 0'
+      - series: '{}'
+        values: '0 1 0 0 0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: MlopsModelDrift
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: MlopsModelDrift
+        exp_alerts:
+          - exp_labels: {{severity: warning, model_name: fashion, model_version: "1"}}
+            exp_annotations:
+              summary: "Model fashion version 1: recent requests do not look like its test set"
+              description: 'The share of requests unlike every gallery image (mlops_drift{{figure="low_similarity_share"}}) or the shift of the predicted classes (figure="class_shift") passed its limit (figure="max_low_share", "max_class_shift") over the server''s drift window.'
+      - eval_time: 4m
+        alertname: MlopsModelDrift
+        exp_alerts: []
+"#,
+        alert(1),
+        alert(2)
+    );
+    std::fs::write(dir.path().join("test.yaml"), test)?;
+    let run = Command::new(&promtool)
+        .args(["test", "rules", "test.yaml"])
+        .current_dir(dir.path())
+        .output()?;
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
     Ok(())
 }
 

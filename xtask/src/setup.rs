@@ -68,12 +68,18 @@ pub struct SetupArgs {
 /// What later commands need to know about the installed environment.
 pub struct Env {
     pub python: PathBuf,
+    /// Prometheus's rule checker, where set-up could fetch it.
+    pub promtool: Option<PathBuf>,
 }
 
 impl Env {
     /// Environment variables for commands that build or test the workspace.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
-        vec![("MLOPS_PYTHON", self.python.display().to_string())]
+        let mut vars = vec![("MLOPS_PYTHON", self.python.display().to_string())];
+        if let Some(p) = &self.promtool {
+            vars.push(("MLOPS_PROMTOOL", p.display().to_string()));
+        }
+        vars
     }
 }
 
@@ -91,7 +97,49 @@ pub fn run(args: &SetupArgs) -> Result<Env> {
     } else {
         python_venv(&cache)?
     };
-    Ok(Env { python })
+    let promtool = if args.skip_apt {
+        None
+    } else {
+        Some(promtool(&cache)?)
+    };
+    Ok(Env { python, promtool })
+}
+
+/// `promtool` (Prometheus's rule checker and rule unit-test runner) from Debian's `prometheus`
+/// package, downloaded and unpacked into the cache: installing the package would also start a
+/// Prometheus server through its post-install script.
+fn promtool(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("promtool");
+    let bin = dir.join("usr/bin/promtool");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let partial = cache.join("promtool.partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial)?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["download", "prometheus"])
+            .current_dir(&partial),
+        "apt-get download prometheus",
+    )?;
+    let deb = fs::read_dir(&partial)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    run_cmd(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -x ./usr/bin/promtool")
+            .arg("sh")
+            .arg(&deb)
+            .current_dir(&partial),
+        "unpacking promtool",
+    )?;
+    fs::remove_file(&deb)?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&partial, &dir)?;
+    Ok(bin)
 }
 
 pub fn cache_dir() -> Result<PathBuf> {

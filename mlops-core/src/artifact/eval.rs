@@ -249,12 +249,10 @@ impl StageDir<EvalSummary> {
 /// gallery has a low nearest similarity, whatever class it is then given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimilarityBaseline {
-    /// Lower edge of the first bin.
-    pub low: f32,
-    /// Width of every bin.
-    pub bin_width: f32,
-    /// Test images per similarity bin; the first and last bins also hold what lies beyond.
-    pub counts: Vec<u64>,
+    /// The nearest similarity at quantiles `0, 1/n, 2/n, ..., 1` of the test images (`n + 1`
+    /// values, ascending). A table of quantiles rather than a histogram: a trained model puts
+    /// most test images within 0.01 of similarity 1, where fixed bins would blur the tail.
+    pub quantiles: Vec<f32>,
     /// Share of test images predicted as each class, in class order.
     pub class_shares: Vec<f64>,
     /// Test images counted.
@@ -262,18 +260,26 @@ pub struct SimilarityBaseline {
 }
 
 impl SimilarityBaseline {
-    /// Cosine similarities lie in `[-1, 1]`; bins of 0.005 resolve the tail a threshold is
-    /// taken from.
-    const LOW: f32 = -1.0;
-    const WIDTH: f32 = 0.005;
-    const BINS: usize = 400;
+    /// Steps of the quantile table (0.1 % each).
+    const STEPS: usize = 1000;
 
     /// The baseline of `nearest` similarities (one per test image) and `predicted` classes.
     pub fn new(nearest: &[f32], predicted: &[usize], classes: usize) -> Self {
-        let mut counts = vec![0u64; Self::BINS];
-        for &s in nearest {
-            counts[Self::bin(s)] += 1;
-        }
+        let mut sorted: Vec<f32> = nearest.iter().copied().filter(|s| s.is_finite()).collect();
+        sorted.sort_by(f32::total_cmp);
+        let quantiles = if sorted.is_empty() {
+            Vec::new()
+        } else {
+            let last = (sorted.len() - 1) as f64;
+            (0..=Self::STEPS)
+                .map(|i| {
+                    let pos = last * i as f64 / Self::STEPS as f64;
+                    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+                    let t = (pos - lo as f64) as f32;
+                    sorted[lo] + (sorted[hi] - sorted[lo]) * t
+                })
+                .collect()
+        };
         let mut class_counts = vec![0u64; classes];
         for &c in predicted {
             if let Some(n) = class_counts.get_mut(c) {
@@ -282,40 +288,22 @@ impl SimilarityBaseline {
         }
         let total = predicted.len().max(1) as f64;
         SimilarityBaseline {
-            low: Self::LOW,
-            bin_width: Self::WIDTH,
-            counts,
+            quantiles,
             class_shares: class_counts.iter().map(|&n| n as f64 / total).collect(),
-            images: nearest.len() as u64,
+            images: sorted.len() as u64,
         }
     }
 
-    fn bin(similarity: f32) -> usize {
-        let b = ((similarity - Self::LOW) / Self::WIDTH).floor();
-        if b.is_nan() || b < 0.0 {
-            0
-        } else {
-            (b as usize).min(Self::BINS - 1)
-        }
-    }
-
-    /// The similarity below which a share `q` of the test images lie (interpolated within
-    /// its bin); `None` for an empty baseline or `q` outside `(0, 1)`.
+    /// The similarity below which a share `q` of the test images lie (interpolated in the
+    /// table); `None` for an empty baseline or `q` outside `(0, 1)`.
     pub fn quantile(&self, q: f64) -> Option<f32> {
-        if self.images == 0 || !(q > 0.0 && q < 1.0) {
+        if self.quantiles.len() < 2 || !(q > 0.0 && q < 1.0) {
             return None;
         }
-        let target = q * self.images as f64;
-        let mut below = 0.0;
-        for (i, &n) in self.counts.iter().enumerate() {
-            let n = n as f64;
-            if n > 0.0 && below + n >= target {
-                let within = ((target - below) / n) as f32;
-                return Some(self.low + self.bin_width * (i as f32 + within));
-            }
-            below += n;
-        }
-        Some(self.low + self.bin_width * self.counts.len() as f32)
+        let pos = q * (self.quantiles.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        let t = (pos - lo as f64) as f32;
+        Some(self.quantiles[lo] + (self.quantiles[hi] - self.quantiles[lo]) * t)
     }
 }
 
@@ -324,23 +312,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_come_from_the_histogram() {
-        let sims: Vec<f32> = (0..1000).map(|i| 0.5 + 0.0004 * i as f32).collect();
-        let b = SimilarityBaseline::new(&sims, &vec![1; 1000], 3);
-        assert_eq!(b.images, 1000);
+    fn quantiles_are_exact_at_the_table_resolution() {
+        let sims: Vec<f32> = (0..1001).map(|i| 0.99 + 0.00001 * i as f32).collect();
+        let b = SimilarityBaseline::new(&sims, &vec![1; 1001], 3);
+        assert_eq!(b.images, 1001);
         assert_eq!(b.class_shares, vec![0.0, 1.0, 0.0]);
-        for (q, want) in [(0.05, 0.52), (0.5, 0.7), (0.95, 0.88)] {
+        for (q, want) in [(0.05, 0.9905), (0.5, 0.995), (0.95, 0.9995)] {
             let got = b.quantile(q).unwrap();
-            assert!((got - want).abs() < 0.006, "q {q}: {got} against {want}");
+            assert!((got - want).abs() < 2e-6, "q {q}: {got} against {want}");
         }
         assert!(b.quantile(0.0).is_none() && b.quantile(1.0).is_none());
         assert!(SimilarityBaseline::new(&[], &[], 2).quantile(0.5).is_none());
     }
 
     #[test]
-    fn out_of_range_similarities_land_in_the_end_bins() {
-        let b = SimilarityBaseline::new(&[-3.0, f32::NAN, 1.0, 7.0], &[0, 0, 0, 0], 1);
-        assert_eq!(b.counts[0], 2);
-        assert_eq!(b.counts[SimilarityBaseline::BINS - 1], 2);
+    fn a_few_images_interpolate_and_non_finite_ones_are_left_out() {
+        let b = SimilarityBaseline::new(&[0.2, f32::NAN, 0.8, 0.4], &[0, 0, 0, 0], 1);
+        assert_eq!(b.images, 3);
+        assert!((b.quantile(0.25).unwrap() - 0.3).abs() < 1e-6);
+        assert!((b.quantile(0.75).unwrap() - 0.6).abs() < 1e-6);
     }
 }

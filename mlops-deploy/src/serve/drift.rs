@@ -45,15 +45,16 @@ pub struct DriftConfig {
 
 impl Default for DriftConfig {
     fn default() -> Self {
-        // With 200 requests, in-distribution traffic has ~10 low ones (5 %); reaching 30 % by
-        // chance has a probability below 1e-20. A window of random test images shifts the class
+        // With 200 requests, in-distribution traffic has ~10 low ones (5 %); more than 50 (25 %)
+        // by chance has a probability of 3e-22, and still 3e-10 if the served images are twice
+        // as often low as the test set's were. A window of random test images shifts the class
         // mix by ~0.08 in total variation.
         DriftConfig {
             enabled: true,
             window: 200,
             min_requests: 50,
             low_similarity_quantile: 0.05,
-            max_low_share: 0.3,
+            max_low_share: 0.25,
             max_class_shift: 0.4,
         }
     }
@@ -240,7 +241,7 @@ mod tests {
         let fired = (1..=100)
             .find(|_| matches!(m.observe(0.3, 0), Some(Transition::Fired(_))))
             .expect("the alert fires within the window");
-        assert!(fired <= 31, "fired after {fired} foreign requests");
+        assert!(fired <= 26, "fired after {fired} foreign requests");
         // Back to normal: the alert clears once the foreign requests leave the window.
         let cleared = (1..=200)
             .find(|i| matches!(m.observe(0.9, i % 4), Some(Transition::Cleared(_))))

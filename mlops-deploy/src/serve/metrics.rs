@@ -139,8 +139,10 @@ impl Metrics {
                 "mlops_nearest_similarity",
                 "Similarity of each request's image to its nearest gallery image (low: unlike the training data).",
             )
+            // Fine near 1, where a trained model puts almost every in-distribution image.
             .buckets(vec![
-                0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0,
+                0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
+                0.9999, 1.0,
             ]),
             &version_labels,
         )
