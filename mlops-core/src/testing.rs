@@ -155,6 +155,7 @@ pub fn write_clusters(
         images_per_second: 0.0,
         precision: "fp32".into(),
         cpu: String::new(),
+        baseline: None,
     };
     manifest.summary = serde_json::to_value(summary).expect("plain data");
     out.commit(manifest)

@@ -97,7 +97,8 @@ pub struct EmbedConfig {
     /// `auto` (bf16 where the hardware has it natively), `fp32` or `bf16` compute; the
     /// embeddings written are fp32 and L2-normalised either way.
     pub precision: mlops_torch::Precision,
-    /// A registry version (the deployed model): its model embeds the test role too, as role
+    /// The deployed model: a registry version, or a registry model directory (its default
+    /// version, none when nothing is promoted yet). Its model embeds the test role too, as role
     /// `baseline_test`, so eval can compare both models on the same images. Skipped, with a
     /// warning, when that model cannot take this data (other classes, input or preprocessing).
     pub baseline: Option<PathBuf>,
@@ -284,7 +285,18 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         images_done += done;
         seconds += secs;
     }
-    if let Some(dir) = &config.baseline {
+    let deployed = match &config.baseline {
+        Some(path) => {
+            let found = mlops_core::artifact::registry::deployed_version(path)?;
+            if found.is_none() {
+                tracing::info!(baseline = %path.display(), "no deployed version: no paired comparison");
+            }
+            found
+        }
+        None => None,
+    };
+    let mut embedded_baseline = None;
+    if let Some(dir) = &deployed {
         let version = VersionDir::open(dir)?;
         let description = version.description()?;
         match check_compatible(&description, &data, dir) {
@@ -309,6 +321,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
                     &mut manifest,
                     &mut embedded,
                 )?;
+                embedded_baseline = Some(dir.clone());
             }
         }
     }
@@ -333,6 +346,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         images_per_second: images_done as f64 / seconds.max(1e-9),
         precision: embedder.precision().to_string(),
         cpu: mlops_torch::cpu_model(),
+        baseline: embedded_baseline,
     };
     tracing::info!(
         img_per_s = format!("{:.0}", summary.images_per_second),

@@ -44,8 +44,8 @@ struct Flags {
     /// bf16 [default: auto].
     #[arg(long)]
     precision: Option<mlops_torch::Precision>,
-    /// A registry version (the deployed model) that embeds the test images too, for eval's
-    /// paired comparison.
+    /// The deployed model, which embeds the test images too for eval's paired comparison: a
+    /// registry version, or a registry model directory (REGISTRY/NAME: its default version).
     #[arg(long)]
     baseline: Option<PathBuf>,
 }

@@ -71,7 +71,9 @@ pub struct EvalConfig {
     /// Output directory of `mlops-embed` (its `test` role, and `val` if present).
     pub embeddings: PathBuf,
     pub out: PathBuf,
-    /// Evaluation output of the currently deployed model, to guard against regressions.
+    /// The deployed model, to guard against regressions: a registry version, a registry model
+    /// directory (its default version; none promoted yet means no comparison), or an earlier
+    /// evaluation directory.
     pub current: Option<PathBuf>,
     /// Neighbours that vote; `None` picks the best of `k_candidates` on validation embeddings.
     pub k: Option<usize>,
@@ -140,6 +142,8 @@ struct Inputs {
     pred: Vec<usize>,
     /// Similarity of each test embedding to its nearest gallery image (set by [`compute`]).
     nearest: Vec<f32>,
+    /// What `current` resolved to: the deployed registry version (or evaluation directory).
+    current: Option<PathBuf>,
 }
 
 fn prepare(config: &EvalConfig) -> Result<Inputs> {
@@ -180,12 +184,13 @@ fn prepare(config: &EvalConfig) -> Result<Inputs> {
     let spec = ClassifierSpec::knn(config.k.unwrap_or(1), config.vote);
     Ok(Inputs {
         classifier: Classifier::new(index, spec),
-        emb,
         test,
         truth,
         val,
         pred: Vec::new(),
         nearest: Vec::new(),
+        current: resolve_current(config, &emb)?,
+        emb,
     })
 }
 
@@ -231,7 +236,7 @@ fn compute(config: &EvalConfig, inputs: &mut Inputs) -> Result<EvalSummary> {
     let m = metrics::compute(truth, &inputs.pred, &classes);
     let top1_accuracy = metrics::compute(truth, &nb.vote(1, config.vote), &classes).accuracy;
     let classes_missing_in_gallery = missing_in_gallery(&inputs.classifier, &m, &classes);
-    let baseline = match &config.current {
+    let baseline = match &inputs.current {
         Some(dir) => baseline(dir, &classes, inputs)?,
         None => gate::Baseline::None,
     };
@@ -327,6 +332,31 @@ fn choose_scoring(
     Ok(tried)
 }
 
+/// The deployed version `config.current` names: itself (a registry version, or an evaluation
+/// directory), or for a registry model directory the version the embed stage compared with
+/// when it belongs to that model (a promotion between the two steps must not pair two
+/// different models), else the model's default; `None` when nothing is deployed yet.
+fn resolve_current(config: &EvalConfig, emb: &EmbeddingsDir) -> Result<Option<PathBuf>> {
+    let Some(path) = &config.current else {
+        return Ok(None);
+    };
+    let is_model_dir = path
+        .join(mlops_core::artifact::registry::POINTER_FILE)
+        .is_file();
+    if is_model_dir {
+        if let Some(embedded) = &emb.summary.baseline {
+            if embedded.parent() == Some(path.as_path()) {
+                return Ok(Some(embedded.clone()));
+            }
+        }
+    }
+    let found = mlops_core::artifact::registry::deployed_version(path)?;
+    if found.is_none() {
+        tracing::info!(current = %path.display(), "nothing deployed yet: no comparison");
+    }
+    Ok(found)
+}
+
 /// A matrix read by the embeddings reader is in standard layout.
 fn standard(m: &Array2<f32>) -> &[f32] {
     m.as_slice()
@@ -400,7 +430,7 @@ fn write_outputs(
     manifest
         .inputs
         .extend(inputs.emb.role_input_entries(&roles)?);
-    if let Some(dir) = &config.current {
+    if let Some(dir) = &inputs.current {
         manifest
             .inputs
             .push(FileEntry::input_file(&dir.join(METRICS_FILE))?);

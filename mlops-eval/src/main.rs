@@ -36,7 +36,8 @@ struct Flags {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Output directory of the deployed model's evaluation, to guard against regressions.
+    /// The deployed model, to guard against regressions: a registry version, a registry model
+    /// directory (REGISTRY/NAME: its default version), or an earlier evaluation directory.
     #[arg(long)]
     current: Option<PathBuf>,
     /// Voting neighbours [default: best on validation embeddings, else 10].

@@ -99,9 +99,16 @@ fn stage_params(stage: &Stage) -> Vec<(&'static str, String)> {
             Value::Sources => names.push(("source", "source".into())),
             Value::Registry => names.push(("registry", "registry".into())),
             Value::ModelName => names.push(("model", "model".into())),
-            Value::Stage(_) | Value::DeployedEval | Value::DeployedModel => {}
+            // The deployed version: the registry's model directory, resolved by the stage.
+            Value::DeployedEval | Value::DeployedModel => {
+                names.push(("registry", "registry".into()));
+                names.push(("model", "model".into()));
+            }
+            Value::Stage(_) => {}
         }
     }
+    names.sort();
+    names.dedup();
     names
 }
 
@@ -129,8 +136,11 @@ fn executor(stage: &Stage, prefix: &str, tag: &str) -> Json {
             Value::Sources => param("source"),
             Value::Registry => param("registry"),
             Value::ModelName => param("model"),
-            // Kubeflow runs compare with no earlier evaluation (documented in the README).
-            Value::DeployedEval | Value::DeployedModel => continue,
+            // The registry's model directory: the stage resolves its default version (none on a
+            // first run), and eval pairs with the version embed used.
+            Value::DeployedEval | Value::DeployedModel => {
+                format!("{}/{}", param("registry"), param("model"))
+            }
         };
         args.extend([flag.to_string(), v]);
     }

@@ -89,6 +89,24 @@ fn the_committed_pipeline_runs_locally_to_the_native_model_and_deploys_it() -> R
     let registry = work.join("artifacts/registry/src");
     assert!(registry.join("1/manifest.json").is_file());
 
+    // A second run on the same volume: embed and eval find the deployed version through the
+    // registry's model directory, and the gate pairs the two models on the same images.
+    let again = kfp_local(&tag, &t.join("src"), &work, &[])?;
+    ensure!(again.status.success(), "the second run failed:\n{}", text(&again));
+    let second = summary(&work)?;
+    let uuid2 = second["job_uuid"].as_str().context("no job uuid")?;
+    ensure!(uuid2 != uuid, "a new run");
+    let decision: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        work.join(format!("artifacts/runs/{uuid2}/eval/decision.json")),
+    )?)?;
+    let paired = &decision["paired"];
+    assert!(paired["images"].as_u64() > Some(0), "{decision}");
+    // The same settings train the same model: the two agree on every image.
+    assert_eq!(paired["candidate_only"], 0, "{decision}");
+    assert_eq!(paired["deployed_only"], 0, "{decision}");
+    assert_eq!(decision["deploy"], true, "{decision}");
+    assert!(registry.join("2/manifest.json").is_file());
+
     // The same settings through the native runner train the same model.
     ensure!(
         common::tiny_pipeline(t, "native").status()?.success(),

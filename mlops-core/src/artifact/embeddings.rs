@@ -51,6 +51,9 @@ pub struct EmbedSummary {
     /// The CPU it ran on, with its bf16 flags.
     #[serde(default)]
     pub cpu: String,
+    /// The registry version whose model embedded the test images as `baseline_test`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 impl StageSummary for EmbedSummary {

@@ -259,6 +259,33 @@ pub fn read_pointer(registry: &Path, name: &str) -> Result<ModelPointer> {
     }
 }
 
+/// The deployed version a paired comparison is made with, from either a version directory
+/// (`REGISTRY/NAME/V`, itself) or a model directory (`REGISTRY/NAME`, its default version, so a
+/// pipeline whose steps cannot read the pointer themselves, Kubeflow's, can name it). `None`
+/// when the model directory does not exist yet or has no default: there is nothing deployed to
+/// compare with.
+pub fn deployed_version(path: &Path) -> Result<Option<PathBuf>> {
+    if path.join(POINTER_FILE).is_file() {
+        let pointer_path = path.join(POINTER_FILE);
+        let bytes = std::fs::read(&pointer_path).map_err(|e| Error::io(&pointer_path, e))?;
+        let pointer: ModelPointer = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            path: pointer_path,
+            source,
+        })?;
+        return Ok(pointer.default.map(|v| path.join(v.to_string())));
+    }
+    if path.join(crate::MANIFEST_FILE).is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.exists() || path.read_dir().is_ok_and(|mut d| d.next().is_none()) {
+        return Ok(None);
+    }
+    Err(Error::invalid(
+        path,
+        "neither a registry version (no manifest.json) nor a registry model (no registry.json)",
+    ))
+}
+
 /// The models in a registry (directories with a valid name), sorted.
 pub fn models(registry: &Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(registry).map_err(|e| Error::io(registry, e))?;
@@ -358,6 +385,21 @@ mod tests {
         };
         assert_eq!(p.previous(), Some(3));
         assert_eq!(ModelPointer::default().previous(), None);
+    }
+
+    #[test]
+    fn the_deployed_version_comes_from_a_version_or_a_model_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let model = t.path().join("m");
+        assert_eq!(deployed_version(&model).unwrap(), None, "no model yet");
+        std::fs::create_dir_all(model.join("3")).unwrap();
+        std::fs::write(model.join("3").join(crate::MANIFEST_FILE), "{}").unwrap();
+        assert!(deployed_version(&model).is_err(), "a directory of neither kind");
+        std::fs::write(model.join(POINTER_FILE), r#"{"default":null,"history":[],"next_version":4}"#).unwrap();
+        assert_eq!(deployed_version(&model).unwrap(), None, "nothing promoted");
+        std::fs::write(model.join(POINTER_FILE), r#"{"default":3,"history":[3],"next_version":4}"#).unwrap();
+        assert_eq!(deployed_version(&model).unwrap(), Some(model.join("3")));
+        assert_eq!(deployed_version(&model.join("3")).unwrap(), Some(model.join("3")));
     }
 
     #[test]
