@@ -137,7 +137,8 @@ impl DriftMonitor {
 
     /// Counts one answered request; returns the alert's change of state, if any.
     pub fn observe(&mut self, nearest: f32, class: usize) -> Option<Transition> {
-        let low = !(nearest >= self.threshold);
+        // A NaN similarity (a broken embedding) counts as low: it is nothing like the gallery.
+        let low = nearest.is_nan() || nearest < self.threshold;
         if self.recent.len() == self.config.window {
             if let Some((was_low, was_class)) = self.recent.pop_front() {
                 self.lows -= usize::from(was_low);
