@@ -92,7 +92,11 @@ fn the_committed_pipeline_runs_locally_to_the_native_model_and_deploys_it() -> R
     // A second run on the same volume: embed and eval find the deployed version through the
     // registry's model directory, and the gate pairs the two models on the same images.
     let again = kfp_local(&tag, &t.join("src"), &work, &[])?;
-    ensure!(again.status.success(), "the second run failed:\n{}", text(&again));
+    ensure!(
+        again.status.success(),
+        "the second run failed:\n{}",
+        text(&again)
+    );
     let second = summary(&work)?;
     let uuid2 = second["job_uuid"].as_str().context("no job uuid")?;
     ensure!(uuid2 != uuid, "a new run");

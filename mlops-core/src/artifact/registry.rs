@@ -268,10 +268,11 @@ pub fn deployed_version(path: &Path) -> Result<Option<PathBuf>> {
     if path.join(POINTER_FILE).is_file() {
         let pointer_path = path.join(POINTER_FILE);
         let bytes = std::fs::read(&pointer_path).map_err(|e| Error::io(&pointer_path, e))?;
-        let pointer: ModelPointer = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-            path: pointer_path,
-            source,
-        })?;
+        let pointer: ModelPointer =
+            serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                path: pointer_path,
+                source,
+            })?;
         return Ok(pointer.default.map(|v| path.join(v.to_string())));
     }
     if path.join(crate::MANIFEST_FILE).is_file() {
@@ -394,12 +395,26 @@ mod tests {
         assert_eq!(deployed_version(&model).unwrap(), None, "no model yet");
         std::fs::create_dir_all(model.join("3")).unwrap();
         std::fs::write(model.join("3").join(crate::MANIFEST_FILE), "{}").unwrap();
-        assert!(deployed_version(&model).is_err(), "a directory of neither kind");
-        std::fs::write(model.join(POINTER_FILE), r#"{"default":null,"history":[],"next_version":4}"#).unwrap();
+        assert!(
+            deployed_version(&model).is_err(),
+            "a directory of neither kind"
+        );
+        std::fs::write(
+            model.join(POINTER_FILE),
+            r#"{"default":null,"history":[],"next_version":4}"#,
+        )
+        .unwrap();
         assert_eq!(deployed_version(&model).unwrap(), None, "nothing promoted");
-        std::fs::write(model.join(POINTER_FILE), r#"{"default":3,"history":[3],"next_version":4}"#).unwrap();
+        std::fs::write(
+            model.join(POINTER_FILE),
+            r#"{"default":3,"history":[3],"next_version":4}"#,
+        )
+        .unwrap();
         assert_eq!(deployed_version(&model).unwrap(), Some(model.join("3")));
-        assert_eq!(deployed_version(&model.join("3")).unwrap(), Some(model.join("3")));
+        assert_eq!(
+            deployed_version(&model.join("3")).unwrap(),
+            Some(model.join("3"))
+        );
     }
 
     #[test]
