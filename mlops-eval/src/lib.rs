@@ -343,14 +343,18 @@ fn resolve_current(config: &EvalConfig, emb: &EmbeddingsDir) -> Result<Option<Pa
     let is_model_dir = path
         .join(mlops_core::artifact::registry::POINTER_FILE)
         .is_file();
-    if is_model_dir {
-        if let Some(embedded) = &emb.summary.baseline {
-            if embedded.parent() == Some(path.as_path()) {
-                return Ok(Some(embedded.clone()));
-            }
+    let found = if is_model_dir {
+        match &emb.summary.baseline {
+            Some(embedded) if embedded.parent() == Some(path.as_path()) => Some(embedded.clone()),
+            _ => mlops_core::artifact::registry::deployed_version(path)?,
         }
-    }
-    let found = mlops_core::artifact::registry::deployed_version(path)?;
+    } else if path.exists() {
+        // A registry version, or an evaluation directory (its metrics.json).
+        Some(path.clone())
+    } else {
+        // A registry model directory that no run has created yet.
+        None
+    };
     if found.is_none() {
         tracing::info!(current = %path.display(), "nothing deployed yet: no comparison");
     }
