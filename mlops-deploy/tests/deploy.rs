@@ -1068,3 +1068,67 @@ fn canary_and_shadow_rollouts_split_and_compare_traffic() -> Result<()> {
     );
     server.stop()
 }
+
+/// Clients posting `image` to `url` until `until`: steady ones, and one that gives up on each
+/// request after 2 ms (its requests stay queued on the inference thread after the client is
+/// gone). Returns the statuses of every answer received; refused and dropped connections
+/// (after the server stopped accepting) are not answers.
+fn load(url: &str, image: &[u8], until: Instant) -> std::thread::JoinHandle<Vec<u16>> {
+    let (url, image) = (url.to_string(), image.to_vec());
+    std::thread::spawn(move || {
+        let clients: Vec<_> = (0..4)
+            .map(|i| {
+                let (url, image) = (url.clone(), image.clone());
+                std::thread::spawn(move || {
+                    let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+                    if i == 0 {
+                        config = config.timeout_global(Some(Duration::from_millis(2)));
+                    }
+                    let agent: ureq::Agent = config.build().into();
+                    let mut statuses = Vec::new();
+                    while Instant::now() < until {
+                        let sent = agent
+                            .post(&url)
+                            .header("Content-Type", "image/png")
+                            .send(&image[..]);
+                        if let Ok(r) = sent {
+                            statuses.push(r.status().as_u16());
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+#[test]
+fn sigterm_under_load_or_just_after_it_exits_zero_every_time() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let (pngs, _, _, _) = test_images()?;
+    for round in 0..20 {
+        for during in [true, false] {
+            let server = Server::start(&reg, &[], None)?;
+            server.wait_healthy()?;
+            let url = format!("{}/predictions/fashion", server.inference);
+            let clients = load(&url, &pngs[round % pngs.len()], Instant::now() + Duration::from_millis(300));
+            if during {
+                std::thread::sleep(Duration::from_millis(150));
+                server.stop()?;
+                let statuses = clients.join().unwrap();
+                assert!(statuses.iter().all(|&s| s == 200), "round {round}, during: {statuses:?}");
+            } else {
+                let statuses = clients.join().unwrap();
+                assert!(!statuses.is_empty() && statuses.iter().all(|&s| s == 200), "round {round}: {statuses:?}");
+                server.stop()?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::metrics::{Role, Shadowed};
+use super::v2;
 use super::state::{Lookup, Route, State, Unload};
 use super::worker::{Job, LoadedVersion, Refused};
 
@@ -103,6 +104,8 @@ pub fn inference(state: Arc<State>) -> Router {
         .route("/ping", get(ping))
         .route("/predictions/{name}", post(predict_default))
         .route("/predictions/{name}/{version}", post(predict_version))
+        .route("/v2", get(v2_server))
+        .route("/v1/models/{spec}", post(v1_predict))
         .route(
             "/v2/health/live",
             get(|| async { Json(json!({ "live": true })) }),
@@ -346,10 +349,17 @@ async fn image_from_request(headers: &HeaderMap, body: Bytes) -> ApiResult<Bytes
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // The media type is case-insensitive, the boundary is not (RFC 7578, RFC 2046): browsers
+    // send mixed-case boundaries ("----WebKitFormBoundaryAbC..."), so only the type is folded.
+    let media_type = content_type
+        .split(';')
+        .next()
         .unwrap_or("")
+        .trim()
         .to_ascii_lowercase();
-    let image = if content_type.starts_with("multipart/form-data") {
-        let boundary = multer::parse_boundary(&content_type)
+    let image = if media_type == "multipart/form-data" {
+        let boundary = multer::parse_boundary(content_type)
             .map_err(|e| ApiError::bad_request(format!("invalid multipart request: {e}")))?;
         let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
         let mut form = multer::Multipart::new(stream, boundary);
@@ -367,9 +377,9 @@ async fn image_from_request(headers: &HeaderMap, body: Bytes) -> ApiResult<Bytes
             }
         }
         found.ok_or_else(|| ApiError::bad_request("multipart request has no field named data"))?
-    } else if content_type.is_empty()
-        || content_type.starts_with("image/")
-        || content_type.starts_with("application/octet-stream")
+    } else if media_type.is_empty()
+        || media_type.starts_with("image/")
+        || media_type == "application/octet-stream"
     {
         body
     } else {
@@ -548,8 +558,9 @@ async fn v2_infer_version(
         .map_err(ApiError::kserve)
 }
 
-/// KServe v2 inference: one input, either `BYTES` (base64 images) or an `FP32` tensor of the
-/// model's input shape `[n, c, h, w]` (already preprocessed).
+/// KServe v2 inference (JSON, or JSON and binary tensor data, see [`v2`]): one input, either
+/// `BYTES` (encoded images) or an `FP32` tensor of the model's input shape `[n, c, h, w]`
+/// (already preprocessed).
 async fn v2_infer(
     state: Arc<State>,
     name: String,
@@ -559,34 +570,29 @@ async fn v2_infer(
 ) -> ApiResult<Response> {
     let arrived = Instant::now();
     let body = body.map_err(body_error)?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON: {e}")))?;
+    let header_length = headers
+        .get(v2::HEADER_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    let request = v2::parse(&body, header_length).map_err(ApiError::bad_request)?;
     // The protocol's request id routes a canary; the header does for clients that set one.
-    let request_id = request["id"]
-        .as_str()
+    let request_id = request
+        .id_text()
         .or_else(|| headers.get("x-request-id").and_then(|v| v.to_str().ok()));
     let route = route(&state, &name, version.as_deref(), request_id).await?;
     let loaded = &route.serve;
-    let inputs = request["inputs"]
-        .as_array()
-        .filter(|i| i.len() == 1)
-        .ok_or_else(|| ApiError::bad_request("expected \"inputs\" with exactly one tensor"))?;
-    let input = &inputs[0];
-    let shape: Vec<i64> = input["shape"]
-        .as_array()
-        .and_then(|s| s.iter().map(Value::as_i64).collect())
-        .ok_or_else(|| ApiError::bad_request("input \"shape\" must be an array of integers"))?;
-    let mut data = Vec::new();
-    flatten(&input["data"], &mut data);
-    let _counted = loaded.track(data.len());
-    let images = match input["datatype"].as_str() {
-        Some("BYTES") => v2_bytes(loaded, &shape, &data).await?,
-        Some("FP32") => v2_fp32(loaded, &shape, &data)?,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "datatype {other:?} is not supported: use BYTES (base64 images) or FP32"
-            )))
-        }
+    let [input] = request.inputs.as_slice() else {
+        return Err(ApiError::bad_request(
+            "expected exactly one input tensor: image (BYTES, encoded images) or input (FP32)",
+        ));
+    };
+    let n = match &input.data {
+        v2::Data::Bytes(items) => items.len(),
+        v2::Data::Fp32(_) => input.shape.first().copied().unwrap_or(0),
+    };
+    let _counted = loaded.track(n);
+    let images = match &input.data {
+        v2::Data::Bytes(items) => v2_bytes(loaded, items).await?,
+        v2::Data::Fp32(values) => v2_fp32(loaded, &input.shape, values)?,
     };
     let answers = futures_util::future::join_all(
         images
@@ -595,58 +601,60 @@ async fn v2_infer(
     )
     .await;
     let predictions: Vec<Prediction> = answers.into_iter().collect::<ApiResult<_>>()?;
-    let n = predictions.len();
     state
         .metrics
-        .observe_route(&loaded.name, loaded.version, route.role, n);
+        .observe_route(&loaded.name, loaded.version, route.role, predictions.len());
     let classes = &loaded.description.classes;
-    let version_header = [(MODEL_VERSION_HEADER, loaded.version.to_string())];
-    Ok((version_header, Json(json!({
-        "model_name": loaded.name,
-        "model_version": loaded.version.to_string(),
-        "id": request.get("id").cloned().unwrap_or(Value::Null),
-        "outputs": [
-            { "name": "label", "datatype": "BYTES", "shape": [n],
-              "data": predictions.iter().map(|p| classes.get(p.class).cloned().unwrap_or_default()).collect::<Vec<_>>() },
-            { "name": "class", "datatype": "INT64", "shape": [n],
-              "data": predictions.iter().map(|p| p.class).collect::<Vec<_>>() },
-            { "name": "score", "datatype": "FP32", "shape": [n],
-              "data": predictions.iter().map(|p| p.score).collect::<Vec<_>>() },
-        ],
-    })))
-        .into_response())
-}
-
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        other => out.push(other),
+    let outputs = vec![
+        (
+            "label",
+            v2::OutData::Bytes(
+                predictions
+                    .iter()
+                    .map(|p| classes.get(p.class).cloned().unwrap_or_default())
+                    .collect(),
+            ),
+        ),
+        (
+            "class",
+            v2::OutData::Int64(predictions.iter().map(|p| p.class as i64).collect()),
+        ),
+        (
+            "score",
+            v2::OutData::Fp32(predictions.iter().map(|p| p.score as f32).collect()),
+        ),
+    ];
+    let encoded = v2::encode(&loaded.name, loaded.version, &request, outputs)
+        .map_err(ApiError::bad_request)?;
+    let mut response = encoded.body.into_response();
+    let h = response.headers_mut();
+    h.insert(MODEL_VERSION_HEADER, loaded.version.into());
+    match encoded.header_length {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("valid"));
+            h.insert(v2::HEADER_LENGTH, n.into());
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, "application/json".parse().expect("valid"));
+        }
     }
+    Ok(response)
 }
 
+/// Most images in one v2 request.
 const MAX_BATCH: usize = 1024;
 
-async fn v2_bytes(
-    loaded: &Arc<LoadedVersion>,
-    shape: &[i64],
-    data: &[&Value],
-) -> ApiResult<Vec<Vec<f32>>> {
-    let n = data.len();
-    if shape.iter().product::<i64>() != n as i64 || n == 0 || n > MAX_BATCH {
+async fn v2_bytes(loaded: &Arc<LoadedVersion>, items: &[Vec<u8>]) -> ApiResult<Vec<Vec<f32>>> {
+    if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
-            "BYTES input of shape {shape:?} holds {n} elements: shape must match, 1..={MAX_BATCH} images"
+            "BYTES input holds {} images: send 1..={MAX_BATCH}",
+            items.len()
         )));
     }
-    let mut images = Vec::with_capacity(n);
-    for (i, item) in data.iter().enumerate() {
-        let text = item
-            .as_str()
-            .ok_or_else(|| ApiError::bad_request(format!("element {i} is not a base64 string")))?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| ApiError::bad_request(format!("element {i} is not valid base64: {e}")))?;
+    let mut images = Vec::with_capacity(items.len());
+    for (i, bytes) in items.iter().enumerate() {
         images.push(
-            preprocess(loaded, Bytes::from(bytes))
+            preprocess(loaded, Bytes::from(bytes.clone()))
                 .await
                 .map_err(|e| ApiError::bad_request(format!("element {i}: {}", e.message)))?,
         );
@@ -654,29 +662,102 @@ async fn v2_bytes(
     Ok(images)
 }
 
-fn v2_fp32(loaded: &LoadedVersion, shape: &[i64], data: &[&Value]) -> ApiResult<Vec<Vec<f32>>> {
-    let [c, h, w] = loaded.description.input_shape.map(|d| d as i64);
-    let ok =
-        shape.len() == 4 && shape[1..] == [c, h, w] && (1..=MAX_BATCH as i64).contains(&shape[0]);
+fn v2_fp32(loaded: &LoadedVersion, shape: &[usize], values: &[f32]) -> ApiResult<Vec<Vec<f32>>> {
+    let [c, h, w] = loaded.description.input_shape;
+    let ok = shape.len() == 4 && shape[1..] == [c, h, w] && (1..=MAX_BATCH).contains(&shape[0]);
     if !ok {
         return Err(ApiError::bad_request(format!(
             "FP32 input must have shape [n, {c}, {h}, {w}] with n in 1..={MAX_BATCH}, got {shape:?}"
         )));
     }
-    let frame = (c * h * w) as usize;
-    if data.len() != shape[0] as usize * frame {
-        return Err(ApiError::bad_request(format!(
-            "FP32 input of shape {shape:?} needs {} values, got {}",
-            shape[0] as usize * frame,
-            data.len()
-        )));
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(ApiError::bad_request("FP32 data must be finite numbers"));
     }
-    let values: Vec<f32> = data
+    Ok(values.chunks(c * h * w).map(<[f32]>::to_vec).collect())
+}
+
+/// `GET /v2`: the server's metadata (a required endpoint of the protocol).
+async fn v2_server() -> Json<Value> {
+    Json(json!({
+        "name": "mlops-deploy",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+/// KServe v1: `POST /v1/models/{name}:predict` with `{"instances": [...]}`, each instance an
+/// encoded image as base64 (`"..."`, `{"b64": "..."}` or `{"image": {"b64": "..."}}`).
+async fn v1_predict(
+    AxumState(state): Shared,
+    Path(spec): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Some(name) = spec.strip_suffix(":predict") else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            "Requested resource is not found, please refer to API document.",
+        ));
+    };
+    let arrived = Instant::now();
+    let body = body.map_err(body_error)?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON: {e}")).kserve())?;
+    let instances = request
+        .get("instances")
+        .and_then(Value::as_array)
+        .filter(|i| (1..=MAX_BATCH).contains(&i.len()))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("expected \"instances\": 1..={MAX_BATCH} images")).kserve()
+        })?;
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let route = route(&state, name, None, request_id).await.map_err(ApiError::kserve)?;
+    let loaded = &route.serve;
+    let _counted = loaded.track(instances.len());
+    let mut images = Vec::with_capacity(instances.len());
+    for (i, instance) in instances.iter().enumerate() {
+        let text = instance
+            .as_str()
+            .or_else(|| instance.get("b64").and_then(Value::as_str))
+            .or_else(|| instance.get("image").and_then(|v| v.get("b64")).and_then(Value::as_str))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "instance {i}: expected a base64 image: \"...\", {{\"b64\": ...}} or {{\"image\": {{\"b64\": ...}}}}"
+                ))
+                .kserve()
+            })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| ApiError::bad_request(format!("instance {i} is not valid base64: {e}")).kserve())?;
+        images.push(
+            preprocess(loaded, Bytes::from(bytes))
+                .await
+                .map_err(|e| ApiError::bad_request(format!("instance {i}: {}", e.message)).kserve())?,
+        );
+    }
+    let answers = futures_util::future::join_all(
+        images
+            .into_iter()
+            .map(|pixels| infer_routed(&state, &route, pixels, arrived)),
+    )
+    .await;
+    let predictions: Vec<Prediction> = answers
+        .into_iter()
+        .collect::<ApiResult<_>>()
+        .map_err(ApiError::kserve)?;
+    state
+        .metrics
+        .observe_route(&loaded.name, loaded.version, route.role, predictions.len());
+    let answer: Vec<Value> = predictions
         .iter()
-        .map(|v| v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()))
-        .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::bad_request("FP32 data must be finite numbers"))?;
-    Ok(values.chunks(frame).map(<[f32]>::to_vec).collect())
+        .map(|p| prediction_json(loaded, p))
+        .collect();
+    Ok((
+        [(MODEL_VERSION_HEADER, loaded.version.to_string())],
+        Json(json!({ "predictions": answer })),
+    )
+        .into_response())
 }
 
 // Management.
@@ -721,8 +802,9 @@ async fn list_models(AxumState(state): Shared, Query(page): Query<Page>) -> ApiR
         .map(|n| json!({ "modelName": n, "modelUrl": state.registry().join(n).display().to_string() }))
         .collect();
     let mut answer = json!({ "models": chunk });
-    if start + limit < names.len() {
-        answer["nextPageToken"] = json!((start + limit).to_string());
+    let next = start.saturating_add(limit);
+    if next < names.len() {
+        answer["nextPageToken"] = json!(next.to_string());
     }
     Ok(Json(answer))
 }

@@ -21,6 +21,7 @@ pub mod drift;
 mod http;
 pub mod metrics;
 pub mod state;
+pub mod v2;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -77,6 +77,24 @@ pub struct LoadedVersion {
     /// Images admitted and not yet answered: when a batch holds all of them, nobody else is
     /// coming and waiting out the delay would only add latency.
     in_flight: Arc<AtomicUsize>,
+    /// The inference thread, joined when the version is dropped.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LoadedVersion {
+    /// Stops the inference thread and waits for it: the queue's sender goes first, so the thread
+    /// answers what is queued, finishes its batch and returns, and the model is freed on it. A
+    /// process must never exit (running libtorch's static destructors) while an inference thread
+    /// still computes: that crashed with SIGSEGV or SIGABRT at shutdown under load.
+    fn drop(&mut self) {
+        let (closed, _) = sync_channel(0);
+        drop(std::mem::replace(&mut self.sender, closed));
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(model = %self.name, version = self.version, "the inference thread panicked");
+            }
+        }
+    }
 }
 
 /// Counts `n` images as in flight until dropped.
@@ -133,7 +151,7 @@ impl LoadedVersion {
             drift,
             notifier: settings.notifier.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("infer-{}-{}", summary.name, summary.version))
             .spawn(move || worker.run())
             .map_err(|source| crate::Error::Io {
@@ -150,6 +168,7 @@ impl LoadedVersion {
             sender,
             warmed: AtomicBool::new(false),
             in_flight,
+            thread: Some(thread),
         });
         loaded.warm_up()?;
         Ok(loaded)
