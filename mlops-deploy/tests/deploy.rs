@@ -29,8 +29,13 @@ struct Run {
 
 /// Model (seeded fixture), embeddings, index and evaluation of `data` under `t/name-*`.
 fn stages(t: &Path, data: &Path, name: &str, seed: i64) -> [PathBuf; 3] {
+    deep_stages(t, data, name, seed, 0)
+}
+
+/// [`stages`] with a model of `layers` wide hidden layers (slow on purpose).
+fn deep_stages(t: &Path, data: &Path, name: &str, seed: i64, layers: usize) -> [PathBuf; 3] {
     let train = t.join(format!("{name}-train"));
-    mlops_embed::testing::fixture_model_seeded(&train, data, seed).unwrap();
+    mlops_embed::testing::fixture_model_deep(&train, data, seed, layers).unwrap();
     let embed = t.join(format!("{name}-embed"));
     mlops_embed::run(&mlops_embed::EmbedConfig {
         model: train.clone(),
@@ -123,14 +128,12 @@ impl Server {
                 "--management-addr",
                 "127.0.0.1:0",
             ])
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--io-threads",
-                "2",
-            ])
+            .args(["--metrics-addr", "127.0.0.1:0", "--io-threads", "2"])
+            .args(if extra.contains(&"--threads") {
+                &[][..]
+            } else {
+                &["--threads", "1"][..]
+            })
             .args(["--set", "watch_interval_ms=100"])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -1110,22 +1113,45 @@ fn load(url: &str, image: &[u8], until: Instant) -> std::thread::JoinHandle<Vec<
 fn sigterm_under_load_or_just_after_it_exits_zero_every_time() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let reg = tmp.path().join("registry");
-    register(&reg, true)?;
+    // A model slow enough (tens of ms a batch) that an inference is running when the signal
+    // comes: the crash needed one running while the process exited.
+    let [train, index, eval] = deep_stages(tmp.path(), &run().data, "deep", 0, 4);
+    registry::register(&RegisterConfig {
+        model: train,
+        index,
+        eval,
+        registry: reg.clone(),
+        name: "fashion".into(),
+        promote: true,
+        force: false,
+    })?;
     let (pngs, _, _, _) = test_images()?;
     for round in 0..20 {
         for during in [true, false] {
-            let server = Server::start(&reg, &[], None)?;
+            // libtorch's own thread pool at work (one thread per core, the default), as in
+            // production: with one thread the crash did not show.
+            let server = Server::start(&reg, &["--threads", "0"], None)?;
             server.wait_healthy()?;
             let url = format!("{}/predictions/fashion", server.inference);
-            let clients = load(&url, &pngs[round % pngs.len()], Instant::now() + Duration::from_millis(300));
+            let clients = load(
+                &url,
+                &pngs[round % pngs.len()],
+                Instant::now() + Duration::from_millis(300),
+            );
             if during {
                 std::thread::sleep(Duration::from_millis(150));
                 server.stop()?;
                 let statuses = clients.join().unwrap();
-                assert!(statuses.iter().all(|&s| s == 200), "round {round}, during: {statuses:?}");
+                assert!(
+                    statuses.iter().all(|&s| s == 200),
+                    "round {round}, during: {statuses:?}"
+                );
             } else {
                 let statuses = clients.join().unwrap();
-                assert!(!statuses.is_empty() && statuses.iter().all(|&s| s == 200), "round {round}: {statuses:?}");
+                assert!(
+                    !statuses.is_empty() && statuses.iter().all(|&s| s == 200),
+                    "round {round}: {statuses:?}"
+                );
                 server.stop()?;
             }
         }

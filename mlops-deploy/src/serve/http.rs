@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::metrics::{Role, Shadowed};
-use super::v2;
 use super::state::{Lookup, Route, State, Unload};
+use super::v2;
 use super::worker::{Job, LoadedVersion, Refused};
 
 type Shared = AxumState<Arc<State>>;
@@ -569,10 +569,10 @@ async fn v2_infer(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let arrived = Instant::now();
+    // An unknown model or version is a 404 whatever the body holds.
+    resolve(&state, &name, version.as_deref()).await?;
     let body = body.map_err(body_error)?;
-    let header_length = headers
-        .get(v2::HEADER_LENGTH)
-        .and_then(|v| v.to_str().ok());
+    let header_length = headers.get(v2::HEADER_LENGTH).and_then(|v| v.to_str().ok());
     let request = v2::parse(&body, header_length).map_err(ApiError::bad_request)?;
     // The protocol's request id routes a canary; the header does for clients that set one.
     let request_id = request
@@ -631,11 +631,17 @@ async fn v2_infer(
     h.insert(MODEL_VERSION_HEADER, loaded.version.into());
     match encoded.header_length {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("valid"));
+            h.insert(
+                header::CONTENT_TYPE,
+                "application/octet-stream".parse().expect("valid"),
+            );
             h.insert(v2::HEADER_LENGTH, n.into());
         }
         None => {
-            h.insert(header::CONTENT_TYPE, "application/json".parse().expect("valid"));
+            h.insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("valid"),
+            );
         }
     }
     Ok(response)
@@ -702,17 +708,21 @@ async fn v1_predict(
     };
     let arrived = Instant::now();
     let body = body.map_err(body_error)?;
-    let request: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the request is not valid JSON: {e}")).kserve())?;
+    let request: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the request is not valid JSON: {e}")).kserve()
+    })?;
     let instances = request
         .get("instances")
         .and_then(Value::as_array)
         .filter(|i| (1..=MAX_BATCH).contains(&i.len()))
         .ok_or_else(|| {
-            ApiError::bad_request(format!("expected \"instances\": 1..={MAX_BATCH} images")).kserve()
+            ApiError::bad_request(format!("expected \"instances\": 1..={MAX_BATCH} images"))
+                .kserve()
         })?;
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-    let route = route(&state, name, None, request_id).await.map_err(ApiError::kserve)?;
+    let route = route(&state, name, None, request_id)
+        .await
+        .map_err(ApiError::kserve)?;
     let loaded = &route.serve;
     let _counted = loaded.track(instances.len());
     let mut images = Vec::with_capacity(instances.len());
@@ -729,11 +739,13 @@ async fn v1_predict(
             })?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text)
-            .map_err(|e| ApiError::bad_request(format!("instance {i} is not valid base64: {e}")).kserve())?;
+            .map_err(|e| {
+                ApiError::bad_request(format!("instance {i} is not valid base64: {e}")).kserve()
+            })?;
         images.push(
-            preprocess(loaded, Bytes::from(bytes))
-                .await
-                .map_err(|e| ApiError::bad_request(format!("instance {i}: {}", e.message)).kserve())?,
+            preprocess(loaded, Bytes::from(bytes)).await.map_err(|e| {
+                ApiError::bad_request(format!("instance {i}: {}", e.message)).kserve()
+            })?,
         );
     }
     let answers = futures_util::future::join_all(

