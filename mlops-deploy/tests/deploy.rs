@@ -1,9 +1,8 @@
 //! Integration tests of the registry, the packaging and the real server (started as the binary
 //! on free loopback ports) over a small run made with the real stages and a fixture model.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use mlops_core::artifact::{DataDir, EvalDir, Role};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_deploy::registry::{self, RegisterConfig};
+use mlops_deploy::testing::{self, ServerProcess};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlops-deploy");
@@ -108,27 +108,26 @@ fn register(registry: &Path, promote: bool) -> Result<u64> {
 }
 
 /// The server binary, stopped with SIGTERM.
-struct Server {
-    child: Child,
-    inference: String,
-    management: String,
-    metrics: String,
-    log: PathBuf,
+struct Server(ServerProcess);
+
+impl std::ops::Deref for Server {
+    type Target = ServerProcess;
+
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
+}
+
+/// The test-support helpers' errors as anyhow's.
+fn t<T>(r: mlops_deploy::testing::TestResult<T>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!(e))
 }
 
 impl Server {
     fn start(registry: &Path, extra: &[&str], token: Option<&str>) -> Result<Server> {
         let log = registry.with_extension(format!("{}.log", std::process::id()));
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--registry"])
-            .arg(registry)
-            .args([
-                "--inference-addr",
-                "127.0.0.1:0",
-                "--management-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--metrics-addr", "127.0.0.1:0", "--io-threads", "2"])
+        let mut cmd = testing::serve_command(Path::new(BIN), registry);
+        cmd.args(["--io-threads", "2"])
             .args(if extra.contains(&"--threads") {
                 &[][..]
             } else {
@@ -137,69 +136,28 @@ impl Server {
             .args(["--set", "watch_interval_ms=100"])
             .args(extra)
             .env("RUST_LOG", "info")
-            .env_remove("MLOPS_MANAGEMENT_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?);
+            .env_remove("MLOPS_MANAGEMENT_TOKEN");
         if let Some(t) = token {
             cmd.env("MLOPS_MANAGEMENT_TOKEN", t);
         }
-        let mut child = cmd.spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let Some(json) = line.strip_prefix("listening ") else {
-            let _ = child.kill();
-            bail!(
-                "server did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log)?
-            );
-        };
-        let bound: Value = serde_json::from_str(json)?;
-        let url = |k: &str| format!("http://{}", bound[k].as_str().unwrap());
-        let server = Server {
-            child,
-            inference: url("inference"),
-            management: url("management"),
-            metrics: url("metrics"),
-            log,
-        };
-        Ok(server)
+        Ok(Server(t(ServerProcess::start(cmd, &log))?))
     }
 
     fn wait_healthy(&self) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if get(&format!("{}/ping", self.inference))?.0 == 200 {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("never healthy:\n{}", std::fs::read_to_string(&self.log)?)
+        t(self.0.wait_healthy(Duration::from_secs(60)))
     }
 
     /// SIGTERM; asserts a clean exit 0 and a log without panics.
-    fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let status = self.child.wait()?;
-        let log = std::fs::read_to_string(&self.log)?;
+    fn stop(self) -> Result<()> {
+        let (status, log) = t(self.0.stop())?;
         assert!(status.success(), "exit {status}:\n{log}");
         assert!(!log.contains("panicked"), "{log}");
         Ok(())
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+    testing::agent()
 }
 
 fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value)> {
@@ -869,21 +827,9 @@ tests:
     Ok(())
 }
 
-/// The sum of the samples of Prometheus metric `name` whose labels contain every one of `labels`
-/// (`key="value"`).
+/// The sum of the samples of Prometheus metric `name` whose labels contain all of `labels`.
 fn metric(server: &Server, name: &str, labels: &[&str]) -> Result<f64> {
-    let (_, text) = get(&format!("{}/metrics", server.metrics))?;
-    let text = text.as_str().context("metrics are text")?.to_string();
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let metric = series.split('{').next().unwrap_or_default();
-            metric == name && labels.iter().all(|want| series.contains(want))
-        })
-        .filter_map(|(_, value)| value.parse::<f64>().ok())
-        .sum())
+    t(server.0.metric(name, labels))
 }
 
 /// POSTs `image` to `url` (with `X-Request-Id: id` when given); the answer's status, the

@@ -700,11 +700,7 @@ async fn v1_predict(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let Some(name) = spec.strip_suffix(":predict") else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            "Requested resource is not found, please refer to API document.",
-        ));
+        return Err(not_found().await);
     };
     let arrived = Instant::now();
     let body = body.map_err(body_error)?;
