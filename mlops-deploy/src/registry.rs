@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, SIMILARITY_BASELINE_FILE};
-use mlops_core::artifact::index::{INDEX_FILE, LABELS_FILE};
+use mlops_core::artifact::index::{GALLERY_IMAGES_FILE, INDEX_FILE, LABELS_FILE};
 use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::{
     self, model_dir, read_pointer, version_dir, ModelPointer, ModelSignature, Rollout, RolloutMode,
@@ -89,8 +89,14 @@ fn write_pointer(registry: &Path, name: &str, pointer: &ModelPointer) -> Result<
 
 /// The files a version holds, with the stage directory each comes from.
 const MODEL_FILES: [&str; 2] = [MODEL_FILE, MODEL_DESCRIPTION_FILE];
-const INDEX_FILES: [&str; 4] = [INDEX_FILE, LABELS_FILE, CLASSES_FILE, CENTRES_FILE];
-const OPTIONAL: [&str; 2] = [CENTRES_FILE, SIMILARITY_BASELINE_FILE];
+const INDEX_FILES: [&str; 5] = [
+    INDEX_FILE,
+    LABELS_FILE,
+    CLASSES_FILE,
+    CENTRES_FILE,
+    GALLERY_IMAGES_FILE,
+];
+const OPTIONAL: [&str; 3] = [CENTRES_FILE, SIMILARITY_BASELINE_FILE, GALLERY_IMAGES_FILE];
 const EVAL_FILES: [&str; 3] = [METRICS_FILE, DECISION_FILE, SIMILARITY_BASELINE_FILE];
 
 /// Refuses a candidate whose signature differs from the model's it would join: the newest

@@ -57,6 +57,18 @@ json_outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in (
 out["triton_json"] = triton(False, outputs=json_outputs)
 # Mixed: binary class only.
 out["triton_class_only"] = triton(False, outputs=[httpclient.InferRequestedOutput("class")])
+# The explanation outputs, named (binary by default): the neighbours that voted.
+inp = httpclient.InferInput("image", [len(images)], "BYTES")
+inp.set_data_from_numpy(np.array(images, dtype=np.object_))
+names = ["neighbor_ids", "neighbor_labels", "neighbor_similarities", "neighbor_thumbnails"]
+result = client.infer(model, [inp], outputs=[httpclient.InferRequestedOutput(n) for n in names])
+ids = result.as_numpy("neighbor_ids")
+out["triton_neighbors"] = {
+    "shape": list(ids.shape),
+    "labels": [[x.decode() for x in row] for row in result.as_numpy("neighbor_labels")],
+    "similarities_descending": bool(np.all(np.diff(result.as_numpy("neighbor_similarities"), axis=1) <= 1e-6)),
+    "thumbnails_png": bool(all(t.startswith(b"\x89PNG") for t in result.as_numpy("neighbor_thumbnails").ravel())),
+}
 try:
     client.infer("no-such-model", [httpclient.InferInput("image", [1], "BYTES")])
     out["triton_error"] = None

@@ -1178,9 +1178,91 @@ fn stock_clients_get_the_torchserve_answers() -> Result<()> {
             .is_some_and(|e| e.contains("no-such-model")),
         "{got}"
     );
+    let n = &got["triton_neighbors"];
+    let k = EvalDir::open(&run().eval)?.summary.k;
+    assert_eq!(n["shape"], json!([8, k]), "{got}");
+    assert_eq!(n["similarities_descending"], true, "{got}");
+    assert_eq!(n["thumbnails_png"], true, "{got}");
+    for (row, label) in n["labels"]
+        .as_array()
+        .context("labels")?
+        .iter()
+        .zip(labels.as_array().context("labels")?)
+    {
+        assert!(
+            row.as_array().is_some_and(|r| r.contains(label)),
+            "{label} among the voters {row}"
+        );
+    }
     for form in ["webkit", "quoted", "requests"] {
         assert_eq!(got["multipart"][form], labels, "{form}: {got}");
     }
     assert_eq!(got["v1"], labels, "{got}");
+    server.stop()
+}
+
+/// `/explanations/{model}` answers the prediction with its evidence: the k neighbours that voted
+/// (their labels make the vote's winner), each with the gallery image it stands for as a PNG
+/// thumbnail (the very pixels the data stage stored), and every class's vote share.
+#[test]
+fn explanations_show_the_neighbours_that_decided() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let data = DataDir::open(&run().data)?;
+    let (gallery, _) = data.read_role(Role::Gallery)?;
+    let [_, h, w] = data.summary.image_shape;
+    let (pngs, _, _, _) = test_images()?;
+    let k = EvalDir::open(&run().eval)?.summary.k;
+    for png in pngs.iter().take(10) {
+        let (s, predicted) = post(
+            &format!("{}/predictions/fashion", server.inference),
+            "image/png",
+            png,
+        )?;
+        assert_eq!(s, 200);
+        let (s, e) = post(
+            &format!("{}/explanations/fashion", server.inference),
+            "image/png",
+            png,
+        )?;
+        assert_eq!(s, 200, "{e}");
+        assert_eq!(e["label"], predicted["label"], "{e}");
+        let neighbours = e["neighbors"].as_array().context("neighbors")?;
+        assert_eq!(neighbours.len(), k, "{e}");
+        // The winner of the vote is the class with the largest share.
+        let votes = e["votes"].as_array().context("votes")?;
+        let best = votes
+            .iter()
+            .max_by(|a, b| {
+                a["share"]
+                    .as_f64()
+                    .partial_cmp(&b["share"].as_f64())
+                    .unwrap()
+            })
+            .context("a vote")?;
+        assert_eq!(best["label"], e["label"], "{e}");
+        let total: f64 = votes.iter().filter_map(|v| v["share"].as_f64()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{e}");
+        for n in neighbours {
+            let id = n["id"].as_u64().context("id")? as usize;
+            let url = n["thumbnail"].as_str().context("thumbnail")?;
+            let b64 = url
+                .strip_prefix("data:image/png;base64,")
+                .context("a PNG data URL")?;
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
+            let img = image::load_from_memory(&bytes)?.to_luma8();
+            assert_eq!((img.height() as usize, img.width() as usize), (h, w));
+            let stored: Vec<u8> = gallery
+                .index_axis(ndarray::Axis(0), id)
+                .iter()
+                .map(|v| (v * 255.0).round() as u8)
+                .collect();
+            assert_eq!(img.into_raw(), stored, "thumbnail of gallery image {id}");
+        }
+    }
     server.stop()
 }

@@ -54,6 +54,24 @@ pub struct Prediction {
     pub neighbours: Vec<Neighbour>,
 }
 
+impl Prediction {
+    /// Each class's share of the neighbours' vote (weighted as `how` says): the evidence behind
+    /// a kNN prediction, `classes` long.
+    pub fn vote_shares(&self, classes: usize, how: Vote) -> Vec<f64> {
+        let mut shares = vec![0.0; classes];
+        for n in &self.neighbours {
+            if let Some(s) = shares.get_mut(n.class) {
+                *s += ballot(n.score, how);
+            }
+        }
+        let total: f64 = shares.iter().sum();
+        if total > 0.0 {
+            shares.iter_mut().for_each(|s| *s /= total);
+        }
+        shares
+    }
+}
+
 /// A loaded index with the vote that turns neighbours into classes.
 pub struct Classifier {
     pub index: LoadedIndex,
@@ -230,7 +248,7 @@ fn argmax(scores: &[f64]) -> usize {
 }
 
 /// The weight of one neighbour's vote.
-fn ballot(sim: f32, how: Vote) -> f64 {
+pub fn ballot(sim: f32, how: Vote) -> f64 {
     match how {
         Vote::Uniform => 1.0,
         // Similarity + 1 is positive for any cosine, so a far neighbour still counts a little.

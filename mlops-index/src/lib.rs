@@ -30,7 +30,7 @@ use std::time::Instant;
 use faiss::index::autotune::ParameterSpace;
 use faiss::index::IndexImpl;
 use faiss::{Index, MetricType};
-use mlops_core::artifact::index::{Recall, INDEX_FILE, LABELS_FILE};
+use mlops_core::artifact::index::{Recall, GALLERY_IMAGES_FILE, INDEX_FILE, LABELS_FILE};
 use mlops_core::artifact::model::CENTRES_FILE;
 use mlops_core::artifact::{
     EmbeddingsDir, IndexDir, IndexSummary, Metric, CLASSES_FILE, CONFIG_FILE,
@@ -277,6 +277,12 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     manifest
         .outputs
         .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
+    if let Some((images, data_manifest)) = gallery_images(&emb, &config.role, labels.len())? {
+        manifest.inputs.push(data_manifest);
+        manifest
+            .outputs
+            .push(out.write_npy(GALLERY_IMAGES_FILE, &images)?);
+    }
     // The class centres travel with the index: index + labels + centres are the classifier.
     if let Some((input, output)) = emb.carry(CENTRES_FILE, &mut out)? {
         manifest.inputs.push(input);
@@ -298,6 +304,43 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;
     Ok(summary)
+}
+
+/// The images of the indexed role as 0-255 bytes aligned with the index ids (the embed stage
+/// embedded the data stage's role in order), with the data manifest they come from; `None`,
+/// logged, when the data directory the embed stage read is gone or does not match.
+fn gallery_images(
+    emb: &EmbeddingsDir,
+    role: &str,
+    n: usize,
+) -> Result<Option<(ndarray::Array4<u8>, mlops_core::FileEntry)>> {
+    let skip = |why: String| {
+        tracing::info!("no gallery images beside the index: {why}");
+        Ok(None)
+    };
+    let Some(data_path) = emb.manifest.parameters["data"].as_str().map(PathBuf::from) else {
+        return skip("the embed manifest names no data directory".into());
+    };
+    let Ok(role) = role.parse::<mlops_core::artifact::Role>() else {
+        return skip(format!("{role} is not a data role"));
+    };
+    let data = match mlops_core::artifact::DataDir::open(&data_path) {
+        Ok(d) => d,
+        Err(e) => return skip(e.to_string()),
+    };
+    let (images, _) = data.read_role(role)?;
+    if images.shape()[0] != n {
+        return skip(format!(
+            "{} has {} {role} images, the index {n} vectors",
+            data_path.display(),
+            images.shape()[0]
+        ));
+    }
+    let [lo, hi] = data.summary.value_range;
+    let scale = 255.0 / (hi - lo).max(f32::EPSILON);
+    let bytes = images.mapv(|v| ((v - lo) * scale).round().clamp(0.0, 255.0) as u8);
+    let entry = mlops_core::FileEntry::input_file(&data.dir.join(mlops_core::MANIFEST_FILE))?;
+    Ok(Some((bytes, entry)))
 }
 
 /// A finished index-stage output, loaded for searching.

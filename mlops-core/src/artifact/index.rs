@@ -10,6 +10,9 @@ use crate::{npy, Error, FileEntry, Result};
 pub const INDEX_FILE: &str = "index.faiss";
 /// Labels aligned with index ids: `labels.npy[i]` is the class of vector `i`.
 pub const LABELS_FILE: &str = "labels.npy";
+/// The gallery's images aligned with index ids (`uint8 [n, c, h, w]`, 0-255): what a server
+/// shows as the evidence of a prediction. Absent where the data was not at hand.
+pub const GALLERY_IMAGES_FILE: &str = "gallery_images.npy";
 
 /// Similarity used by the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,6 +104,8 @@ pub fn inference(state: Arc<State>) -> Router {
         .route("/ping", get(ping))
         .route("/predictions/{name}", post(predict_default))
         .route("/predictions/{name}/{version}", post(predict_version))
+        .route("/explanations/{name}", post(explain_default))
+        .route("/explanations/{name}/{version}", post(explain_version))
         .route("/v2", get(v2_server))
         .route("/v1/models/{spec}", post(v1_predict))
         .route(
@@ -240,7 +242,7 @@ async fn predict_default(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    predict(state, name, None, headers, body).await
+    predict(state, name, None, headers, body, false).await
 }
 
 async fn predict_version(
@@ -249,7 +251,26 @@ async fn predict_version(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    predict(state, name, Some(version), headers, body).await
+    predict(state, name, Some(version), headers, body, false).await
+}
+
+/// TorchServe's explanations route: the prediction with the gallery images that decided it.
+async fn explain_default(
+    AxumState(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    predict(state, name, None, headers, body, true).await
+}
+
+async fn explain_version(
+    AxumState(state): Shared,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    predict(state, name, Some(version), headers, body, true).await
 }
 
 /// The header naming the version that answered.
@@ -261,6 +282,7 @@ async fn predict(
     version: Option<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    explain: bool,
 ) -> ApiResult<Response> {
     let arrived = Instant::now();
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
@@ -274,9 +296,20 @@ async fn predict(
     state
         .metrics
         .observe_route(&loaded.name, loaded.version, route.role, 1);
+    let answer = if explain {
+        let vote = loaded.summary.classifier.vote;
+        super::explain::explanation(
+            &prediction,
+            &loaded.description.classes,
+            vote,
+            loaded.gallery.as_ref(),
+        )
+    } else {
+        prediction_json(loaded, &prediction)
+    };
     Ok((
         [(MODEL_VERSION_HEADER, loaded.version.to_string())],
-        Json(prediction_json(loaded, &prediction)),
+        Json(answer),
     )
         .into_response())
 }
@@ -506,6 +539,11 @@ fn v2_metadata(loaded: &LoadedVersion, versions: &[u64]) -> Value {
             { "name": "label", "datatype": "BYTES", "shape": [-1] },
             { "name": "class", "datatype": "INT64", "shape": [-1] },
             { "name": "score", "datatype": "FP32", "shape": [-1] },
+            // Sent only when named: the neighbours that voted, nearest first.
+            { "name": "neighbor_ids", "datatype": "INT64", "shape": [-1, -1] },
+            { "name": "neighbor_labels", "datatype": "BYTES", "shape": [-1, -1] },
+            { "name": "neighbor_similarities", "datatype": "FP32", "shape": [-1, -1] },
+            { "name": "neighbor_thumbnails", "datatype": "BYTES", "shape": [-1, -1] },
         ],
     })
 }
@@ -605,8 +643,8 @@ async fn v2_infer(
         .metrics
         .observe_route(&loaded.name, loaded.version, route.role, predictions.len());
     let classes = &loaded.description.classes;
-    let outputs = vec![
-        (
+    let mut outputs = vec![
+        v2::Output::vector(
             "label",
             v2::OutData::Bytes(
                 predictions
@@ -615,15 +653,16 @@ async fn v2_infer(
                     .collect(),
             ),
         ),
-        (
+        v2::Output::vector(
             "class",
             v2::OutData::Int64(predictions.iter().map(|p| p.class as i64).collect()),
         ),
-        (
+        v2::Output::vector(
             "score",
             v2::OutData::Fp32(predictions.iter().map(|p| p.score as f32).collect()),
         ),
     ];
+    outputs.extend(neighbour_outputs(loaded, &request, &predictions));
     let encoded = v2::encode(&loaded.name, loaded.version, &request, outputs)
         .map_err(ApiError::bad_request)?;
     let mut response = encoded.body.into_response();
@@ -645,6 +684,67 @@ async fn v2_infer(
         }
     }
     Ok(response)
+}
+
+/// The explanation outputs (`[n, k]` each: the neighbours that voted, nearest first), computed
+/// only when the request names them; missing neighbours are padded with id -1.
+fn neighbour_outputs(
+    loaded: &LoadedVersion,
+    request: &v2::Request,
+    predictions: &[Prediction],
+) -> Vec<v2::Output> {
+    const NAMES: [&str; 4] = [
+        "neighbor_ids",
+        "neighbor_labels",
+        "neighbor_similarities",
+        "neighbor_thumbnails",
+    ];
+    if !NAMES.iter().any(|n| v2::asks_for(request, n)) {
+        return Vec::new();
+    }
+    let k = predictions
+        .iter()
+        .map(|p| p.neighbours.len())
+        .max()
+        .unwrap_or(0);
+    let shape = vec![predictions.len(), k];
+    let classes = &loaded.description.classes;
+    let (mut ids, mut labels, mut sims, mut thumbs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let wants_thumbs = v2::asks_for(request, NAMES[3]);
+    for p in predictions {
+        for i in 0..k {
+            match p.neighbours.get(i) {
+                Some(n) => {
+                    ids.push(n.id as i64);
+                    labels.push(classes.get(n.class).cloned().unwrap_or_default());
+                    sims.push(n.score);
+                    if wants_thumbs {
+                        let png = loaded.gallery.as_ref().and_then(|g| g.png(n.id));
+                        thumbs.push(png.unwrap_or_default());
+                    }
+                }
+                None => {
+                    ids.push(-1);
+                    labels.push(String::new());
+                    sims.push(f32::NAN);
+                    thumbs.push(Vec::new());
+                }
+            }
+        }
+    }
+    let output = |name, data| v2::Output {
+        name,
+        shape: shape.clone(),
+        data,
+        on_request: true,
+    };
+    vec![
+        output(NAMES[0], v2::OutData::Int64(ids)),
+        output(NAMES[1], v2::OutData::Bytes(labels)),
+        output(NAMES[2], v2::OutData::Fp32(sims)),
+        output(NAMES[3], v2::OutData::Blobs(thumbs)),
+    ]
 }
 
 /// Most images in one v2 request.

@@ -18,6 +18,7 @@
 //! - SIGTERM or Ctrl-C: stop accepting, finish what is in flight, exit 0.
 
 pub mod drift;
+pub mod explain;
 mod http;
 pub mod metrics;
 pub mod state;

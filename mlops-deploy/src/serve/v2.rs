@@ -282,18 +282,51 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Resu
     }
 }
 
-/// The data of one output tensor.
+/// The data of one output tensor, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutData {
+    /// Text elements (`BYTES`).
     Bytes(Vec<String>),
+    /// Binary elements (`BYTES`: raw in binary data, base64 strings in JSON).
+    Blobs(Vec<Vec<u8>>),
     Int64(Vec<i64>),
     Fp32(Vec<f32>),
+}
+
+/// One output tensor of a response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub data: OutData,
+    /// Sent only when the request names it (large, or rarely wanted).
+    pub on_request: bool,
+}
+
+impl Output {
+    /// A one-dimensional output sent by default.
+    pub fn vector(name: &'static str, data: OutData) -> Self {
+        Output {
+            name,
+            shape: vec![data.len()],
+            data,
+            on_request: false,
+        }
+    }
+}
+
+/// Whether the request names output `name`.
+pub fn asks_for(request: &Request, name: &str) -> bool {
+    request
+        .outputs
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|r| r.name == name))
 }
 
 impl OutData {
     fn datatype(&self) -> &'static str {
         match self {
-            OutData::Bytes(_) => "BYTES",
+            OutData::Bytes(_) | OutData::Blobs(_) => "BYTES",
             OutData::Int64(_) => "INT64",
             OutData::Fp32(_) => "FP32",
         }
@@ -302,6 +335,7 @@ impl OutData {
     fn len(&self) -> usize {
         match self {
             OutData::Bytes(v) => v.len(),
+            OutData::Blobs(v) => v.len(),
             OutData::Int64(v) => v.len(),
             OutData::Fp32(v) => v.len(),
         }
@@ -310,6 +344,10 @@ impl OutData {
     fn json(&self) -> Value {
         match self {
             OutData::Bytes(v) => json!(v),
+            OutData::Blobs(v) => json!(v
+                .iter()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                .collect::<Vec<_>>()),
             OutData::Int64(v) => json!(v),
             OutData::Fp32(v) => json!(v),
         }
@@ -320,6 +358,15 @@ impl OutData {
             OutData::Bytes(v) => v
                 .iter()
                 .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
+                .collect(),
+            OutData::Blobs(v) => v
+                .iter()
+                .flat_map(|b| {
+                    (b.len() as u32)
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(b.iter().copied())
+                })
                 .collect(),
             OutData::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             OutData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -333,33 +380,36 @@ pub struct Encoded {
     pub header_length: Option<usize>,
 }
 
-/// Encodes the response to `request`: `outputs` (name, data) in the order asked for (all of
-/// them when the request names none), each as binary or JSON as asked. An output asked for
-/// that the model does not have is an error.
+/// Encodes the response to `request`: the outputs it names, in its order (without names, every
+/// output that is not `on_request`), each as binary or JSON as asked. An output asked for that
+/// the model does not have is an error.
 pub fn encode(
     model_name: &str,
     model_version: u64,
     request: &Request,
-    outputs: Vec<(&'static str, OutData)>,
+    outputs: Vec<Output>,
 ) -> Result<Encoded, String> {
-    let chosen: Vec<(&'static str, OutData, bool)> = match &request.outputs {
+    let chosen: Vec<(Output, bool)> = match &request.outputs {
         None => outputs
             .into_iter()
-            .map(|(name, data)| (name, data, request.binary_output))
+            .filter(|o| !o.on_request)
+            .map(|o| (o, request.binary_output))
             .collect(),
         Some(asked) => {
             let mut all = outputs;
             asked
                 .iter()
                 .map(|r| {
-                    let at = all.iter().position(|(n, _)| *n == r.name).ok_or_else(|| {
+                    let at = all.iter().position(|o| o.name == r.name).ok_or_else(|| {
+                        let names: Vec<&str> = all.iter().map(|o| o.name).collect();
                         format!(
-                            "unknown output {:?}: outputs are label, class, score",
-                            r.name
+                            "unknown output {:?}: outputs are {}",
+                            r.name,
+                            names.join(", ")
                         )
                     })?;
-                    let (name, data) = all.swap_remove(at);
-                    Ok((name, data, r.binary.unwrap_or(request.binary_output)))
+                    let o = all.swap_remove(at);
+                    Ok((o, r.binary.unwrap_or(request.binary_output)))
                 })
                 .collect::<Result<_, String>>()?
         }
@@ -367,11 +417,12 @@ pub fn encode(
     let mut binary = Vec::new();
     let tensors: Vec<Value> = chosen
         .iter()
-        .map(|(name, data, as_binary)| {
+        .map(|(o, as_binary)| {
+            let data = &o.data;
             let mut t = Map::new();
-            t.insert("name".into(), json!(name));
+            t.insert("name".into(), json!(o.name));
             t.insert("datatype".into(), json!(data.datatype()));
-            t.insert("shape".into(), json!([data.len()]));
+            t.insert("shape".into(), json!(o.shape));
             if *as_binary {
                 let raw = data.raw();
                 t.insert(
@@ -394,7 +445,7 @@ pub fn encode(
         header["id"] = id.clone();
     }
     let mut body = serde_json::to_vec(&header).expect("plain data");
-    let any_binary = chosen.iter().any(|(_, _, b)| *b);
+    let any_binary = chosen.iter().any(|(_, b)| *b);
     let header_length = any_binary.then_some(body.len());
     body.extend(binary);
     Ok(Encoded {
@@ -481,9 +532,15 @@ mod tests {
     fn outputs_come_as_asked() {
         let outputs = || {
             vec![
-                ("label", OutData::Bytes(vec!["Shirt".into(), "Bag".into()])),
-                ("class", OutData::Int64(vec![6, 8])),
-                ("score", OutData::Fp32(vec![0.75, 1.0])),
+                Output::vector("label", OutData::Bytes(vec!["Shirt".into(), "Bag".into()])),
+                Output::vector("class", OutData::Int64(vec![6, 8])),
+                Output::vector("score", OutData::Fp32(vec![0.75, 1.0])),
+                Output {
+                    name: "neighbor_ids",
+                    shape: vec![2, 2],
+                    data: OutData::Int64(vec![1, 2, 3, 4]),
+                    on_request: true,
+                },
             ]
         };
         // tritonclient naming no outputs: all of them, binary.
@@ -523,6 +580,14 @@ mod tests {
             "data": [0.0] }], "outputs": [{ "name": "logits" }] });
         let r = parse(&serde_json::to_vec(&body).unwrap(), None).unwrap();
         assert!(encode("m", 1, &r, outputs()).is_err());
+        // An output sent on request only, when named.
+        let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [1],
+            "data": [0.0] }], "outputs": [{ "name": "neighbor_ids" }] });
+        let r = parse(&serde_json::to_vec(&body).unwrap(), None).unwrap();
+        assert!(asks_for(&r, "neighbor_ids") && !asks_for(&r, "label"));
+        let v: Value =
+            serde_json::from_slice(&encode("m", 1, &r, outputs()).unwrap().body).unwrap();
+        assert_eq!(v["outputs"][0]["shape"], json!([2, 2]));
     }
 
     proptest! {

@@ -20,6 +20,7 @@ use mlops_index::{Classifier, Prediction};
 use tokio::sync::oneshot;
 
 use super::drift::{DriftConfig, DriftMonitor, Transition};
+use super::explain::Gallery;
 use super::metrics::Metrics;
 use crate::Result;
 
@@ -71,6 +72,9 @@ pub struct LoadedVersion {
     pub summary: VersionSummary,
     pub description: ModelDescription,
     pub preprocess: Preprocess,
+    /// The gallery's images, for explanations (versions registered before they were carried
+    /// have none).
+    pub gallery: Option<Gallery>,
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     sender: SyncSender<Job>,
     warmed: AtomicBool,
@@ -135,6 +139,7 @@ impl LoadedVersion {
             }
         };
         let batching = settings.batching;
+        let gallery = Gallery::load(&dir)?;
         let classifier = Classifier::new(index, spec);
         let (sender, receiver) = sync_channel(batching.queue.max(1));
         let summary = dir.summary.clone();
@@ -164,6 +169,7 @@ impl LoadedVersion {
             preprocess: Preprocess::new(description.input_shape, description.normalization),
             description,
             summary,
+            gallery,
             loaded_at: chrono::Utc::now(),
             sender,
             warmed: AtomicBool::new(false),
