@@ -1266,3 +1266,59 @@ fn explanations_show_the_neighbours_that_decided() -> Result<()> {
     }
     server.stop()
 }
+
+/// The inference listener's web page in headless Chromium (selenium): an image uploaded through
+/// the page's file input shows the class the API gives, the vote rows, and the neighbours'
+/// thumbnails, at a phone's width, with labelled inputs.
+#[test]
+fn the_web_page_classifies_an_uploaded_image_in_a_real_browser() -> Result<()> {
+    let Some(python) = mlops_core::testing::python() else {
+        return Ok(());
+    };
+    let how = "Debian's chromium and chromium-driver; cargo xtask setup installs them";
+    let found = Path::new("/usr/bin/chromedriver").is_file().then_some(());
+    if mlops_core::testing::prerequisite("chromium-driver", found, how).is_none() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let (pngs, _, _, _) = test_images()?;
+    let image = tmp.path().join("upload.png");
+    std::fs::write(&image, &pngs[3])?;
+    let (_, predicted) = post(
+        &format!("{}/predictions/fashion", server.inference),
+        "image/png",
+        &pngs[3],
+    )?;
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser.py"))
+        .arg(&server.inference)
+        .arg(&image)
+        .arg(tmp.path().join("page.png"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(shown["models"], json!(["fashion"]), "{shown}");
+    assert_eq!(shown["error"], "", "{shown}");
+    assert_eq!(shown["label"], predicted["label"], "{shown}");
+    assert_eq!(shown["version"], "1", "{shown}");
+    let thumbnails = shown["thumbnails"].as_array().context("thumbnails")?;
+    assert_eq!(
+        thumbnails.len(),
+        EvalDir::open(&run().eval)?.summary.k,
+        "{shown}"
+    );
+    assert!(thumbnails.iter().all(|t| t["loaded"] == true), "{shown}");
+    assert_eq!(shown["votes"], 3, "one row per class: {shown}");
+    assert_eq!(shown["fits_width"], true, "{shown}");
+    assert_eq!(shown["inputs_labelled"], true, "{shown}");
+    assert!(std::fs::metadata(tmp.path().join("page.png"))?.len() > 1000);
+    server.stop()
+}

@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "debootstrap",
+    // The server's web page is tested in a real browser: headless Chromium through selenium.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// The libtorch tch 0.26 needs (see shared/ENVIRONMENT.md).
@@ -58,6 +61,8 @@ const PY_PACKAGES: &[&str] = &[
     // the multipart encoder browsers' forms are checked with (requests comes with it).
     "tritonclient[http]",
     "requests-toolbelt",
+    // Drives headless Chromium for the web page's test (the driver comes from apt).
+    "selenium",
 ];
 
 #[derive(clap::Args, Default)]

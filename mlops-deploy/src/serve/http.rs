@@ -101,6 +101,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Routes of the inference listener.
 pub fn inference(state: Arc<State>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/ping", get(ping))
         .route("/predictions/{name}", post(predict_default))
         .route("/predictions/{name}/{version}", post(predict_version))
@@ -192,6 +193,32 @@ async fn method_not_allowed() -> ApiError {
         "MethodNotAllowedException",
         "Requested method is not allowed, please refer to API document.",
     )
+}
+
+/// The web page of the inference listener: choose, drop or paste an image, see the predicted
+/// class, each class's vote share and the gallery images that voted. Plain HTML and one inline
+/// script, built into the binary: nothing outside the machine is fetched.
+async fn page(AxumState(state): Shared) -> Response {
+    // Model names are restricted to [A-Za-z0-9._-] (layout::valid_name): nothing to escape.
+    let options: String = state
+        .names()
+        .iter()
+        .filter(|n| layout::valid_name(n))
+        .map(|n| format!("<option>{n}</option>"))
+        .collect();
+    let html = include_str!("ui/index.html").replace("<!--MODELS-->", &options);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn ping(AxumState(state): Shared) -> Response {
