@@ -10,9 +10,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use mlops_core::artifact::eval::{DECISION_FILE, METRICS_FILE, SIMILARITY_BASELINE_FILE};
+use mlops_core::artifact::eval::{
+    CONFUSION_PNG_FILE, DECISION_FILE, METRICS_FILE, REPORT_FILE, SIMILARITY_BASELINE_FILE,
+};
 use mlops_core::artifact::index::{GALLERY_IMAGES_FILE, INDEX_FILE, LABELS_FILE};
-use mlops_core::artifact::model::{CENTRES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
+use mlops_core::artifact::model::{CENTRES_FILE, CURVES_FILE, MODEL_DESCRIPTION_FILE, MODEL_FILE};
 use mlops_core::artifact::registry::{
     self, model_dir, read_pointer, version_dir, ModelPointer, ModelSignature, Rollout, RolloutMode,
     VersionSummary, LOCK_FILE, POINTER_FILE,
@@ -88,7 +90,7 @@ fn write_pointer(registry: &Path, name: &str, pointer: &ModelPointer) -> Result<
 }
 
 /// The files a version holds, with the stage directory each comes from.
-const MODEL_FILES: [&str; 2] = [MODEL_FILE, MODEL_DESCRIPTION_FILE];
+const MODEL_FILES: [&str; 3] = [MODEL_FILE, MODEL_DESCRIPTION_FILE, CURVES_FILE];
 const INDEX_FILES: [&str; 5] = [
     INDEX_FILE,
     LABELS_FILE,
@@ -96,8 +98,24 @@ const INDEX_FILES: [&str; 5] = [
     CENTRES_FILE,
     GALLERY_IMAGES_FILE,
 ];
-const OPTIONAL: [&str; 3] = [CENTRES_FILE, SIMILARITY_BASELINE_FILE, GALLERY_IMAGES_FILE];
-const EVAL_FILES: [&str; 3] = [METRICS_FILE, DECISION_FILE, SIMILARITY_BASELINE_FILE];
+const OPTIONAL: [&str; 6] = [
+    CENTRES_FILE,
+    SIMILARITY_BASELINE_FILE,
+    GALLERY_IMAGES_FILE,
+    CURVES_FILE,
+    CONFUSION_PNG_FILE,
+    REPORT_FILE,
+];
+const EVAL_FILES: [&str; 5] = [
+    METRICS_FILE,
+    DECISION_FILE,
+    SIMILARITY_BASELINE_FILE,
+    CONFUSION_PNG_FILE,
+    REPORT_FILE,
+];
+
+/// Files of a version a client may download from the management API (the human views).
+pub const VIEWABLE: [&str; 3] = [REPORT_FILE, CURVES_FILE, CONFUSION_PNG_FILE];
 
 /// Refuses a candidate whose signature differs from the model's it would join: the newest
 /// registered version speaks for the model (all its versions share one signature, this check

@@ -1322,3 +1322,70 @@ fn the_web_page_classifies_an_uploaded_image_in_a_real_browser() -> Result<()> {
     assert!(std::fs::metadata(tmp.path().join("page.png"))?.len() > 1000);
     server.stop()
 }
+
+/// The management listener's registry page in headless Chromium: the versions with their views
+/// (report, confusion matrix), a change refused without the token and shown as an error, then
+/// made with it: "Make default" and "Roll back" move what `GET /models/{name}` answers.
+#[test]
+fn the_registry_page_promotes_and_rolls_back_in_a_real_browser() -> Result<()> {
+    let Some(python) = mlops_core::testing::python() else {
+        return Ok(());
+    };
+    let how = "Debian's chromium and chromium-driver; cargo xtask setup installs them";
+    let found = Path::new("/usr/bin/chromedriver").is_file().then_some(());
+    if mlops_core::testing::prerequisite("chromium-driver", found, how).is_none() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    register(&reg, true)?;
+    let [train, index, eval] = &run().candidate;
+    registry::register(&RegisterConfig {
+        model: train.clone(),
+        index: index.clone(),
+        eval: eval.clone(),
+        registry: reg.clone(),
+        name: "fashion".into(),
+        promote: false,
+        force: false,
+    })?;
+    let token = "page-t0ken";
+    let server = Server::start(&reg, &[], Some(token))?;
+    server.wait_healthy()?;
+    let m = &server.management;
+    // The views the page links to.
+    let mut report = agent()
+        .get(&format!("{m}/models/fashion/1/files/report.html"))
+        .call()?;
+    assert_eq!(report.status(), 200);
+    assert!(report.body_mut().read_to_string()?.contains("<html"));
+    assert_eq!(get(&format!("{m}/models/fashion/1/files/model.pt"))?.0, 404);
+    let out = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/registry_page.py"))
+        .args([m.as_str(), "fashion", token])
+        .arg(tmp.path().join("registry.png"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(seen["rows"], 2, "{seen}");
+    assert_eq!(
+        seen["views"],
+        json!(["report", "confusion matrix"]),
+        "{seen}"
+    );
+    assert_eq!(seen["before"], "1", "{seen}");
+    assert!(
+        seen["refused"]
+            .as_str()
+            .is_some_and(|e| e.contains("Bearer")),
+        "{seen}"
+    );
+    assert_eq!(seen["after_refusal"], "1", "{seen}");
+    assert_eq!(seen["promoted"], "2", "{seen}");
+    assert_eq!(seen["rolled_back"], "1", "{seen}");
+    server.stop()
+}

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use mlops_core::artifact::eval::{
-    DECISION_FILE, METRICS_FILE, REPORT_FILE, SIMILARITY_BASELINE_FILE,
+    CONFUSION_PNG_FILE, DECISION_FILE, METRICS_FILE, REPORT_FILE, SIMILARITY_BASELINE_FILE,
 };
 use mlops_core::artifact::model::CURVES_FILE;
 use mlops_core::artifact::{ClassifierSpec, EmbeddingsDir, SimilarityBaseline, CONFIG_FILE};
@@ -454,10 +454,10 @@ fn write_outputs(
     manifest
         .outputs
         .push(out.write_json(SIMILARITY_BASELINE_FILE, &baseline)?);
-    let png_path = out.staged_path("confusion_matrix.png");
+    let png_path = out.staged_path(CONFUSION_PNG_FILE);
     report::confusion_png(&png_path, &outcome.metrics.confusion, classes).map_err(Error::Report)?;
     let heatmap = std::fs::read(&png_path).map_err(|e| mlops_core::Error::io(&png_path, e))?;
-    manifest.outputs.push(out.adopt("confusion_matrix.png")?);
+    manifest.outputs.push(out.adopt(CONFUSION_PNG_FILE)?);
     let (thumbnails, note) =
         misclassified_thumbnails(&inputs.emb, &inputs.truth, &inputs.pred, classes, 24);
     // The training curves, when the embed stage carried them from the model.

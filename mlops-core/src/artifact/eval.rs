@@ -11,6 +11,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const DECISION_FILE: &str = "decision.json";
 /// The human report.
 pub const REPORT_FILE: &str = "report.html";
+/// The confusion matrix as a heat-map.
+pub const CONFUSION_PNG_FILE: &str = "confusion_matrix.png";
 /// The test set's [`SimilarityBaseline`]: what in-distribution traffic looks like to a server.
 pub const SIMILARITY_BASELINE_FILE: &str = "similarity_baseline.json";
 

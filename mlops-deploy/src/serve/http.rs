@@ -141,6 +141,9 @@ pub fn inference(state: Arc<State>) -> Router {
 /// Routes of the management listener.
 pub fn management(state: Arc<State>) -> Router {
     Router::new()
+        .route("/", get(registry_page))
+        .route("/models/{name}/rollback", post(rollback))
+        .route("/models/{name}/{version}/files/{file}", get(version_file))
         .route("/models", get(list_models))
         .route("/models/{name}", get(describe_default))
         .route(
@@ -195,6 +198,25 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The page headers: no caching, and nothing but this server as a source.
+fn page_headers() -> [(header::HeaderName, &'static str); 3] {
+    [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    ]
+}
+
+/// The web page of the management listener: the registry's models and versions with their
+/// metrics, report, training curves and confusion matrix, which one is default, and buttons
+/// to make a version the default or roll back (with the management token when one is set).
+async fn registry_page() -> Response {
+    (page_headers(), include_str!("ui/registry.html")).into_response()
+}
+
 /// The web page of the inference listener: choose, drop or paste an image, see the predicted
 /// class, each class's vote share and the gallery images that voted. Plain HTML and one inline
 /// script, built into the binary: nothing outside the machine is fetched.
@@ -207,18 +229,7 @@ async fn page(AxumState(state): Shared) -> Response {
         .map(|n| format!("<option>{n}</option>"))
         .collect();
     let html = include_str!("ui/index.html").replace("<!--MODELS-->", &options);
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
-            ),
-        ],
-        html,
-    )
-        .into_response()
+    (page_headers(), html).into_response()
 }
 
 async fn ping(AxumState(state): Shared) -> Response {
@@ -983,6 +994,10 @@ fn describe(
         "classifier": dir.summary.classifier,
         "createdAt": dir.summary.created_at.to_rfc3339(),
         "rollout": state.rollout(name).map(|r| json!(r.spec)),
+        "files": crate::registry::VIEWABLE
+            .iter()
+            .filter(|f| dir.manifest.output(f).is_some())
+            .collect::<Vec<_>>(),
         "workers": workers,
         "jobQueueStatus": { "remainingCapacity": state.config.queue_capacity, "pendingRequests": 0 },
     }))
@@ -1084,4 +1099,82 @@ async fn unregister(
         )),
         Unload::NoModel => Err(ApiError::model_not_found(&name)),
     }
+}
+
+/// `POST /models/{name}/rollback`: the registry's rollback (a rollout in progress is abandoned,
+/// else the default returns to the version promoted before), applied at once.
+async fn rollback(
+    AxumState(state): Shared,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers)?;
+    if !layout::valid_name(&name) || state.loaded(&name).is_none() {
+        return Err(ApiError::model_not_found(&name));
+    }
+    let registry = state.registry().clone();
+    let model = name.clone();
+    let pointer = tokio::task::spawn_blocking(move || crate::registry::rollback(&registry, &model))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "InvalidModelVersionException",
+                e.to_string(),
+            )
+        })?;
+    state.sync().await;
+    let v = pointer.default.unwrap_or(0);
+    Ok(Json(json!({
+        "status": format!("Model \"{name}\" rolled back: version {v} is the default"),
+        "default": v,
+    })))
+}
+
+/// `GET /models/{name}/{version}/files/{file}`: a version's report, training curves or
+/// confusion matrix (checksum verified).
+async fn version_file(
+    AxumState(state): Shared,
+    Path((name, version, file)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let v = parse_version(&name, &version)?;
+    let Some(&file) = crate::registry::VIEWABLE.iter().find(|f| **f == file) else {
+        return Err(not_found().await);
+    };
+    let dir = layout::version_dir(state.registry(), &name, v)
+        .map_err(|_| ApiError::model_not_found(&name))?;
+    let dir = VersionDir::open(&dir).map_err(|_| ApiError::version_not_found(&name, &version))?;
+    let path = dir
+        .verified_if_listed(file)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                format!("version {v} of {name} holds no {file}"),
+            )
+        })?;
+    // A few hundred kilobytes at most: read off the async threads all the same.
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let content_type = if file.ends_with(".html") {
+        "text/html; charset=utf-8"
+    } else {
+        "image/png"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The report is self-contained: it needs nothing but its inline images and styles.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
 }
