@@ -1178,3 +1178,75 @@ async fn version_file(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn image_of(content_type: &str, body: Vec<u8>) -> Result<Bytes, ApiError> {
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = content_type.parse() {
+            headers.insert(header::CONTENT_TYPE, v);
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(image_from_request(&headers, Bytes::from(body)))
+    }
+
+    fn form(boundary: &str, field: &str, data: &[u8]) -> Vec<u8> {
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        body
+    }
+
+    #[test]
+    fn boundaries_keep_their_case_and_may_be_quoted() {
+        let b = "----WebKitFormBoundaryAbC9xYz1QwErTy";
+        for content_type in [
+            format!("multipart/form-data; boundary={b}"),
+            format!("Multipart/Form-Data; boundary=\"{b}\""),
+        ] {
+            let got = image_of(&content_type, form(b, "data", b"PNGDATA")).unwrap();
+            assert_eq!(&got[..], b"PNGDATA", "{content_type}");
+        }
+        let e = image_of(
+            "multipart/form-data; boundary=abc",
+            form("abc", "file", b"x"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("no field named data"), "{}", e.message);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_multipart_bodies_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            boundary in "[-A-Za-z0-9'()+_,./:=?]{1,70}",
+            quoted in any::<bool>(),
+        ) {
+            let b = if quoted { format!("\"{boundary}\"") } else { boundary.clone() };
+            let _ = image_of(&format!("multipart/form-data; boundary={b}"), body.clone());
+            // A well-formed form around arbitrary bytes returns exactly those bytes (a boundary
+            // with RFC 2045 tspecials is only well-formed when quoted).
+            let got = image_of(&format!("multipart/form-data; boundary={b}"), form(&boundary, "data", &body));
+            let token = boundary.chars().all(|c| c.is_ascii_alphanumeric() || "-'+_.".contains(c));
+            if !body.is_empty() && (quoted || token) {
+                prop_assert_eq!(got.map(|g| g.to_vec()).ok(), Some(body));
+            }
+        }
+
+        #[test]
+        fn arbitrary_content_types_never_panic(
+            content_type in ".{0,80}",
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = image_of(&content_type, body);
+        }
+    }
+}
