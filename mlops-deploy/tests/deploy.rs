@@ -107,6 +107,30 @@ fn register(registry: &Path, promote: bool) -> Result<u64> {
     .version)
 }
 
+/// Registers the second model (another seed, same signature) without promoting it.
+fn register_candidate(registry: &Path) -> Result<u64> {
+    let [train, index, eval] = &run().candidate;
+    Ok(registry::register(&RegisterConfig {
+        model: train.clone(),
+        index: index.clone(),
+        eval: eval.clone(),
+        registry: registry.to_path_buf(),
+        name: "fashion".into(),
+        promote: false,
+        force: false,
+    })?
+    .version)
+}
+
+/// The set-up venv's Python, when headless Chromium and its driver are there too.
+fn browser_python() -> Option<PathBuf> {
+    let python = mlops_core::testing::python()?;
+    let how = "Debian's chromium and chromium-driver; cargo xtask setup installs them";
+    let found = Path::new("/usr/bin/chromedriver").is_file().then_some(());
+    mlops_core::testing::prerequisite("chromium-driver", found, how)?;
+    Some(python)
+}
+
 /// The server binary, stopped with SIGTERM.
 struct Server(ServerProcess);
 
@@ -871,18 +895,7 @@ fn canary_and_shadow_rollouts_split_and_compare_traffic() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let reg = tmp.path().join("registry");
     assert_eq!(register(&reg, true)?, 1);
-    let r = run();
-    let [train, index, eval] = &r.candidate;
-    let candidate = registry::register(&RegisterConfig {
-        model: train.clone(),
-        index: index.clone(),
-        eval: eval.clone(),
-        registry: reg.clone(),
-        name: "fashion".into(),
-        promote: false,
-        force: false,
-    })?;
-    assert_eq!(candidate.version, 2);
+    assert_eq!(register_candidate(&reg)?, 2);
     let server = Server::start(&reg, &[], None)?;
     server.wait_healthy()?;
     let url = format!("{}/predictions/fashion", server.inference);
@@ -1272,14 +1285,9 @@ fn explanations_show_the_neighbours_that_decided() -> Result<()> {
 /// thumbnails, at a phone's width, with labelled inputs.
 #[test]
 fn the_web_page_classifies_an_uploaded_image_in_a_real_browser() -> Result<()> {
-    let Some(python) = mlops_core::testing::python() else {
+    let Some(python) = browser_python() else {
         return Ok(());
     };
-    let how = "Debian's chromium and chromium-driver; cargo xtask setup installs them";
-    let found = Path::new("/usr/bin/chromedriver").is_file().then_some(());
-    if mlops_core::testing::prerequisite("chromium-driver", found, how).is_none() {
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
     let reg = tmp.path().join("registry");
     register(&reg, true)?;
@@ -1328,27 +1336,13 @@ fn the_web_page_classifies_an_uploaded_image_in_a_real_browser() -> Result<()> {
 /// made with it: "Make default" and "Roll back" move what `GET /models/{name}` answers.
 #[test]
 fn the_registry_page_promotes_and_rolls_back_in_a_real_browser() -> Result<()> {
-    let Some(python) = mlops_core::testing::python() else {
+    let Some(python) = browser_python() else {
         return Ok(());
     };
-    let how = "Debian's chromium and chromium-driver; cargo xtask setup installs them";
-    let found = Path::new("/usr/bin/chromedriver").is_file().then_some(());
-    if mlops_core::testing::prerequisite("chromium-driver", found, how).is_none() {
-        return Ok(());
-    }
     let tmp = tempfile::tempdir()?;
     let reg = tmp.path().join("registry");
     register(&reg, true)?;
-    let [train, index, eval] = &run().candidate;
-    registry::register(&RegisterConfig {
-        model: train.clone(),
-        index: index.clone(),
-        eval: eval.clone(),
-        registry: reg.clone(),
-        name: "fashion".into(),
-        promote: false,
-        force: false,
-    })?;
+    register_candidate(&reg)?;
     let token = "page-t0ken";
     let server = Server::start(&reg, &[], Some(token))?;
     server.wait_healthy()?;
