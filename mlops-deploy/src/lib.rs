@@ -29,8 +29,6 @@
 pub mod package;
 pub mod registry;
 pub mod serve;
-#[cfg(feature = "test-support")]
-pub mod testing;
 
 use std::path::PathBuf;
 

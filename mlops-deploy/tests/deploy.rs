@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use mlops_core::artifact::{DataDir, EvalDir, Role};
+use mlops_core::testing::server::{self as testing, ServerProcess};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_deploy::registry::{self, RegisterConfig};
-use mlops_deploy::testing::{self, ServerProcess};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlops-deploy");
@@ -143,7 +143,7 @@ impl std::ops::Deref for Server {
 }
 
 /// The test-support helpers' errors as anyhow's.
-fn t<T>(r: mlops_deploy::testing::TestResult<T>) -> Result<T> {
+fn t<T>(r: testing::TestResult<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!(e))
 }
 

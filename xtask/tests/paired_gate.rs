@@ -9,11 +9,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use mlops_core::testing::server::{self, ServerProcess};
 use serde_json::Value;
 
 mod common;
@@ -217,45 +218,16 @@ fn webhook() -> Result<(String, Arc<Mutex<Vec<String>>>)> {
     Ok((url, seen))
 }
 
-struct Server {
-    child: Child,
-    inference: String,
-    management: String,
-    metrics: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
+    server::agent()
 }
 
 /// The sum of metric `name`'s samples whose labels include all of `labels`.
-fn metric(server: &Server, name: &str, labels: &[&str]) -> Result<f64> {
-    let text = agent()
-        .get(&format!("{}/metrics", server.metrics))
-        .call()?
-        .body_mut()
-        .read_to_string()?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum())
+fn metric(server: &ServerProcess, name: &str, labels: &[&str]) -> Result<f64> {
+    server.metric(name, labels).map_err(|e| anyhow!(e))
 }
 
-fn predict(server: &Server, model: &str, image: &[u8]) -> Result<Value> {
+fn predict(server: &ServerProcess, model: &str, image: &[u8]) -> Result<Value> {
     let mut r = agent()
         .post(&format!("{}/predictions/{model}", server.inference))
         .header("Content-Type", "image/png")
@@ -288,53 +260,15 @@ fn shadow_and_drift(src: &Path, registry: &Path) -> Result<()> {
     deploy(&["promote", model, "1", "--shadow"])?;
     let (url, slack) = webhook()?;
     let log = registry.with_extension("serve.log");
-    let mut child = Command::new(bins.join("mlops-deploy"))
-        .args(["serve", "--registry"])
-        .arg(registry)
-        .args([
-            "--inference-addr",
-            "127.0.0.1:0",
-            "--management-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-addr", "127.0.0.1:0", "--threads", "1"])
+    let mut cmd = server::serve_command(&bins.join("mlops-deploy"), registry);
+    cmd.args(["--threads", "1"])
         .env("SLACK_WEBHOOK_URL", &url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let bound: Value =
-        serde_json::from_str(line.strip_prefix("listening ").context(line.clone())?)?;
-    let server = Server {
-        child,
-        inference: format!(
-            "http://{}",
-            bound["inference"].as_str().context("inference")?
-        ),
-        management: format!(
-            "http://{}",
-            bound["management"].as_str().context("management")?
-        ),
-        metrics: format!("http://{}", bound["metrics"].as_str().context("metrics")?),
-    };
-    let until = Instant::now() + Duration::from_secs(60);
-    while agent()
-        .get(&format!("{}/ping", server.inference))
-        .call()
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-        != 200
-    {
-        ensure!(
-            Instant::now() < until,
-            "never healthy: {}",
-            std::fs::read_to_string(&log)?
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let alert = |s: &Server| {
+        .env("RUST_LOG", "info");
+    let server = ServerProcess::start(cmd, &log).map_err(|e| anyhow!(e))?;
+    server
+        .wait_healthy(Duration::from_secs(60))
+        .map_err(|e| anyhow!(e))?;
+    let alert = |s: &ServerProcess| {
         metric(
             s,
             "mlops_drift",

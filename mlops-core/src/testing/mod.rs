@@ -1,6 +1,8 @@
 //! Helpers for the stage crates' tests and benchmarks (feature `test-support`): driving a stage
 //! binary, asserting the bad-input contract, optional prerequisites, synthetic artifacts.
 
+pub mod server;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
-//! A server process for tests (feature `test-support`): `mlops-deploy serve` started on free
-//! loopback ports, its addresses read from the line it prints, waited for until healthy,
-//! scraped, stopped with SIGTERM, killed if the test ends early.
+//! The server as a process, for the tests of every crate that runs it (the deploy crate's and
+//! xtask's): `mlops-deploy serve` started on free loopback ports, its addresses read from the
+//! line it prints, waited for until healthy, scraped, stopped with SIGTERM, killed if the test
+//! ends early. Here rather than in `mlops-deploy` so that tests need not link libtorch.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
