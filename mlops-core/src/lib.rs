@@ -30,6 +30,7 @@
 //! ```
 
 pub mod artifact;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 mod error;
@@ -43,6 +44,8 @@ mod outdir;
 pub mod plot;
 #[cfg(feature = "image")]
 pub mod preprocess;
+pub mod progress;
+#[cfg(feature = "cli")]
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -61,16 +62,6 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
     let points = |f: fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
         metrics.iter().map(|m| (m.epoch as f64, f(m))).collect()
     };
-    let span = |values: &[(f64, f64)], pad: f64| {
-        let lo = values.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let hi = values.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        if lo.is_finite() && hi.is_finite() && hi > lo {
-            (lo - (hi - lo) * pad)..(hi + (hi - lo) * pad)
-        } else {
-            let c = if lo.is_finite() { lo } else { 0.0 };
-            (c - 0.5)..(c + 0.5)
-        }
-    };
     let loss = points(|m| m.train_loss);
     let knn = points(|m| m.val_knn_accuracy);
     let centre = points(|m| m.val_centre_accuracy);
@@ -99,54 +90,70 @@ pub fn training_curves_png(path: &Path, metrics: &[EpochMetrics]) -> Result<(), 
             span(&lr, 0.05),
         ),
     ];
-    for (i, (panel, (title, y_desc, lines, y_range))) in panels.iter().zip(series).enumerate() {
+    for (i, (panel, series)) in panels.iter().zip(series).enumerate() {
         // Loss and learning rate fall, accuracy rises: keep the legend off the lines' ends.
         let legend_at = if i == 1 {
             SeriesLabelPosition::LowerRight
         } else {
             SeriesLabelPosition::UpperRight
         };
-        let mut chart = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 18))
-            .margin(8)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x_range.clone(), y_range)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .y_desc(y_desc)
-            .x_labels(metrics.len().clamp(2, 12))
-            .label_style(("sans-serif", 12))
-            .draw()
-            .map_err(err)?;
-        for (name, values, color) in lines {
-            chart
-                .draw_series(LineSeries::new(
-                    values.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(values.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(err)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(legend_at)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(err)?;
+        draw_panel(panel, series, x_range.clone(), metrics.len(), legend_at).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// The value range of `values` widened by `pad` of its span on each side; a unit range around
+/// a constant (or empty) series.
+fn span(values: &[(f64, f64)], pad: f64) -> std::ops::Range<f64> {
+    let lo = values.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let hi = values.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    if lo.is_finite() && hi.is_finite() && hi > lo {
+        (lo - (hi - lo) * pad)..(hi + (hi - lo) * pad)
+    } else {
+        let c = if lo.is_finite() { lo } else { 0.0 };
+        (c - 0.5)..(c + 0.5)
+    }
+}
+
+/// One panel: its axes, a line with markers per series, and the legend.
+fn draw_panel<'b>(
+    panel: &DrawingArea<BitMapBackend<'b>, Shift>,
+    (title, y_desc, lines, y_range): Panel<'_>,
+    x_range: std::ops::Range<f64>,
+    epochs: usize,
+    legend_at: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<<BitMapBackend<'b> as DrawingBackend>::ErrorType>> {
+    let mut chart = ChartBuilder::on(panel)
+        .caption(title, ("sans-serif", 18))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_range, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .x_labels(epochs.clamp(2, 12))
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    for (name, values, color) in lines {
+        chart
+            .draw_series(LineSeries::new(
+                values.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart.draw_series(values.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend_at)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
 }
 
 #[cfg(test)]

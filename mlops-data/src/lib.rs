@@ -41,6 +41,7 @@ use std::path::PathBuf;
 
 use mlops_core::artifact::data::{pixel_scale_shift, Dedup};
 use mlops_core::artifact::{CLASSES_FILE, CONFIG_FILE};
+use mlops_core::progress::{self, Progress, Silent};
 use mlops_core::{Manifest, OutputDir};
 use ndarray::{Array1, Array4};
 use serde::{Deserialize, Serialize};
@@ -131,8 +132,14 @@ impl DataConfig {
     }
 }
 
-/// Runs the data stage: read sources, split, write shards and the manifest into `config.out`.
+/// Runs the data stage without reporting progress: see [`run_with`].
 pub fn run(config: &DataConfig) -> Result<Manifest> {
+    run_with(config, &Silent)
+}
+
+/// Runs the data stage: read sources, split, write shards and the manifest into `config.out`,
+/// reporting decoding and writing to `progress`.
+pub fn run_with(config: &DataConfig, progress: &dyn Progress) -> Result<Manifest> {
     config.check()?;
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let [height, width] = config.image_size;
@@ -141,6 +148,7 @@ pub fn run(config: &DataConfig) -> Result<Manifest> {
         height,
         width,
         config.class_names.as_deref(),
+        progress,
     )?;
     manifest.inputs = loaded.inputs.clone();
 
@@ -177,50 +185,13 @@ pub fn run(config: &DataConfig) -> Result<Manifest> {
     let value_range = [shift, 255.0 * scale + shift];
 
     let mut out = OutputDir::create(&config.out)?;
-    let total: usize = roles.iter().map(Vec::len).sum();
-    let bar = mlops_core::telemetry::progress(total as u64, "write");
-    let mut role_summaries = BTreeMap::new();
-    for role in Role::ALL {
-        let indices = &roles[role.index()];
-        let mut class_counts = vec![0usize; loaded.classes.len()];
-        let mut shards = Vec::new();
-        for (shard, chunk) in indices.chunks(config.npy_interval).enumerate() {
-            let mut images = Array4::<f32>::zeros((chunk.len(), 1, height, width));
-            let mut labels = Array1::<i64>::zeros(chunk.len());
-            for (row, &i) in chunk.iter().enumerate() {
-                let dst = images
-                    .as_slice_mut()
-                    .expect("a fresh array is contiguous")
-                    .chunks_exact_mut(height * width)
-                    .nth(row)
-                    .expect("row < chunk.len()");
-                for (d, &p) in dst.iter_mut().zip(loaded.image(i)) {
-                    *d = p as f32 * scale + shift;
-                }
-                labels[row] = loaded.labels[i] as i64;
-                class_counts[loaded.labels[i]] += 1;
-            }
-            let images_entry = out.write_npy(&role.images_file(shard), &images)?;
-            let labels_entry = out.write_npy(&role.labels_file(shard), &labels)?;
-            shards.push(ShardPair {
-                images: images_entry.path.clone(),
-                labels: labels_entry.path.clone(),
-                rows: chunk.len(),
-            });
-            manifest.outputs.extend([images_entry, labels_entry]);
-            bar.inc(chunk.len() as u64);
-        }
-        tracing::info!(role = %role, rows = indices.len(), shards = shards.len(), "wrote role");
-        role_summaries.insert(
-            role.as_str().to_string(),
-            RoleSummary {
-                rows: indices.len(),
-                shards,
-                class_counts,
-            },
-        );
-    }
-    bar.finish_and_clear();
+    let writer = ShardWriter {
+        loaded: &loaded,
+        config,
+        scale,
+        shift,
+    };
+    let role_summaries = writer.write_roles(&roles, &mut out, &mut manifest, progress)?;
 
     manifest
         .outputs
@@ -239,6 +210,74 @@ pub fn run(config: &DataConfig) -> Result<Manifest> {
     };
     manifest.summary = serde_json::to_value(&summary).expect("summary is plain data");
     Ok(out.commit(manifest)?)
+}
+
+/// Writes the loaded images of each role as scaled `.npy` shards.
+struct ShardWriter<'a> {
+    loaded: &'a Loaded,
+    config: &'a DataConfig,
+    scale: f32,
+    shift: f32,
+}
+
+impl ShardWriter<'_> {
+    fn write_roles(
+        &self,
+        roles: &[Vec<usize>],
+        out: &mut OutputDir,
+        manifest: &mut Manifest,
+        progress: &dyn Progress,
+    ) -> Result<BTreeMap<String, RoleSummary>> {
+        let total: usize = roles.iter().map(Vec::len).sum();
+        let task = progress::start(progress, "write", total as u64);
+        let mut role_summaries = BTreeMap::new();
+        for role in Role::ALL {
+            let indices = &roles[role.index()];
+            let mut class_counts = vec![0usize; self.loaded.classes.len()];
+            let mut shards = Vec::new();
+            for (shard, chunk) in indices.chunks(self.config.npy_interval).enumerate() {
+                let (images, labels) = self.shard(chunk, &mut class_counts);
+                let images_entry = out.write_npy(&role.images_file(shard), &images)?;
+                let labels_entry = out.write_npy(&role.labels_file(shard), &labels)?;
+                shards.push(ShardPair {
+                    images: images_entry.path.clone(),
+                    labels: labels_entry.path.clone(),
+                    rows: chunk.len(),
+                });
+                manifest.outputs.extend([images_entry, labels_entry]);
+                task.inc(chunk.len() as u64);
+            }
+            tracing::info!(role = %role, rows = indices.len(), shards = shards.len(), "wrote role");
+            role_summaries.insert(
+                role.as_str().to_string(),
+                RoleSummary {
+                    rows: indices.len(),
+                    shards,
+                    class_counts,
+                },
+            );
+        }
+        Ok(role_summaries)
+    }
+
+    /// One shard's images (scaled to the stage's value range) and labels, counting classes.
+    fn shard(&self, chunk: &[usize], class_counts: &mut [usize]) -> (Array4<f32>, Array1<i64>) {
+        let [height, width] = self.config.image_size;
+        let mut images = Array4::<f32>::zeros((chunk.len(), 1, height, width));
+        let mut labels = Array1::<i64>::zeros(chunk.len());
+        let pixels = images
+            .as_slice_mut()
+            .expect("a fresh array is contiguous")
+            .chunks_exact_mut(height * width);
+        for ((row, &i), dst) in chunk.iter().enumerate().zip(pixels) {
+            for (d, &p) in dst.iter_mut().zip(self.loaded.image(i)) {
+                *d = p as f32 * self.scale + self.shift;
+            }
+            labels[row] = self.loaded.labels[i] as i64;
+            class_counts[self.loaded.labels[i]] += 1;
+        }
+        (images, labels)
+    }
 }
 
 fn pixel_stats(loaded: &Loaded, train: &[usize]) -> Normalization {

@@ -55,6 +55,6 @@ fn parse_size(s: &str) -> Result<[usize; 2], String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     mlops_core::cli::main(&args.config, &args.flags, |c: mlops_data::DataConfig| {
-        mlops_data::run(&c).map(|_| ExitCode::SUCCESS)
+        mlops_data::run_with(&c, &mlops_core::telemetry::Bars::default()).map(|_| ExitCode::SUCCESS)
     })
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use mlops_core::artifact::data::SourceSummary;
 use mlops_core::preprocess;
+use mlops_core::progress::{self, Progress};
 use mlops_core::FileEntry;
 
 use crate::idx::read_idx;
@@ -83,6 +84,7 @@ pub fn load_sources(
     height: usize,
     width: usize,
     class_names: Option<&[String]>,
+    progress: &dyn Progress,
 ) -> Result<Loaded> {
     if sources.is_empty() {
         return Err(Error::Config("at least one --source is required".into()));
@@ -100,7 +102,7 @@ pub fn load_sources(
     for source in sources {
         let before = loaded.len();
         let before_test = loaded.designated_test.iter().filter(|t| **t).count();
-        let kind = load_source(source, &mut loaded, class_names)?;
+        let kind = load_source(source, &mut loaded, class_names, progress)?;
         let images = loaded.len() - before;
         if images == 0 {
             return Err(Error::source(source, "empty source: it holds no images"));
@@ -121,6 +123,7 @@ fn load_source(
     source: &Path,
     loaded: &mut Loaded,
     class_names: Option<&[String]>,
+    progress: &dyn Progress,
 ) -> Result<&'static str> {
     let meta = std::fs::metadata(source).map_err(|e| mlops_core::Error::io(source, e))?;
     if meta.is_file() {
@@ -168,7 +171,7 @@ fn load_source(
     for stray in entries.iter().filter(|p| p.is_file()) {
         tracing::warn!(file = %stray.display(), "ignoring a file outside the class folders");
     }
-    load_folder(&class_dirs, loaded)?;
+    load_folder(&class_dirs, loaded, progress)?;
     Ok("folder")
 }
 
@@ -267,7 +270,11 @@ fn load_idx_pair(
     Ok(())
 }
 
-fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
+fn load_folder(
+    class_dirs: &[&PathBuf],
+    loaded: &mut Loaded,
+    progress: &dyn Progress,
+) -> Result<()> {
     let mut files = Vec::new();
     for dir in class_dirs {
         let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -283,7 +290,7 @@ fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
         let class = loaded.class_id(&file_name(dir));
         files.extend(images.into_iter().map(|p| (p, class)));
     }
-    let bar = mlops_core::telemetry::progress(files.len() as u64, "decode");
+    let task = progress::start(progress, "decode", files.len() as u64);
     for (path, class) in &files {
         let bytes = std::fs::read(path).map_err(|e| mlops_core::Error::io(path, e))?;
         let img = preprocess::decode(&bytes).map_err(|source| Error::Image {
@@ -292,9 +299,9 @@ fn load_folder(class_dirs: &[&PathBuf], loaded: &mut Loaded) -> Result<()> {
         })?;
         let pixels = preprocess::to_gray(&img, loaded.height, loaded.width);
         loaded.push(&pixels, *class, false);
-        bar.inc(1);
+        task.inc(1);
     }
-    bar.finish_and_clear();
+    drop(task);
     for dir in class_dirs {
         loaded.inputs.push(FileEntry::input_tree(dir)?);
     }

@@ -41,6 +41,7 @@ use mlops_core::artifact::{
     DataDir, EmbedSummary, EmbeddedRole, EmbeddingShard, ModelDescription, ModelDir, Role,
     VersionDir, CLASSES_FILE, CONFIG_FILE,
 };
+use mlops_core::progress::{self, Progress};
 use mlops_core::{Manifest, OutputDir};
 use mlops_torch::DeviceSpec;
 use ndarray::Array2;
@@ -246,8 +247,13 @@ impl Embedder {
     }
 }
 
-/// Runs the embed stage (see the crate docs).
+/// Runs the embed stage without reporting progress: see [`run_with`].
 pub fn run(config: &EmbedConfig) -> Result<Manifest> {
+    run_with(config, &mlops_core::progress::Silent)
+}
+
+/// Runs the embed stage (see the crate docs), reporting each role's embedding to `progress`.
+pub fn run_with(config: &EmbedConfig, progress: &dyn Progress) -> Result<Manifest> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     if config.batch_size == 0 || config.roles.as_ref().is_some_and(Vec::is_empty) {
         return Err(Error::Config(
@@ -268,63 +274,27 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     manifest.inputs.extend(model.model_input_entries()?);
     manifest.inputs.extend(data.role_input_entries(&roles)?);
 
-    let mut out = OutputDir::create(&config.out)?;
-    let mut embedded = BTreeMap::new();
+    let mut writer = RoleWriter {
+        data: &data,
+        config,
+        out: OutputDir::create(&config.out)?,
+        manifest,
+        embedded: BTreeMap::new(),
+        progress,
+    };
     let (mut images_done, mut seconds) = (0usize, 0.0f64);
     for &role in &roles {
-        let (done, secs) = embed_role(
-            &embedder,
-            &data,
-            role,
-            role.as_str(),
-            config,
-            &mut out,
-            &mut manifest,
-            &mut embedded,
-        )?;
+        let (done, secs) = writer.embed_role(&embedder, role, role.as_str())?;
         images_done += done;
         seconds += secs;
     }
-    let deployed = match &config.baseline {
-        Some(path) => {
-            let found = mlops_core::artifact::registry::deployed_version(path)?;
-            if found.is_none() {
-                tracing::info!(baseline = %path.display(), "no deployed version: no paired comparison");
-            }
-            found
-        }
-        None => None,
-    };
-    let mut embedded_baseline = None;
-    if let Some(dir) = &deployed {
-        let version = VersionDir::open(dir)?;
-        let description = version.description()?;
-        match check_compatible(&description, &data, dir) {
-            Err(e) => tracing::warn!(
-                baseline = %dir.display(),
-                "the deployed model cannot take this data, no paired comparison: {e}"
-            ),
-            Ok(()) => {
-                let model = version.model_path()?;
-                let deployed = Embedder::load_file(&model, description, device)?
-                    .with_precision(config.precision);
-                manifest
-                    .inputs
-                    .push(mlops_core::FileEntry::input_file(&model)?);
-                embed_role(
-                    &deployed,
-                    &data,
-                    Role::Test,
-                    BASELINE_TEST_ROLE,
-                    config,
-                    &mut out,
-                    &mut manifest,
-                    &mut embedded,
-                )?;
-                embedded_baseline = Some(dir.clone());
-            }
-        }
-    }
+    let baseline = writer.embed_baseline(device)?;
+    let RoleWriter {
+        mut out,
+        mut manifest,
+        embedded,
+        ..
+    } = writer;
     let classes = &embedder.description().classes;
     manifest
         .outputs
@@ -346,7 +316,7 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
         images_per_second: images_done as f64 / seconds.max(1e-9),
         precision: embedder.precision().to_string(),
         cpu: mlops_torch::cpu_model(),
-        baseline: embedded_baseline,
+        baseline,
     };
     tracing::info!(
         img_per_s = format!("{:.0}", summary.images_per_second),
@@ -356,62 +326,99 @@ pub fn run(config: &EmbedConfig) -> Result<Manifest> {
     Ok(out.commit(manifest)?)
 }
 
-/// Embeds `role`'s shards with `embedder` as role `name`; returns the images embedded and the
-/// seconds spent in the model.
-#[allow(clippy::too_many_arguments)]
-fn embed_role(
-    embedder: &Embedder,
-    data: &DataDir,
-    role: Role,
-    name: &str,
-    config: &EmbedConfig,
-    out: &mut OutputDir,
-    manifest: &mut Manifest,
-    embedded: &mut BTreeMap<String, EmbeddedRole>,
-) -> Result<(usize, f64)> {
-    let rs = data.role(role)?;
-    let bar = mlops_core::telemetry::progress(rs.rows as u64, &format!("embed {name}"));
-    let mut shards = Vec::new();
-    let mut seconds = 0.0;
-    for (i, pair) in rs.shards.iter().enumerate() {
-        let (images, labels) = data.read_shard(pair)?;
-        let n = labels.len();
-        let started = Instant::now();
-        let emb = embedder
-            .embed(&images.into_raw_vec_and_offset().0, n, config.batch_size)
-            .map_err(|e| match e {
-                Error::Mismatch { message, .. } => Error::Mismatch {
-                    path: config.data.join(&pair.images),
-                    message,
-                },
-                e => e,
-            })?;
-        seconds += started.elapsed().as_secs_f64();
-        let e = out.write_npy(&embeddings_file(name, i), &emb)?;
-        let l = out.write_npy(&labels_file(name, i), &labels)?;
-        shards.push(EmbeddingShard {
-            embeddings: e.path.clone(),
-            labels: l.path.clone(),
-            rows: n,
-        });
-        manifest.outputs.extend([e, l]);
-        bar.inc(n as u64);
+/// The embed stage's output while it is written: the staged directory, the manifest and the
+/// roles embedded so far.
+struct RoleWriter<'a> {
+    data: &'a DataDir,
+    config: &'a EmbedConfig,
+    out: OutputDir,
+    manifest: Manifest,
+    embedded: BTreeMap<String, EmbeddedRole>,
+    progress: &'a dyn Progress,
+}
+
+impl RoleWriter<'_> {
+    /// Embeds `role`'s shards with `embedder` as role `name`; returns the images embedded and
+    /// the seconds spent in the model.
+    fn embed_role(&mut self, embedder: &Embedder, role: Role, name: &str) -> Result<(usize, f64)> {
+        let rs = self.data.role(role)?;
+        let task = progress::start(self.progress, &format!("embed {name}"), rs.rows as u64);
+        let mut shards = Vec::new();
+        let mut seconds = 0.0;
+        for (i, pair) in rs.shards.iter().enumerate() {
+            let (images, labels) = self.data.read_shard(pair)?;
+            let n = labels.len();
+            let started = Instant::now();
+            let emb = embedder
+                .embed(
+                    &images.into_raw_vec_and_offset().0,
+                    n,
+                    self.config.batch_size,
+                )
+                .map_err(|e| match e {
+                    Error::Mismatch { message, .. } => Error::Mismatch {
+                        path: self.config.data.join(&pair.images),
+                        message,
+                    },
+                    e => e,
+                })?;
+            seconds += started.elapsed().as_secs_f64();
+            let e = self.out.write_npy(&embeddings_file(name, i), &emb)?;
+            let l = self.out.write_npy(&labels_file(name, i), &labels)?;
+            shards.push(EmbeddingShard {
+                embeddings: e.path.clone(),
+                labels: l.path.clone(),
+                rows: n,
+            });
+            self.manifest.outputs.extend([e, l]);
+            task.inc(n as u64);
+        }
+        drop(task);
+        tracing::info!(
+            role = name,
+            rows = rs.rows,
+            seconds = format!("{seconds:.3}"),
+            "embedded"
+        );
+        self.embedded.insert(
+            name.to_string(),
+            EmbeddedRole {
+                rows: rs.rows,
+                shards,
+            },
+        );
+        Ok((rs.rows, seconds))
     }
-    bar.finish_and_clear();
-    tracing::info!(
-        role = name,
-        rows = rs.rows,
-        seconds = format!("{seconds:.3}"),
-        "embedded"
-    );
-    embedded.insert(
-        name.to_string(),
-        EmbeddedRole {
-            rows: rs.rows,
-            shards,
-        },
-    );
-    Ok((rs.rows, seconds))
+
+    /// Embeds the test role with the registry's deployed version too, when `baseline` names a
+    /// registry model with one that can take this data (the paired deploy gate's input).
+    /// Returns the version directory used.
+    fn embed_baseline(&mut self, device: Device) -> Result<Option<PathBuf>> {
+        let Some(path) = &self.config.baseline else {
+            return Ok(None);
+        };
+        let Some(dir) = mlops_core::artifact::registry::deployed_version(path)? else {
+            tracing::info!(baseline = %path.display(), "no deployed version: no paired comparison");
+            return Ok(None);
+        };
+        let version = VersionDir::open(&dir)?;
+        let description = version.description()?;
+        if let Err(e) = check_compatible(&description, self.data, &dir) {
+            tracing::warn!(
+                baseline = %dir.display(),
+                "the deployed model cannot take this data, no paired comparison: {e}"
+            );
+            return Ok(None);
+        }
+        let model = version.model_path()?;
+        let deployed =
+            Embedder::load_file(&model, description, device)?.with_precision(self.config.precision);
+        self.manifest
+            .inputs
+            .push(mlops_core::FileEntry::input_file(&model)?);
+        self.embed_role(&deployed, Role::Test, BASELINE_TEST_ROLE)?;
+        Ok(Some(dir))
+    }
 }
 
 fn check_compatible(model: &ModelDescription, data: &DataDir, model_dir: &Path) -> Result<()> {

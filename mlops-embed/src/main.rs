@@ -53,6 +53,7 @@ struct Flags {
 fn main() -> ExitCode {
     let args = Args::parse();
     mlops_core::cli::main(&args.config, &args.flags, |c: mlops_embed::EmbedConfig| {
-        mlops_embed::run(&c).map(|_| ExitCode::SUCCESS)
+        mlops_embed::run_with(&c, &mlops_core::telemetry::Bars::default())
+            .map(|_| ExitCode::SUCCESS)
     })
 }

@@ -246,7 +246,6 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     tracing::info!(factory = %config.factory, ntotal = index.ntotal(), dim, build_seconds, "built index");
 
     let recall = if approximate {
-        let (mut exact, _) = build(dim, flat, "Flat", config.metric, 1, config.seed)?;
         // A test role that is there but unreadable is an error, not a silent fallback.
         let test = if test_queries {
             Some(emb.read_role("test")?.0)
@@ -254,40 +253,13 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
             None
         };
         let queries = test.as_ref().unwrap_or(&vectors);
-        let m = config.recall_queries.min(queries.nrows());
-        let q = &queries.as_slice().expect("standard layout")[..m * dim];
-        let k = config.recall_k.min(labels.len());
-        let r = recall_at_k(&mut index, &mut exact, q, k)?;
-        tracing::info!(k, queries = m, recall = r, "recall against exact search");
-        Some(Recall {
-            k,
-            queries: m,
-            recall_at_k: r,
-        })
+        Some(measure_recall(config, &mut index, flat, dim, queries)?)
     } else {
         None
     };
 
     let mut out = OutputDir::create(&config.out)?;
-    let index_path = out.staged_path(INDEX_FILE);
-    faiss::write_index(&index, index_path.to_string_lossy().as_ref())
-        .map_err(faiss_err(format!("writing {}", index_path.display())))?;
-    manifest.outputs.push(out.adopt(INDEX_FILE)?);
-    manifest.outputs.push(out.write_npy(LABELS_FILE, &labels)?);
-    manifest
-        .outputs
-        .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
-    if let Some((images, data_manifest)) = gallery_images(&emb, &config.role, labels.len())? {
-        manifest.inputs.push(data_manifest);
-        manifest
-            .outputs
-            .push(out.write_npy(GALLERY_IMAGES_FILE, &images)?);
-    }
-    // The class centres travel with the index: index + labels + centres are the classifier.
-    if let Some((input, output)) = emb.carry(CENTRES_FILE, &mut out)? {
-        manifest.inputs.push(input);
-        manifest.outputs.push(output);
-    }
+    write_classifier(&mut out, &mut manifest, &index, &labels, &emb, &config.role)?;
     manifest.outputs.push(out.write_json(CONFIG_FILE, config)?);
     let summary = IndexSummary {
         factory: config.factory.clone(),
@@ -304,6 +276,60 @@ pub fn run(config: &IndexConfig) -> Result<IndexSummary> {
     manifest.summary = serde_json::to_value(&summary).expect("plain data");
     out.commit(manifest)?;
     Ok(summary)
+}
+
+/// Writes what the classifier loads: the index, its labels and classes, the gallery's images
+/// and the class centres when there are some.
+fn write_classifier(
+    out: &mut OutputDir,
+    manifest: &mut Manifest,
+    index: &IndexImpl,
+    labels: &ndarray::Array1<i64>,
+    emb: &EmbeddingsDir,
+    role: &str,
+) -> Result<()> {
+    let index_path = out.staged_path(INDEX_FILE);
+    faiss::write_index(index, index_path.to_string_lossy().as_ref())
+        .map_err(faiss_err(format!("writing {}", index_path.display())))?;
+    manifest.outputs.push(out.adopt(INDEX_FILE)?);
+    manifest.outputs.push(out.write_npy(LABELS_FILE, labels)?);
+    manifest
+        .outputs
+        .push(out.write_json(CLASSES_FILE, &emb.summary.classes)?);
+    if let Some((images, data_manifest)) = gallery_images(emb, role, labels.len())? {
+        manifest.inputs.push(data_manifest);
+        manifest
+            .outputs
+            .push(out.write_npy(GALLERY_IMAGES_FILE, &images)?);
+    }
+    // The class centres travel with the index: index + labels + centres are the classifier.
+    if let Some((input, output)) = emb.carry(CENTRES_FILE, out)? {
+        manifest.inputs.push(input);
+        manifest.outputs.push(output);
+    }
+    Ok(())
+}
+
+/// Recall@k of `index` against exact search over the same vectors, on the first
+/// `config.recall_queries` of `queries`.
+fn measure_recall(
+    config: &IndexConfig,
+    index: &mut IndexImpl,
+    flat: &[f32],
+    dim: usize,
+    queries: &ndarray::Array2<f32>,
+) -> Result<Recall> {
+    let (mut exact, _) = build(dim, flat, "Flat", config.metric, 1, config.seed)?;
+    let m = config.recall_queries.min(queries.nrows());
+    let q = &queries.as_slice().expect("standard layout")[..m * dim];
+    let k = config.recall_k.min(index.ntotal() as usize);
+    let r = recall_at_k(index, &mut exact, q, k)?;
+    tracing::info!(k, queries = m, recall = r, "recall against exact search");
+    Ok(Recall {
+        k,
+        queries: m,
+        recall_at_k: r,
+    })
 }
 
 /// The images of the indexed role as 0-255 bytes aligned with the index ids (the embed stage

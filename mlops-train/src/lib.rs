@@ -47,7 +47,7 @@ pub use mlops_core::artifact::model::{
 pub use mlops_torch::DeviceSpec;
 pub use model::{Arch, EmbeddingNet};
 pub use optim::{OptimizerConfig, OptimizerKind, Schedule};
-pub use trainer::{run, Outcome, TrainNet};
+pub use trainer::{run, run_with, Outcome, TrainNet};
 
 /// Name of this stage in manifests.
 pub const STAGE: &str =

@@ -120,7 +120,7 @@ fn negate<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error> {
 fn main() -> ExitCode {
     let args = Args::parse();
     mlops_core::cli::main(&args.config, &args.flags, |c: mlops_train::TrainConfig| {
-        let o = mlops_train::run(&c)?;
+        let o = mlops_train::run_with(&c, &mlops_core::telemetry::Bars::default())?;
         if o.finished {
             let (acc, epoch) = (o.best_val_accuracy, o.best_epoch);
             eprintln!(

@@ -7,7 +7,8 @@ use tch::Tensor;
 use crate::arcface::normalize;
 
 /// Named network architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// The reference design: conv 1->32 3x3, BN, ReLU, maxpool 2, conv 32->64 3x3, BN, ReLU,

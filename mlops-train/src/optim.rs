@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// Which update rule to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     /// Adam with decoupled weight decay (AdamW).
@@ -240,7 +241,8 @@ impl Optimizer {
 }
 
 /// Learning-rate schedules, evaluated per step so that resuming lands on the same value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Linear warm-up, then cosine decay to 1 % of the peak.

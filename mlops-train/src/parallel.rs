@@ -140,18 +140,7 @@ impl<M: Send> DataParallel<M> {
             losses.iter().sum()
         };
         if k > 1 {
-            let primary = active[0].vs.trainable_variables();
-            tch::no_grad(|| {
-                for r in &active[1..] {
-                    for (p0, p) in primary.iter().zip(r.vs.trainable_variables()) {
-                        let g = p.grad();
-                        if g.defined() {
-                            let mut g0 = p0.grad();
-                            g0 += g.to_device(p0.device());
-                        }
-                    }
-                }
-            });
+            sum_gradients(active);
         }
         opt.step(lr);
         self.broadcast();
@@ -173,6 +162,22 @@ struct ReplicaRef<'a, M>(&'a Replica<M>);
 // SAFETY: each replica is used by exactly one thread during a step, and its tensors live on
 // its own device; nothing else touches it until the scope joins.
 unsafe impl<M> Send for ReplicaRef<'_, M> {}
+
+/// Adds every other replica's gradients to the first replica's.
+fn sum_gradients<M>(active: &[Replica<M>]) {
+    let primary = active[0].vs.trainable_variables();
+    tch::no_grad(|| {
+        for r in &active[1..] {
+            for (p0, p) in primary.iter().zip(r.vs.trainable_variables()) {
+                let g = p.grad();
+                if g.defined() {
+                    let mut g0 = p0.grad();
+                    g0 += g.to_device(p0.device());
+                }
+            }
+        }
+    });
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ use mlops_core::artifact::model::{
     EpochMetrics, ModelDescription, CENTRES_FILE, CURVES_FILE, MODEL_DESCRIPTION_FILE,
 };
 use mlops_core::artifact::{DataDir, Role, TrainSummary};
+use mlops_core::progress::{self, Progress};
 use mlops_core::{Manifest, OutputDir};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -60,12 +61,18 @@ pub struct Outcome {
 const METRICS_FILE: &str = "metrics.jsonl";
 const TRAIN_CONFIG_FILE: &str = "train_config.json";
 
+/// Runs the train stage without reporting progress: see [`run_with`].
+pub fn run(config: &TrainConfig) -> Result<Outcome> {
+    run_with(config, &mlops_core::progress::Silent)
+}
+
 /// Runs the train stage (see the crate docs): prepare, train epoch by epoch (checkpointing as
-/// [`checkpoint::policy`] says), export.
+/// [`checkpoint::policy`] says), export. Each epoch is a task of `progress` counted in images,
+/// with the running loss as its note.
 ///
 /// Deterministic given the config on one device and thread count. libtorch's random generator
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
-pub fn run(config: &TrainConfig) -> Result<Outcome> {
+pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome> {
     config.check()?;
     // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
     // "the optimizer's default", which a later version may change.
@@ -83,7 +90,7 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
         .stop_after_epochs
         .map_or(config.epochs, |s| s.min(config.epochs));
     for epoch in session.state.epochs_done..last_epoch {
-        let metrics = session.train_epoch(config, &prepared, epoch)?;
+        let metrics = session.train_epoch(config, &prepared, epoch, progress)?;
         session.end_epoch(metrics)?;
     }
     if session.state.epochs_done < config.epochs {
@@ -263,14 +270,13 @@ impl Session {
         config: &TrainConfig,
         p: &Prepared,
         epoch: usize,
+        progress: &dyn Progress,
     ) -> Result<EpochMetrics> {
         let started = Instant::now();
         let n_train = p.train_labels.len();
         let steps_per_epoch = n_train / config.batch_size;
         let total_steps = steps_per_epoch * config.epochs;
         let warmup = (total_steps as f64 * config.warmup_fraction) as usize;
-        let frame = p.frame();
-        let fill = p.data.summary.value_range[0];
         let mut rng = ChaCha8Rng::seed_from_u64(
             config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
         );
@@ -278,29 +284,18 @@ impl Session {
         tch::manual_seed(config.seed as i64 + epoch as i64 + 1);
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut rng);
-        // Counted in images, so the bar's rate reads as img/s.
-        let bar = mlops_core::telemetry::progress(
+        // Counted in images, so a bar's rate reads as img/s.
+        let label = format!("epoch {}/{}", epoch + 1, config.epochs);
+        let task = progress::start(
+            progress,
+            &label,
             (steps_per_epoch * config.batch_size) as u64,
-            &format!("epoch {}/{}", epoch + 1, config.epochs),
         );
         let (mut loss_sum, mut lr) = (0.0, 0.0);
-        let mut batch = vec![0f32; config.batch_size * frame];
+        let mut batch = vec![0f32; config.batch_size * p.frame()];
         for step in 0..steps_per_epoch {
             let idx = &order[step * config.batch_size..(step + 1) * config.batch_size];
-            let labels: Vec<i64> = idx.iter().map(|&i| p.train_labels[i]).collect();
-            for (row, &i) in idx.iter().enumerate() {
-                let src = &p.train_pixels[i * frame..(i + 1) * frame];
-                let (h, w) = (p.input[1] as usize, p.input[2] as usize);
-                let dst = &mut batch[row * frame..(row + 1) * frame];
-                augment(src, dst, h, w, config, fill, &mut rng);
-            }
-            let xs = Tensor::f_from_slice(&batch)?.f_reshape([
-                idx.len() as i64,
-                p.input[0],
-                p.input[1],
-                p.input[2],
-            ])?;
-            let ys = Tensor::f_from_slice(&labels)?;
+            let (xs, ys) = assemble_batch(p, config, idx, &mut batch, &mut rng)?;
             let global_step = epoch * steps_per_epoch + step;
             lr = lr_at(
                 config.schedule,
@@ -309,22 +304,7 @@ impl Session {
                 total_steps,
                 warmup,
             );
-            let (dp, opt) = (&mut self.dp, &mut self.opt);
-            let (precision, smoothing) = (config.precision, config.label_smoothing);
-            let ema = &mut self.ema;
-            let loss = mlops_torch::catch("running a training step", || {
-                let loss = dp.step(
-                    &xs,
-                    &ys,
-                    |m: &TrainNet, x, y| m.loss(x, y, precision, smoothing),
-                    opt,
-                    lr,
-                );
-                if let Some(ema) = ema {
-                    ema.update(opt.steps());
-                }
-                loss
-            })?;
+            let loss = self.step(config, &xs, &ys, lr)?;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
@@ -332,15 +312,10 @@ impl Session {
                 )));
             }
             loss_sum += loss;
-            bar.inc(config.batch_size as u64);
-            bar.set_message(format!(
-                "epoch {}/{} loss {:.3}",
-                epoch + 1,
-                config.epochs,
-                loss_sum / (step + 1) as f64
-            ));
+            task.inc(config.batch_size as u64);
+            task.note(&format!("{label} loss {:.3}", loss_sum / (step + 1) as f64));
         }
-        bar.finish_and_clear();
+        drop(task);
         let train_seconds = started.elapsed().as_secs_f64();
         let (model, vs) = self.scored();
         let (knn, centre) = mlops_torch::catch("scoring the validation set", || {
@@ -363,6 +338,26 @@ impl Session {
             images_per_second: (steps_per_epoch * config.batch_size) as f64 / train_seconds,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// One optimizer step on every replica (and the moving average after it); the loss.
+    fn step(&mut self, config: &TrainConfig, xs: &Tensor, ys: &Tensor, lr: f64) -> Result<f64> {
+        let (dp, opt) = (&mut self.dp, &mut self.opt);
+        let (precision, smoothing) = (config.precision, config.label_smoothing);
+        let ema = &mut self.ema;
+        Ok(mlops_torch::catch("running a training step", || {
+            let loss = dp.step(
+                xs,
+                ys,
+                |m: &TrainNet, x, y| m.loss(x, y, precision, smoothing),
+                opt,
+                lr,
+            );
+            if let Some(ema) = ema {
+                ema.update(opt.steps());
+            }
+            loss
+        })?)
     }
 
     /// The network that validation scores and export uses: the moving average when there is
@@ -487,6 +482,33 @@ fn class_centres(head: &ArcFace) -> Result<ndarray::Array2<f32>> {
     let values = Vec::<f32>::try_from(centres.f_flatten(0, -1)?)?;
     ndarray::Array2::from_shape_vec((rows as usize, cols as usize), values)
         .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The augmented images `idx` of the training set as one batch tensor, and their labels.
+/// Draws from `rng` in row order (the order a resumed run repeats).
+fn assemble_batch(
+    p: &Prepared,
+    config: &TrainConfig,
+    idx: &[usize],
+    batch: &mut [f32],
+    rng: &mut ChaCha8Rng,
+) -> Result<(Tensor, Tensor)> {
+    let frame = p.frame();
+    let fill = p.data.summary.value_range[0];
+    let (h, w) = (p.input[1] as usize, p.input[2] as usize);
+    let labels: Vec<i64> = idx.iter().map(|&i| p.train_labels[i]).collect();
+    for (row, &i) in idx.iter().enumerate() {
+        let src = &p.train_pixels[i * frame..(i + 1) * frame];
+        let dst = &mut batch[row * frame..(row + 1) * frame];
+        augment(src, dst, h, w, config, fill, rng);
+    }
+    let xs = Tensor::f_from_slice(batch)?.f_reshape([
+        idx.len() as i64,
+        p.input[0],
+        p.input[1],
+        p.input[2],
+    ])?;
+    Ok((xs, Tensor::f_from_slice(&labels)?))
 }
 
 fn outcome(finished: bool, state: &TrainState) -> Outcome {

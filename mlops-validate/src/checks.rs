@@ -2,6 +2,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use mlops_core::artifact::{DataDir, DataSummary, Role, ShardPair};
+use mlops_core::progress::{self, Progress, Silent};
 use mlops_core::{npy, sha256_file, FileEntry, MANIFEST_FILE};
 use ndarray::{Array1, Array4, Axis};
 use sha2::Digest;
@@ -93,6 +94,8 @@ struct Context<'a> {
     pairs: Vec<(Role, ShardPair)>,
     /// One pass over every shard, made by the first check that needs it.
     scan: Option<Scan>,
+    /// Told about the shard scan, the only long part.
+    progress: &'a dyn Progress,
 }
 
 impl Context<'_> {
@@ -132,6 +135,15 @@ struct Scan {
 
 /// Runs every check on the data-stage output in `data`. Never fails: problems are findings.
 pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
+    validate_with(data, config, &Silent)
+}
+
+/// [`validate`], reporting the scan over the shards to `progress`.
+pub fn validate_with(
+    data: &Path,
+    config: &ValidateConfig,
+    progress: &dyn Progress,
+) -> ValidationReport {
     let mut ctx = Context {
         data,
         config,
@@ -139,6 +151,7 @@ pub fn validate(data: &Path, config: &ValidateConfig) -> ValidationReport {
         inputs: Vec::new(),
         pairs: Vec::new(),
         scan: None,
+        progress,
     };
     let mut checks = Vec::new();
     for (name, check) in CHECKS {
@@ -388,9 +401,9 @@ impl Scan {
             rows: HashMap::new(),
             digests: HashMap::new(),
         };
-        let bar = mlops_core::telemetry::progress(ctx.pairs.len() as u64, "validate");
+        let task = progress::start(ctx.progress, "validate", ctx.pairs.len() as u64);
         for (role, pair) in &ctx.pairs {
-            bar.inc(1);
+            task.inc(1);
             let role = *role;
             let images_ok = check_header(
                 data,
@@ -438,19 +451,21 @@ impl Scan {
             );
             *scan.rows.entry(role).or_default() += labels.len();
             let seen = scan.digests.entry(role).or_default();
-            for (row, image) in images.axis_iter(Axis(0)).enumerate() {
-                let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
-                seen.push((
-                    sha2::Sha256::digest(&bytes).into(),
-                    (pair.images.clone(), row),
-                ));
-            }
+            digest_rows(&images, &pair.images, seen);
         }
-        bar.finish_and_clear();
+        drop(task);
         scan.dtype_shape = Some(dtype_shape);
         scan.value_range = Some(value_range);
         scan.label_range = Some(label_range);
         scan
+    }
+}
+
+/// The sha256 of every image of a shard, with where it was seen.
+fn digest_rows(images: &Array4<f32>, file: &str, seen: &mut Vec<(ImageDigest, Seen)>) {
+    for (row, image) in images.axis_iter(Axis(0)).enumerate() {
+        let bytes: Vec<u8> = image.iter().flat_map(|v| v.to_le_bytes()).collect();
+        seen.push((sha2::Sha256::digest(&bytes).into(), (file.to_owned(), row)));
     }
 }
 

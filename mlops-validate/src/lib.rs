@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use mlops_core::{FileEntry, Manifest, OutputDir};
 use serde::{Deserialize, Serialize};
 
-pub use checks::validate;
+pub use checks::{validate, validate_with};
 
 /// Name of this stage in manifests.
 pub const STAGE: &str = "validate";
@@ -143,11 +143,20 @@ impl ValidationReport {
     }
 }
 
+/// Runs the validate stage without reporting progress: see [`run_with`].
+pub fn run(config: &ValidateConfig) -> Result<ValidationReport> {
+    run_with(config, &mlops_core::progress::Silent)
+}
+
 /// Runs the validate stage: writes `validation.json` and, if every check passed, the manifest.
 /// A failed check is an [`Error::Failed`] naming the checks and their first offending file.
-pub fn run(config: &ValidateConfig) -> Result<ValidationReport> {
+/// The scan over the shards is reported to `progress`.
+pub fn run_with(
+    config: &ValidateConfig,
+    progress: &dyn mlops_core::progress::Progress,
+) -> Result<ValidationReport> {
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
-    let report = validate(&config.data, config);
+    let report = checks::validate_with(&config.data, config, progress);
     for check in &report.checks {
         if check.passed {
             tracing::info!(check = %check.name, "pass");

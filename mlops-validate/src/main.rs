@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         &args.config,
         &args.flags,
         |c: mlops_validate::ValidateConfig| {
-            let report = mlops_validate::run(&c)?;
+            let report = mlops_validate::run_with(&c, &mlops_core::telemetry::Bars::default())?;
             eprintln!(
                 "all {} checks passed for {}",
                 report.checks.len(),

@@ -18,9 +18,18 @@ use std::path::Path;
 /// run without `LD_LIBRARY_PATH`, and `torch_cuda` kept when libtorch has it (rustc's
 /// `--as-needed` drops it otherwise, as nothing references it by symbol, and `Device::Cuda`
 /// then fails at run time).
+///
+/// The directory comes from `mlops-torch` (`DEP_MLOPS_TORCH_LIBTORCH_LIB`) for crates that
+/// depend on it, or from the `mlops` facade (`DEP_MLOPS_LIBTORCH_LIB`) for crates that depend on
+/// that instead.
 pub fn link_libtorch() {
-    println!("cargo:rerun-if-env-changed=DEP_MLOPS_TORCH_LIBTORCH_LIB");
-    let lib = std::env::var("DEP_MLOPS_TORCH_LIBTORCH_LIB").unwrap_or_default();
+    let mut lib = String::new();
+    for var in ["DEP_MLOPS_TORCH_LIBTORCH_LIB", "DEP_MLOPS_LIBTORCH_LIB"] {
+        println!("cargo:rerun-if-env-changed={var}");
+        if lib.is_empty() {
+            lib = std::env::var(var).unwrap_or_default();
+        }
+    }
     link_libtorch_dir(&lib);
 }
 
