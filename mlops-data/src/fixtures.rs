@@ -111,6 +111,16 @@ pub fn write_maybe_gz(path: &Path, bytes: &[u8], gzip: bool) -> std::io::Result<
     }
 }
 
+/// Writes one synthetic `size x size` grayscale PNG of `class` at `path` (drawn from `seed`,
+/// so it differs from every image of [`write_folder`] with another seed).
+pub fn write_image(path: &Path, class: usize, size: u32, seed: u64) -> image::ImageResult<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pixels = synthetic_image(class, size as usize, size as usize, &mut rng);
+    image::GrayImage::from_raw(size, size, pixels)
+        .expect("size * size bytes")
+        .save(path)
+}
+
 /// Writes an image folder `dir/<class>/<i>.png|jpg` with `per_class` images of `size x size`
 /// per class name, alternating PNG and JPEG, in RGB so that conversion to grayscale is exercised.
 pub fn write_folder(

@@ -17,16 +17,21 @@
 //! The format is [`mlops_core::artifact::data`]; later stages read it with [`DataDir`] from the
 //! contract crate, never with this one.
 //!
-//! ```no_run
+//! ```
+//! # let tmp = tempfile::tempdir()?;
+//! # let idx = tmp.path().join("fashion-mnist");
+//! # mlops_data::fixtures::write_idx(&idx, &Default::default())?;
+//! // `idx`: a directory of IDX files, e.g. /usr/share/datasets/fashion-mnist.
 //! let config = mlops_data::DataConfig {
-//!     sources: vec!["/usr/share/datasets/fashion-mnist".into()],
-//!     out: "runs/demo/data".into(),
+//!     sources: vec![idx],
+//!     out: tmp.path().join("data"),
 //!     ..Default::default()
 //! };
 //! let manifest = mlops_data::run(&config)?;
 //! let summary: mlops_data::DataSummary = manifest.summary_as(&config.out)?;
 //! println!("{} training images", summary.roles["train"].rows);
-//! # Ok::<(), mlops_data::Error>(())
+//! # assert!(summary.roles["train"].rows > 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod error;

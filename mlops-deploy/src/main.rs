@@ -175,13 +175,7 @@ fn main() -> ExitCode {
             config,
             flags,
             version_output,
-        } => mlops_core::cli::main(&config, &flags, |c: registry::RegisterConfig| {
-            let v = registry::register(&c)?;
-            println!("registered {} version {}", v.name, v.version);
-            let version = v.version.to_string();
-            mlops_core::cli::write_output(version_output.as_deref(), &version)?;
-            Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
-        }),
+        } => register(&config, &flags, version_output),
         Command::Promote {
             at,
             version,
@@ -189,74 +183,22 @@ fn main() -> ExitCode {
             shadow,
             finish,
         } => plain(|| {
-            use mlops_core::artifact::RolloutMode;
-            let (registry, name) = (&at.registry, &at.name);
-            let mode = match (canary, shadow) {
-                (Some(percent), _) => Some(RolloutMode::Canary { percent }),
-                (None, true) => Some(RolloutMode::Shadow),
-                (None, false) => None,
-            };
-            match (version, mode) {
-                (_, None) if finish => {
-                    let p = registry::finish_rollout(registry, name)?;
-                    println!(
-                        "{name} now serves version {} by default",
-                        p.default.unwrap_or(0)
-                    );
-                }
-                (Some(v), Some(mode)) => {
-                    registry::start_rollout(registry, name, v, mode)?;
-                    println!("{name} rolls out version {v}: {mode}");
-                }
-                (Some(v), None) => {
-                    registry::promote(registry, name, v)?;
-                    println!("{name} now serves version {v} by default");
-                }
-                (None, _) => unreachable!("clap requires VERSION unless --finish"),
-            }
+            let promotion = registry::Promotion::from_flags(version, canary, shadow, finish)?;
+            println!(
+                "{}",
+                registry::run_promotion(&at.registry, &at.name, promotion)?
+            );
             Ok(())
         }),
         Command::Rollback { at } => plain(|| {
-            let before = mlops_core::artifact::registry::read_pointer(&at.registry, &at.name)?;
-            let p = registry::rollback(&at.registry, &at.name)?;
-            match before.rollout {
-                Some(r) => println!(
-                    "{} rollout of version {} abandoned; version {} stays the default",
-                    at.name,
-                    r.candidate,
-                    p.default.unwrap_or(0)
-                ),
-                None => println!(
-                    "{} rolled back to version {}",
-                    at.name,
-                    p.default.unwrap_or(0)
-                ),
-            }
+            println!("{}", registry::run_rollback(&at.registry, &at.name)?);
             Ok(())
         }),
         Command::List { at } => plain(|| {
-            println!(
-                "{:>7}  {:>8}  {:<25}  notes",
-                "version", "accuracy", "created"
+            print!(
+                "{}",
+                registry::list_table(&registry::list(&at.registry, &at.name)?)
             );
-            for v in registry::list(&at.registry, &at.name)? {
-                let mut notes = Vec::new();
-                if v.default {
-                    notes.push("default".to_string());
-                }
-                if v.forced {
-                    notes.push("forced past the gate".to_string());
-                }
-                if let Some(mode) = v.rollout {
-                    notes.push(format!("rolling out: {mode}"));
-                }
-                let created = v.created_at.format("%Y-%m-%d %H:%M:%S UTC");
-                let (version, accuracy) = (v.version, v.accuracy);
-                println!(
-                    "{version:>7}  {accuracy:>8.4}  {created:<25}  {}",
-                    notes.join(", ")
-                );
-            }
             Ok(())
         }),
         Command::Prune { at, keep } => plain(|| {
@@ -273,22 +215,40 @@ fn main() -> ExitCode {
             config,
             flags,
             management_token,
-        } => {
-            mlops_core::cli::main(&config, &flags, |mut c: serve::ServeConfig| {
-                c.management_token = management_token.map(serve::Secret::new);
-                serve::run_with(c, |bound| {
-                    // One line on stdout for scripts and tests to find the ports.
-                    println!(
-                        "listening {}",
-                        serde_json::to_string(&bound).unwrap_or_default()
-                    );
-                })
-                .map(|()| ExitCode::SUCCESS)
-            })
-        }
+        } => serve(&config, &flags, management_token),
     }
 }
 
+/// `register`: prints the new version and writes its number where `--version-output` says.
+fn register(
+    config: &ConfigArgs,
+    flags: &RegisterFlags,
+    version_output: Option<PathBuf>,
+) -> ExitCode {
+    mlops_core::cli::main(config, flags, |c: registry::RegisterConfig| {
+        let v = registry::register(&c)?;
+        println!("registered {} version {}", v.name, v.version);
+        mlops_core::cli::write_output(version_output.as_deref(), &v.version.to_string())?;
+        Ok::<_, mlops_deploy::Error>(ExitCode::SUCCESS)
+    })
+}
+
+/// `serve`: prints one line with the bound addresses (for scripts and tests to find the
+/// ports), then serves until SIGTERM.
+fn serve(config: &ConfigArgs, flags: &ServeFlags, management_token: Option<String>) -> ExitCode {
+    mlops_core::cli::main(config, flags, |mut c: serve::ServeConfig| {
+        c.management_token = management_token.map(serve::Secret::new);
+        serve::run_with(c, |bound| {
+            println!(
+                "listening {}",
+                serde_json::to_string(&bound).unwrap_or_default()
+            );
+        })
+        .map(|()| ExitCode::SUCCESS)
+    })
+}
+
+/// A subcommand without a config file: logging, then `f`, its error reported (exit 1).
 fn plain(f: impl FnOnce() -> mlops_deploy::Result<()>) -> ExitCode {
     mlops_core::telemetry::init_logging();
     match f() {

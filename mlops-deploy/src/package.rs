@@ -35,13 +35,17 @@ pub const ARCHIVER_VERSION: &str = "0.12.0";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PackageConfig {
+    /// The registry holding the version.
     pub registry: PathBuf,
+    /// The model's name in the registry (and the archive's).
     pub name: String,
     /// The version to package; `None`: the default.
     pub version: Option<u64>,
+    /// Where the archive, `config.properties` and `k8s/` are written.
     pub out: PathBuf,
     /// Container image of `mlops-deploy` for the Kubernetes Deployment.
     pub image: String,
+    /// Servers the Deployment runs.
     pub replicas: u32,
     /// Storage requested for the model-store PVC.
     pub storage: String,
@@ -201,25 +205,29 @@ fn torchserve_properties(config: &PackageConfig, mar: &str, version: u64) -> Str
     )
 }
 
-/// The Deployment, Service and PersistentVolumeClaim of our server, as JSON values.
+/// The name of our server's Deployment, Service and container.
+const APP: &str = "mlops-deploy";
+
+/// The Deployment, Service and PersistentVolumeClaim of our server, and the ConfigMap of its
+/// Prometheus rules, as JSON values named by their file.
 pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
-    let app = "mlops-deploy";
     let labels =
-        json!({ "app.kubernetes.io/name": app, "app.kubernetes.io/component": "inference" });
-    let s = &config.serve;
-    let port = |name: &str, port: u16| json!({ "name": name, "containerPort": port });
-    let probe = |path: &str, delay: u32| {
-        json!({
-            "httpGet": { "path": path, "port": "inference" },
-            "initialDelaySeconds": delay,
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        })
-    };
-    let deployment = json!({
+        json!({ "app.kubernetes.io/name": APP, "app.kubernetes.io/component": "inference" });
+    vec![
+        ("deployment.yaml", deployment(config, &labels)),
+        ("service.yaml", service(&labels)),
+        ("pvc.yaml", model_store_claim(config)),
+        ("prometheus-rules.yaml", rules_config_map(&labels)),
+    ]
+}
+
+/// The Deployment: `config.replicas` servers reading the model store, updated one at a time
+/// without dropping below the wanted replicas.
+fn deployment(config: &PackageConfig, labels: &Value) -> Value {
+    json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": app, "labels": labels },
+        "metadata": { "name": APP, "labels": labels },
         "spec": {
             "replicas": config.replicas,
             "selector": { "matchLabels": labels },
@@ -231,37 +239,7 @@ pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
                 "metadata": { "labels": labels },
                 "spec": {
                     "terminationGracePeriodSeconds": 30,
-                    "containers": [{
-                        "name": app,
-                        "image": config.image,
-                        "args": [
-                            "serve", "--registry", "/models",
-                            "--inference-addr", "0.0.0.0:8080",
-                            "--management-addr", "0.0.0.0:8081",
-                            "--metrics-addr", "0.0.0.0:8082",
-                            "--batch-size", s.batch_size.to_string(),
-                            "--max-batch-delay-ms", s.max_batch_delay_ms.to_string(),
-                            // The drift thresholds the alert rule relies on, explicitly.
-                            "--set", format!("drift.enabled={}", s.drift.enabled),
-                            "--set", format!("drift.window={}", s.drift.window),
-                            "--set", format!("drift.min_requests={}", s.drift.min_requests),
-                            "--set", format!("drift.low_similarity_quantile={:?}", s.drift.low_similarity_quantile),
-                            "--set", format!("drift.max_low_share={:?}", s.drift.max_low_share),
-                            "--set", format!("drift.max_class_shift={:?}", s.drift.max_class_shift),
-                        ],
-                        "env": [{
-                            "name": "MLOPS_MANAGEMENT_TOKEN",
-                            "valueFrom": { "secretKeyRef": { "name": "mlops-deploy", "key": "management-token" } },
-                        }],
-                        "ports": [port("inference", 8080), port("management", 8081), port("metrics", 8082)],
-                        "readinessProbe": probe("/v2/health/ready", 2),
-                        "livenessProbe": probe("/v2/health/live", 10),
-                        "resources": {
-                            "requests": { "cpu": "1", "memory": "256Mi" },
-                            "limits": { "cpu": "2", "memory": "512Mi" },
-                        },
-                        "volumeMounts": [{ "name": "model-store", "mountPath": "/models", "readOnly": true }],
-                    }],
+                    "containers": [container(config)],
                     "volumes": [{
                         "name": "model-store",
                         "persistentVolumeClaim": { "claimName": "mlops-model-store", "readOnly": true },
@@ -269,19 +247,73 @@ pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
                 },
             },
         },
-    });
+    })
+}
+
+/// The server's container: its arguments (batching and the drift thresholds the alert rule
+/// relies on), the management token from a Secret, ports, probes and resources.
+fn container(config: &PackageConfig) -> Value {
+    let s = &config.serve;
+    let port = |name: &str, port: u16| json!({ "name": name, "containerPort": port });
+    let probe = |path: &str, delay: u32| {
+        json!({
+            "httpGet": { "path": path, "port": "inference" },
+            "initialDelaySeconds": delay,
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        })
+    };
+    json!({
+        "name": APP,
+        "image": config.image,
+        "args": [
+            "serve", "--registry", "/models",
+            "--inference-addr", "0.0.0.0:8080",
+            "--management-addr", "0.0.0.0:8081",
+            "--metrics-addr", "0.0.0.0:8082",
+            "--batch-size", s.batch_size.to_string(),
+            "--max-batch-delay-ms", s.max_batch_delay_ms.to_string(),
+            // The drift thresholds the alert rule relies on, explicitly.
+            "--set", format!("drift.enabled={}", s.drift.enabled),
+            "--set", format!("drift.window={}", s.drift.window),
+            "--set", format!("drift.min_requests={}", s.drift.min_requests),
+            "--set", format!("drift.low_similarity_quantile={:?}", s.drift.low_similarity_quantile),
+            "--set", format!("drift.max_low_share={:?}", s.drift.max_low_share),
+            "--set", format!("drift.max_class_shift={:?}", s.drift.max_class_shift),
+        ],
+        "env": [{
+            "name": "MLOPS_MANAGEMENT_TOKEN",
+            "valueFrom": { "secretKeyRef": { "name": "mlops-deploy", "key": "management-token" } },
+        }],
+        "ports": [port("inference", 8080), port("management", 8081), port("metrics", 8082)],
+        "readinessProbe": probe("/v2/health/ready", 2),
+        "livenessProbe": probe("/v2/health/live", 10),
+        "resources": {
+            "requests": { "cpu": "1", "memory": "256Mi" },
+            "limits": { "cpu": "2", "memory": "512Mi" },
+        },
+        "volumeMounts": [{ "name": "model-store", "mountPath": "/models", "readOnly": true }],
+    })
+}
+
+/// The Service in front of the three listeners.
+fn service(labels: &Value) -> Value {
     let service_port =
         |name: &str, port: u16| json!({ "name": name, "port": port, "targetPort": name });
-    let service = json!({
+    json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": { "name": app, "labels": labels },
+        "metadata": { "name": APP, "labels": labels },
         "spec": {
             "selector": labels,
             "ports": [service_port("inference", 8080), service_port("management", 8081), service_port("metrics", 8082)],
         },
-    });
-    let pvc = json!({
+    })
+}
+
+/// The model store's claim, shared by every replica.
+fn model_store_claim(config: &PackageConfig) -> Value {
+    json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": { "name": "mlops-model-store" },
@@ -289,19 +321,17 @@ pub fn kubernetes(config: &PackageConfig) -> Vec<(&'static str, Value)> {
             "accessModes": ["ReadWriteMany"],
             "resources": { "requests": { "storage": config.storage } },
         },
-    });
-    let rules = json!({
+    })
+}
+
+/// The ConfigMap holding [`prometheus_rules`] as [`RULES_FILE`].
+fn rules_config_map(labels: &Value) -> Value {
+    json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": { "name": "mlops-deploy-prometheus-rules", "labels": labels },
         "data": { RULES_FILE: prometheus_rules() },
-    });
-    vec![
-        ("deployment.yaml", deployment),
-        ("service.yaml", service),
-        ("pvc.yaml", pvc),
-        ("prometheus-rules.yaml", rules),
-    ]
+    })
 }
 
 /// The key of the rule file in the rules ConfigMap.

@@ -37,6 +37,7 @@ pub struct RegisterConfig {
     pub index: PathBuf,
     /// Output directory of `mlops-eval` (its decision admits the model).
     pub eval: PathBuf,
+    /// The registry directory (created when missing).
     pub registry: PathBuf,
     /// The model's name in the registry (and in the server's URLs).
     pub name: String,
@@ -408,6 +409,149 @@ pub fn rollback(registry: &Path, name: &str) -> Result<ModelPointer> {
     Ok(pointer)
 }
 
+/// What `mlops-deploy promote` asks of a model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Promotion {
+    /// Make the version the default ([`promote`]).
+    Default(u64),
+    /// Roll the version out beside the default ([`start_rollout`]).
+    Rollout(u64, RolloutMode),
+    /// Make the candidate of the rollout in progress the default ([`finish_rollout`]).
+    Finish,
+}
+
+impl Promotion {
+    /// The promotion the command line's VERSION, `--canary PERCENT`, `--shadow` and `--finish`
+    /// ask for.
+    pub fn from_flags(
+        version: Option<u64>,
+        canary: Option<f64>,
+        shadow: bool,
+        finish: bool,
+    ) -> Result<Self> {
+        let mode = match (canary, shadow) {
+            (Some(percent), _) => Some(RolloutMode::Canary { percent }),
+            (None, true) => Some(RolloutMode::Shadow),
+            (None, false) => None,
+        };
+        match (version, mode) {
+            (_, None) if finish => Ok(Promotion::Finish),
+            (Some(v), Some(mode)) => Ok(Promotion::Rollout(v, mode)),
+            (Some(v), None) => Ok(Promotion::Default(v)),
+            (None, _) => Err(Error::Config(
+                "promote needs a version unless it finishes a rollout".into(),
+            )),
+        }
+    }
+}
+
+/// What a promotion or rollback changed, in the words the command line reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `version` is now the default of `name`.
+    Default {
+        /// The model.
+        name: String,
+        /// Its new default.
+        version: u64,
+    },
+    /// `version` rolls out beside the default of `name`.
+    RolloutStarted {
+        /// The model.
+        name: String,
+        /// The candidate.
+        version: u64,
+        /// A canary or a shadow.
+        mode: RolloutMode,
+    },
+    /// The rollout of `candidate` was abandoned; `default` stays the default.
+    RolloutAbandoned {
+        /// The model.
+        name: String,
+        /// The abandoned candidate.
+        candidate: u64,
+        /// The default, unchanged.
+        default: u64,
+    },
+    /// The default of `name` returned to `version`, the one promoted before.
+    RolledBack {
+        /// The model.
+        name: String,
+        /// The default now.
+        version: u64,
+    },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Default { name, version } => {
+                write!(f, "{name} now serves version {version} by default")
+            }
+            Change::RolloutStarted {
+                name,
+                version,
+                mode,
+            } => write!(f, "{name} rolls out version {version}: {mode}"),
+            Change::RolloutAbandoned {
+                name,
+                candidate,
+                default,
+            } => write!(
+                f,
+                "{name} rollout of version {candidate} abandoned; version {default} stays the default"
+            ),
+            Change::RolledBack { name, version } => {
+                write!(f, "{name} rolled back to version {version}")
+            }
+        }
+    }
+}
+
+/// Carries out `promotion` of `name` (see [`Promotion`]).
+pub fn run_promotion(registry: &Path, name: &str, promotion: Promotion) -> Result<Change> {
+    let name_owned = name.to_string();
+    Ok(match promotion {
+        Promotion::Default(version) => {
+            promote(registry, name, version)?;
+            Change::Default {
+                name: name_owned,
+                version,
+            }
+        }
+        Promotion::Rollout(version, mode) => {
+            start_rollout(registry, name, version, mode)?;
+            Change::RolloutStarted {
+                name: name_owned,
+                version,
+                mode,
+            }
+        }
+        Promotion::Finish => Change::Default {
+            name: name_owned,
+            version: finish_rollout(registry, name)?.default.unwrap_or(0),
+        },
+    })
+}
+
+/// [`rollback`], saying whether it abandoned a rollout or returned to the previous default.
+pub fn run_rollback(registry: &Path, name: &str) -> Result<Change> {
+    let before = read_pointer(registry, name)?;
+    let default = rollback(registry, name)?.default.unwrap_or(0);
+    let name = name.to_string();
+    Ok(match before.rollout {
+        Some(r) => Change::RolloutAbandoned {
+            name,
+            candidate: r.candidate,
+            default,
+        },
+        None => Change::RolledBack {
+            name,
+            version: default,
+        },
+    })
+}
+
 /// Removes old versions of `name` as [`prune_plan`] says; returns the removed versions.
 pub fn prune(registry: &Path, name: &str, keep: usize) -> Result<Vec<u64>> {
     let _lock = RegistryLock::acquire(registry)?;
@@ -427,10 +571,15 @@ pub fn prune(registry: &Path, name: &str, keep: usize) -> Result<Vec<u64>> {
 /// One line of `list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionInfo {
+    /// The version number.
     pub version: u64,
+    /// Test accuracy the eval stage measured.
     pub accuracy: f64,
+    /// When it was registered.
     pub created_at: chrono::DateTime<Utc>,
+    /// Whether it is the default.
     pub default: bool,
+    /// Whether it was registered past a gate that rejected it.
     pub forced: bool,
     /// How the version is being rolled out beside the default, if it is.
     pub rollout: Option<RolloutMode>,
@@ -457,6 +606,34 @@ pub fn list(registry: &Path, name: &str) -> Result<Vec<VersionInfo>> {
             })
         })
         .collect()
+}
+
+/// The table `mlops-deploy list` prints: a header, then one line per version with its notes
+/// (default, forced past the gate, rolling out).
+pub fn list_table(versions: &[VersionInfo]) -> String {
+    let mut table = format!(
+        "{:>7}  {:>8}  {:<25}  notes\n",
+        "version", "accuracy", "created"
+    );
+    for v in versions {
+        let mut notes = Vec::new();
+        if v.default {
+            notes.push("default".to_string());
+        }
+        if v.forced {
+            notes.push("forced past the gate".to_string());
+        }
+        if let Some(mode) = v.rollout {
+            notes.push(format!("rolling out: {mode}"));
+        }
+        let created = v.created_at.format("%Y-%m-%d %H:%M:%S UTC");
+        let (version, accuracy) = (v.version, v.accuracy);
+        table.push_str(&format!(
+            "{version:>7}  {accuracy:>8.4}  {created:<25}  {}\n",
+            notes.join(", ")
+        ));
+    }
+    table
 }
 
 #[cfg(test)]
@@ -506,6 +683,90 @@ mod tests {
         let back = rolled_back(&p).unwrap();
         assert_eq!((back.default, back.history.clone()), (Some(1), vec![1]));
         assert!(rolled_back(&back).is_none());
+    }
+
+    #[test]
+    fn promotions_come_from_the_flags_and_changes_read_as_before() {
+        let canary = RolloutMode::Canary { percent: 10.0 };
+        assert_eq!(
+            Promotion::from_flags(Some(2), None, false, false).unwrap(),
+            Promotion::Default(2)
+        );
+        assert_eq!(
+            Promotion::from_flags(Some(2), Some(10.0), false, false).unwrap(),
+            Promotion::Rollout(2, canary)
+        );
+        assert_eq!(
+            Promotion::from_flags(Some(2), None, true, false).unwrap(),
+            Promotion::Rollout(2, RolloutMode::Shadow)
+        );
+        assert_eq!(
+            Promotion::from_flags(None, None, false, true).unwrap(),
+            Promotion::Finish
+        );
+        assert!(Promotion::from_flags(None, None, false, false).is_err());
+        let name = "m".to_string();
+        let lines = [
+            Change::Default {
+                name: name.clone(),
+                version: 3,
+            },
+            Change::RolloutStarted {
+                name: name.clone(),
+                version: 4,
+                mode: RolloutMode::Shadow,
+            },
+            Change::RolloutAbandoned {
+                name: name.clone(),
+                candidate: 4,
+                default: 3,
+            },
+            Change::RolledBack { name, version: 2 },
+        ]
+        .map(|c| c.to_string());
+        assert_eq!(
+            lines,
+            [
+                "m now serves version 3 by default".to_string(),
+                format!("m rolls out version 4: {}", RolloutMode::Shadow),
+                "m rollout of version 4 abandoned; version 3 stays the default".into(),
+                "m rolled back to version 2".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_list_table_has_a_header_and_a_line_per_version() {
+        let created = "2024-05-06T07:08:09Z".parse().unwrap();
+        let v = |version, default, forced, rollout| VersionInfo {
+            version,
+            accuracy: 0.5,
+            created_at: created,
+            default,
+            forced,
+            rollout,
+        };
+        let table = list_table(&[
+            v(1, true, false, None),
+            v(2, false, true, Some(RolloutMode::Shadow)),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "version  accuracy  created                    notes"
+        );
+        assert_eq!(
+            lines[1],
+            "      1    0.5000  2024-05-06 07:08:09 UTC    default"
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "      2    0.5000  2024-05-06 07:08:09 UTC    forced past the gate, rolling out: {}",
+                RolloutMode::Shadow
+            )
+        );
+        assert!(table.ends_with('\n'));
     }
 
     #[test]

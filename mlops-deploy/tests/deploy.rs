@@ -11,6 +11,7 @@ use mlops_core::artifact::{DataDir, EvalDir, Role};
 use mlops_core::testing::server::{self as testing, ServerProcess};
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_deploy::registry::{self, RegisterConfig};
+use mlops_deploy::RegisteredModel;
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlops-deploy");
@@ -1278,6 +1279,122 @@ fn explanations_show_the_neighbours_that_decided() -> Result<()> {
         }
     }
     server.stop()
+}
+
+/// `RegisteredModel` classifies in process as the server answers: for every test image the
+/// same class, label, score and neighbours as `/predictions` (default and pinned version), the
+/// vote shares of `/explanations`, and eval's accuracy; its errors name the model and problem.
+#[test]
+fn registered_model_classifies_as_the_server_does() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let reg = tmp.path().join("registry");
+    assert_eq!(register(&reg, true)?, 1);
+    assert_eq!(register_candidate(&reg)?, 2);
+    let server = Server::start(&reg, &[], None)?;
+    server.wait_healthy()?;
+    let (pngs, labels, _, _) = test_images()?;
+    let eval = EvalDir::open(&run().eval)?;
+    let inf = &server.inference;
+
+    let model = RegisteredModel::open(&reg, "fashion", None)?;
+    assert_eq!((model.name(), model.version()), ("fashion", 1));
+    let per_class = &eval.summary.metrics.per_class;
+    let classes: Vec<&str> = per_class.iter().map(|c| c.class.as_str()).collect();
+    assert_eq!(model.classes(), classes.as_slice());
+    // Twice over, so the call spans more than one of the server's batches.
+    let twice: Vec<&[u8]> = pngs.iter().chain(&pngs).map(Vec::as_slice).collect();
+    let predictions = model.classify(&twice)?;
+    assert_eq!(predictions.len(), 2 * pngs.len());
+    for (a, b) in predictions[..pngs.len()]
+        .iter()
+        .zip(&predictions[pngs.len()..])
+    {
+        assert_eq!(a.class, b.class);
+        assert!((a.score - b.score).abs() < 1e-6, "{a:?} {b:?}");
+    }
+    let correct = predictions[..pngs.len()]
+        .iter()
+        .zip(&labels)
+        .filter(|(p, &l)| p.class as i64 == l)
+        .count();
+    assert_eq!(
+        correct as f64 / labels.len() as f64,
+        eval.summary.metrics.accuracy
+    );
+    for (png, p) in pngs.iter().zip(&predictions) {
+        let (s, served) = post(&format!("{inf}/predictions/fashion"), "image/png", png)?;
+        assert_eq!(s, 200, "{served}");
+        same_prediction(&model, p, &served)?;
+        let (s, e) = post(&format!("{inf}/explanations/fashion"), "image/png", png)?;
+        assert_eq!(s, 200, "{e}");
+        let shares: Vec<f64> = e["votes"]
+            .as_array()
+            .context("votes")?
+            .iter()
+            .filter_map(|v| v["share"].as_f64())
+            .collect();
+        let ours = model.vote_shares(p);
+        assert_eq!(ours.len(), shares.len(), "{e}");
+        assert!(
+            ours.iter().zip(&shares).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{ours:?} {e}"
+        );
+    }
+
+    // A named version is that version, as the server's pinned route answers it.
+    let candidate = RegisteredModel::open(&reg, "fashion", Some(2))?;
+    assert_eq!(candidate.version(), 2);
+    let some: Vec<&[u8]> = pngs.iter().take(8).map(Vec::as_slice).collect();
+    for (png, p) in some.iter().zip(candidate.classify(&some)?) {
+        let (s, served) = post(&format!("{inf}/predictions/fashion/2"), "image/png", png)?;
+        assert_eq!(s, 200, "{served}");
+        same_prediction(&candidate, &p, &served)?;
+    }
+    server.stop()?;
+
+    // Errors name the model and what is wrong.
+    let message = |r: mlops_deploy::Result<RegisteredModel>| r.unwrap_err().to_string();
+    let e = message(RegisteredModel::open(&reg, "nope", None));
+    assert!(
+        e.contains("nope") && e.contains("no registered version"),
+        "{e}"
+    );
+    let e = message(RegisteredModel::open(&reg, "fashion", Some(9)));
+    assert!(e.contains("fashion") && e.contains("no version 9"), "{e}");
+    let unpromoted = tmp.path().join("unpromoted");
+    register_candidate(&unpromoted)?;
+    let e = message(RegisteredModel::open(&unpromoted, "fashion", None));
+    assert!(e.contains("no default version"), "{e}");
+    let e = model
+        .classify(&[&pngs[0], b"not an image"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("fashion version 1: image 1 cannot be decoded"),
+        "{e}"
+    );
+    Ok(())
+}
+
+/// Asserts that `p` (from `model`) is the prediction the server answered as `served`.
+fn same_prediction(
+    model: &RegisteredModel,
+    p: &mlops_deploy::Prediction,
+    served: &Value,
+) -> Result<()> {
+    assert_eq!(served["class"].as_u64(), Some(p.class as u64), "{served}");
+    assert_eq!(served["label"].as_str(), model.label(p.class), "{served}");
+    let score = served["score"].as_f64().context("score")?;
+    // Batches of other sizes may round the similarities (weighted votes) differently.
+    assert!((score - p.score).abs() < 1e-6, "{score} vs {}", p.score);
+    let neighbours = served["neighbors"].as_array().context("neighbors")?;
+    assert_eq!(neighbours.len(), p.neighbours.len(), "{served}");
+    for (n, ours) in neighbours.iter().zip(&p.neighbours) {
+        assert_eq!(n["id"].as_u64(), Some(ours.id), "{served}");
+        let sim = n["score"].as_f64().context("neighbour score")?;
+        assert!((sim - f64::from(ours.score)).abs() < 1e-6, "{served}");
+    }
+    Ok(())
 }
 
 /// The inference listener's web page in headless Chromium (selenium): an image uploaded through

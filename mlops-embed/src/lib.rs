@@ -8,11 +8,18 @@
 //! beside a copy of the aligned `<role>_labels_NNN.npy`, so the output directory is all the
 //! index and eval stages need, with `classes.json`, `config.json` and `manifest.json`.
 //!
-//! ```no_run
+//! ```
+//! # use mlops_data::fixtures::{write_idx, IdxFixture};
+//! # let tmp = tempfile::tempdir()?;
+//! # let (data, train) = (tmp.path().join("data"), tmp.path().join("train"));
+//! # write_idx(&tmp.path().join("idx"), &IdxFixture::default())?;
+//! # mlops_data::run(&mlops_data::DataConfig { sources: vec![tmp.path().join("idx")], out: data.clone(), ..Default::default() })?;
+//! # mlops_embed::testing::fixture_model(&train, &data)?;
+//! // `train` and `data`: the train and data stages' output directories.
 //! let config = mlops_embed::EmbedConfig {
-//!     model: "runs/demo/train".into(),
-//!     data: "runs/demo/data".into(),
-//!     out: "runs/demo/embed".into(),
+//!     model: train.clone(),
+//!     data,
+//!     out: tmp.path().join("embed"),
 //!     ..Default::default()
 //! };
 //! let manifest = mlops_embed::run(&config)?;
@@ -20,12 +27,12 @@
 //! println!("{} gallery vectors of dim {}", summary.roles["gallery"].rows, summary.dim);
 //!
 //! // The same inference on images in memory, as a server does:
-//! let model = mlops_core::artifact::ModelDir::open("runs/demo/train".as_ref())?;
+//! let model = mlops_core::artifact::ModelDir::open(&train)?;
 //! let embedder = mlops_embed::Embedder::load(&model, tch::Device::Cpu)?;
 //! let pixels = vec![0.5f32; 28 * 28];
 //! let embedding = embedder.embed(&pixels, 1, 256)?;
 //! assert_eq!(embedding.ncols(), embedder.description().embedding_dim);
-//! # Ok::<(), mlops_embed::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #[cfg(feature = "test-support")]

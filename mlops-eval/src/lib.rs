@@ -10,16 +10,22 @@
 //! `report.html` (self-contained: summary, decision, per-class table, heat-map, misclassified
 //! test images), `decision.json` (the [`gate`]'s decision) and the manifest.
 //!
-//! ```no_run
+//! ```
+//! # let tmp = tempfile::tempdir()?;
+//! # let (embed, index) = (tmp.path().join("embed"), tmp.path().join("index"));
+//! # mlops_core::testing::write_clusters(&embed, 16, 30, 4, &["val", "gallery", "test"], 0.3, 1)?;
+//! # mlops_index::run(&mlops_index::IndexConfig { embeddings: embed.clone(), out: index.clone(), ..Default::default() })?;
+//! // `index` and `embed`: the index and embed stages' output directories.
 //! let config = mlops_eval::EvalConfig {
-//!     index: "runs/demo/index".into(),
-//!     embeddings: "runs/demo/embed".into(),
-//!     out: "runs/demo/eval".into(),
+//!     index,
+//!     embeddings: embed,
+//!     out: tmp.path().join("eval"),
 //!     ..Default::default()
 //! };
 //! let outcome = mlops_eval::run(&config)?;
 //! println!("accuracy {:.4}, deploy: {}", outcome.metrics.accuracy, outcome.decision.deploy);
-//! # Ok::<(), mlops_eval::Error>(())
+//! # assert!(outcome.metrics.accuracy > 0.9);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod gate;

@@ -9,17 +9,22 @@
 //! search parameters (nprobe, efSearch) and, for approximate indexes, recall@k against an
 //! exact index on a sample of queries.
 //!
-//! ```no_run
+//! ```
+//! # let tmp = tempfile::tempdir()?;
+//! # let embed = tmp.path().join("embed");
+//! # mlops_core::testing::write_clusters(&embed, 32, 100, 10, &["gallery", "test"], 0.3, 1)?;
+//! // `embed`: an embed-stage output directory.
 //! let config = mlops_index::IndexConfig {
-//!     embeddings: "runs/demo/embed".into(),
-//!     out: "runs/demo/index".into(),
-//!     factory: "IVF64,Flat".into(),
-//!     nprobe: Some(8),
+//!     embeddings: embed,
+//!     out: tmp.path().join("index"),
+//!     factory: "IVF16,Flat".into(),
+//!     nprobe: Some(4),
 //!     ..Default::default()
 //! };
 //! let summary = mlops_index::run(&config)?;
 //! println!("{} vectors, recall@10 {:?}", summary.ntotal, summary.recall);
-//! # Ok::<(), mlops_index::Error>(())
+//! assert_eq!(summary.ntotal, 1000);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod classifier;

@@ -2,7 +2,7 @@
 //! selection, intra-op threads, the version of the libtorch actually linked, and one boundary
 //! that turns libtorch failures into errors.
 //!
-//! ```no_run
+//! ```
 //! use mlops_torch::DeviceSpec;
 //! let devices = "auto".parse::<DeviceSpec>().unwrap().resolve()?;
 //! let threads = mlops_torch::set_threads(0);

@@ -14,16 +14,25 @@
 //!   `best.safetensors` (the weights with the best validation accuracy, which are exported);
 //! - `train_config.json` and `manifest.json`.
 //!
-//! ```no_run
+//! ```
+//! # use mlops_data::fixtures::{write_idx, IdxFixture};
+//! # let tmp = tempfile::tempdir()?;
+//! # let data = tmp.path().join("data");
+//! # write_idx(&tmp.path().join("idx"), &IdxFixture::default())?;
+//! # mlops_data::run(&mlops_data::DataConfig { sources: vec![tmp.path().join("idx")], out: data.clone(), ..Default::default() })?;
+//! // `data`: a data-stage output directory.
 //! let config = mlops_train::TrainConfig {
-//!     data: "runs/demo/data".into(),
-//!     out: "runs/demo/train".into(),
+//!     data,
+//!     out: tmp.path().join("train"),
+//!     arch: mlops_train::Arch::Seed,
 //!     epochs: 2,
+//!     batch_size: 32,
 //!     ..Default::default()
 //! };
 //! let outcome = mlops_train::run(&config)?;
 //! println!("best val accuracy {:.4}", outcome.best_val_accuracy);
-//! # Ok::<(), mlops_train::Error>(())
+//! assert!(config.out.join("model.pt").exists());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod arcface;

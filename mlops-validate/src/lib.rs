@@ -16,12 +16,20 @@
 //! | `leakage`        | no test image also appears in train/val/gallery, no val image in train |
 //! | `totals`         | row and per-class counts match the manifest                            |
 //!
-//! ```no_run
+//! ```
+//! # use mlops_data::fixtures::{write_idx, IdxFixture};
+//! # let tmp = tempfile::tempdir()?;
+//! # let data = tmp.path().join("data");
+//! # write_idx(&tmp.path().join("idx"), &IdxFixture::default())?;
+//! # mlops_data::run(&mlops_data::DataConfig { sources: vec![tmp.path().join("idx")], out: data.clone(), ..Default::default() })?;
+//! // `data`: a data-stage output directory.
 //! let config = mlops_validate::ValidateConfig::default();
-//! let report = mlops_validate::validate(std::path::Path::new("runs/demo/data"), &config);
+//! let report = mlops_validate::validate(&data, &config);
 //! for check in &report.checks {
 //!     println!("{:<15} {}", check.name, if check.passed { "pass" } else { "FAIL" });
 //! }
+//! assert!(report.passed);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod checks;

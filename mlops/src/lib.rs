@@ -116,7 +116,7 @@ pub use tch;
 /// inference types and progress reporting.
 pub mod prelude {
     pub use mlops_core::artifact::{
-        ClassifierSpec, DataDir, EmbeddingsDir, EvalDir, IndexDir, ModelDir, Role,
+        ClassifierSpec, DataDir, EmbeddingsDir, EvalDir, IndexDir, ModelDir, Role, Vote,
     };
     pub use mlops_core::preprocess::Preprocess;
     pub use mlops_core::progress::{Event, Progress, Silent};

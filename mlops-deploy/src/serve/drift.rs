@@ -88,15 +88,21 @@ impl DriftConfig {
 pub struct DriftStatus {
     /// Requests in the window.
     pub requests: usize,
+    /// Share of the window's requests less similar to the gallery than the baseline's low
+    /// quantile.
     pub low_similarity_share: f64,
+    /// How far the window's predicted classes are from the test set's (total variation).
     pub class_shift: f64,
+    /// Whether the alert is raised.
     pub alerting: bool,
 }
 
 /// A change of alert state, for the executor to log and notify.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transition {
+    /// The alert was raised.
     Fired(DriftStatus),
+    /// The alert was cleared.
     Cleared(DriftStatus),
 }
 

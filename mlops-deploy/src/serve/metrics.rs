@@ -35,11 +35,27 @@ impl Role {
 /// What a shadow prediction found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shadowed {
+    /// The candidate predicted the default's class.
     Agree,
+    /// The candidate predicted another class.
     Disagree,
     /// The candidate failed or its queue was full (the client's answer is unaffected).
     Failed,
 }
+
+/// Buckets of `mlops_inference_latency_seconds` (seconds).
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+
+/// Buckets of `mlops_batch_size` (images).
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Buckets of `mlops_nearest_similarity`: fine near 1, where a trained model puts almost every
+/// in-distribution image.
+const SIMILARITY_BUCKETS: [f64; 15] = [
+    0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 1.0,
+];
 
 /// The server's metrics.
 pub struct Metrics {
@@ -61,130 +77,82 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let labels = ["model_name", "model_version", "hostname"];
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let registry = Registry::new();
+        let r = &registry;
+        let torchserve = ["model_name", "model_version", "hostname"];
+        let version = ["model_name", "model_version"];
+        Metrics {
+            requests: int_counter(
+                r,
                 "ts_inference_requests_total",
                 "Total number of inference requests.",
+                &torchserve,
             ),
-            &labels,
-        )
-        .expect("valid metric");
-        let inference_us = CounterVec::new(
-            Opts::new(
+            inference_us: counter(
+                r,
                 "ts_inference_latency_microseconds",
                 "Cumulative inference duration in microseconds (queue wait included).",
+                &torchserve,
             ),
-            &labels,
-        )
-        .expect("valid metric");
-        let queue_us = CounterVec::new(
-            Opts::new(
+            queue_us: counter(
+                r,
                 "ts_queue_latency_microseconds",
                 "Cumulative queue duration in microseconds.",
+                &torchserve,
             ),
-            &labels,
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
+            latency: histogram(
+                r,
                 "mlops_inference_latency_seconds",
                 "Time from a request's arrival to its prediction.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
-            ]),
-            &["model_name", "model_version"],
-        )
-        .expect("valid metric");
-        let batch_size = HistogramVec::new(
-            HistogramOpts::new("mlops_batch_size", "Images per inference batch.")
-                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-            &["model_name", "model_version"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new("mlops_http_errors_total", "Error responses by status code."),
-            &["code"],
-        )
-        .expect("valid metric");
-        let version_labels = ["model_name", "model_version"];
-        let routed = IntCounterVec::new(
-            Opts::new(
+                &LATENCY_BUCKETS,
+                &version,
+            ),
+            batch_size: histogram(
+                r,
+                "mlops_batch_size",
+                "Images per inference batch.",
+                &BATCH_BUCKETS,
+                &version,
+            ),
+            errors: int_counter(
+                r,
+                "mlops_http_errors_total",
+                "Error responses by status code.",
+                &["code"],
+            ),
+            routed: int_counter(
+                r,
                 "mlops_routed_requests_total",
                 "Images answered, by version and by how they reached it (default, canary, pinned).",
+                &["model_name", "model_version", "role"],
             ),
-            &["model_name", "model_version", "role"],
-        )
-        .expect("valid metric");
-        let pair = ["model_name", "default_version", "candidate_version"];
-        let shadow = IntCounterVec::new(
-            Opts::new(
+            shadow: int_counter(
+                r,
                 "mlops_shadow_predictions_total",
                 "Shadow predictions of a candidate beside the default, by outcome (agree, disagree, failed).",
+                &["model_name", "default_version", "candidate_version", "outcome"],
             ),
-            &["model_name", "default_version", "candidate_version", "outcome"],
-        )
-        .expect("valid metric");
-        let agreement = GaugeVec::new(
-            Opts::new(
+            agreement: gauge(
+                r,
                 "mlops_shadow_agreement_ratio",
                 "Share of shadow predictions where the candidate's class equals the default's.",
+                &["model_name", "default_version", "candidate_version"],
             ),
-            &pair,
-        )
-        .expect("valid metric");
-        let nearest = HistogramVec::new(
-            HistogramOpts::new(
+            nearest: histogram(
+                r,
                 "mlops_nearest_similarity",
                 "Similarity of each request's image to its nearest gallery image (low: unlike the training data).",
-            )
-            // Fine near 1, where a trained model puts almost every in-distribution image.
-            .buckets(vec![
-                0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
-                0.9999, 1.0,
-            ]),
-            &version_labels,
-        )
-        .expect("valid metric");
-        let drift = GaugeVec::new(
-            Opts::new(
+                &SIMILARITY_BUCKETS,
+                &version,
+            ),
+            drift: gauge(
+                r,
                 "mlops_drift",
                 "Recent requests against the version's test-set baseline: figure = low_similarity_share, class_shift, requests, alert (1 while alerting), and their limits (max_low_share, max_class_shift, low_similarity_threshold).",
+                &["model_name", "model_version", "figure"],
             ),
-            &["model_name", "model_version", "figure"],
-        )
-        .expect("valid metric");
-        let registry = Registry::new();
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(inference_us.clone()),
-            Box::new(queue_us.clone()),
-            Box::new(latency.clone()),
-            Box::new(batch_size.clone()),
-            Box::new(errors.clone()),
-            Box::new(routed.clone()),
-            Box::new(shadow.clone()),
-            Box::new(agreement.clone()),
-            Box::new(nearest.clone()),
-            Box::new(drift.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
-        Metrics {
-            registry,
             hostname: hostname(),
-            requests,
-            inference_us,
-            queue_us,
-            latency,
-            batch_size,
-            errors,
-            routed,
-            shadow,
-            agreement,
-            nearest,
-            drift,
+            registry,
         }
     }
 
@@ -296,6 +264,46 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` (valid by construction: constant names and labels) and returns it.
+fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric names");
+    metric
+}
+
+/// A registered integer counter per `labels`.
+fn int_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A registered counter per `labels`.
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    register(registry, CounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A registered gauge per `labels`.
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// A registered histogram with `buckets` per `labels`.
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
+}
+
+/// The machine's name, a label of TorchServe's metrics.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -40,6 +40,7 @@ use state::State;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -160,8 +161,11 @@ impl ServeConfig {
 /// The addresses the server listens on (port 0 in the config gets a free port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Bound {
+    /// TorchServe inference API and KServe.
     pub inference: SocketAddr,
+    /// TorchServe management API.
     pub management: SocketAddr,
+    /// Prometheus metrics.
     pub metrics: SocketAddr,
 }
 

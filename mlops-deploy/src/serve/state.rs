@@ -21,7 +21,9 @@ use crate::{Error, Result};
 
 /// A rollout the server is carrying out: the registry's record and the loaded candidate.
 pub struct ActiveRollout {
+    /// The rollout as the registry's pointer records it.
     pub spec: Rollout,
+    /// The candidate, loaded.
     pub candidate: Arc<LoadedVersion>,
     /// Unversioned requests routed so far: spreads a canary's share evenly over requests
     /// without an id.
@@ -32,6 +34,7 @@ pub struct ActiveRollout {
 pub struct Route {
     /// The version that answers.
     pub serve: Arc<LoadedVersion>,
+    /// How the request reached it, for the metrics.
     pub role: Role,
     /// A candidate that predicts beside it without answering (shadow rollout).
     pub shadow: Option<Arc<LoadedVersion>>,
@@ -71,6 +74,7 @@ pub enum Unload {
     Removed,
     /// The model has no such version.
     NoVersion,
+    /// The server has no such model.
     NoModel,
     /// The default cannot be removed.
     IsDefault,
@@ -81,13 +85,16 @@ pub enum Unload {
 /// One model's loaded versions.
 #[derive(Default)]
 pub struct ModelSlot {
+    /// The version unversioned requests go to, once loaded.
     pub default: Option<Arc<LoadedVersion>>,
+    /// Versions loaded because a request named them.
     pub others: BTreeMap<u64, Arc<LoadedVersion>>,
     /// Versions a client unregistered: not served again until promoted.
     pub removed: BTreeSet<u64>,
     /// The last failure to load this model's default: the version and why, for the
     /// management API and so that a broken version is not retried until the pointer moves.
     pub failure: Option<(u64, String)>,
+    /// The rollout in progress, if any.
     pub rollout: Option<Arc<ActiveRollout>>,
     /// A rollout candidate that failed to load: not retried until the pointer names another.
     pub rollout_failure: Option<u64>,
@@ -95,21 +102,29 @@ pub struct ModelSlot {
 
 /// The versions of one model a server has loaded.
 pub struct Loaded {
+    /// The default, once loaded.
     pub default: Option<Arc<LoadedVersion>>,
+    /// Versions loaded because a request named them.
     pub others: Vec<Arc<LoadedVersion>>,
 }
 
 /// What looking up a model found.
 pub enum Lookup {
+    /// The version, loaded.
     Found(Arc<LoadedVersion>),
+    /// No such model.
     NoModel,
+    /// No such version (or, for the default, none loaded yet).
     NoVersion,
 }
 
 /// Everything the request handlers share.
 pub struct State {
+    /// The server's settings.
     pub config: ServeConfig,
+    /// The metrics every handler and inference thread records.
     pub metrics: Arc<Metrics>,
+    /// Where models run.
     pub device: tch::Device,
     settings: Settings,
     models: RwLock<BTreeMap<String, ModelSlot>>,
@@ -119,6 +134,7 @@ pub struct State {
 }
 
 impl State {
+    /// A server for `config.registry` with nothing loaded yet ([`State::sync`] loads).
     pub fn new(config: ServeConfig, device: tch::Device) -> Self {
         let metrics = Arc::new(Metrics::new());
         let settings = Settings {

@@ -23,21 +23,27 @@ pub const MAX_ELEMENTS: usize = 1 << 26;
 pub enum Data {
     /// `BYTES` elements (encoded images): base64 strings in JSON, raw in binary.
     Bytes(Vec<Vec<u8>>),
+    /// `FP32` values, row-major.
     Fp32(Vec<f32>),
 }
 
 /// One input tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Input {
+    /// The input's name (`image` or `input`; not checked).
     pub name: String,
+    /// The tensor's shape.
     pub shape: Vec<usize>,
+    /// Its elements.
     pub data: Data,
 }
 
 /// An output the client asked for, and whether as binary (`None`: the request's default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Requested {
+    /// The output's name.
     pub name: String,
+    /// `parameters.binary_data`, if given.
     pub binary: Option<bool>,
 }
 
@@ -46,6 +52,7 @@ pub struct Requested {
 pub struct Request {
     /// Echoed in the response.
     pub id: Option<Value>,
+    /// The input tensors, in order.
     pub inputs: Vec<Input>,
     /// The outputs asked for; `None` means all.
     pub outputs: Option<Vec<Requested>>,
@@ -137,6 +144,7 @@ pub fn parse(body: &[u8], header_length: Option<&str>) -> Result<Request, String
     })
 }
 
+/// Input `i` of a request; its binary data, if any, is taken from the front of `binary`.
 fn parse_input(i: usize, input: &Value, binary: &mut &[u8]) -> Result<Input, String> {
     let name = input
         .get("name")
@@ -159,72 +167,8 @@ fn parse_input(i: usize, input: &Value, binary: &mut &[u8]) -> Result<Input, Str
         .get("parameters")
         .and_then(|p| p.get("binary_data_size"));
     let data = match binary_size {
-        Some(size) => {
-            let size = size
-                .as_u64()
-                .and_then(|s| usize::try_from(s).ok())
-                .ok_or_else(|| format!("input {i}: binary_data_size must be a byte count"))?;
-            if size > binary.len() {
-                return Err(format!(
-                    "input {i}: binary_data_size {size} exceeds the {} bytes left",
-                    binary.len()
-                ));
-            }
-            let (raw, rest) = binary.split_at(size);
-            *binary = rest;
-            match datatype {
-                Some("BYTES") => Data::Bytes(raw_bytes(i, raw)?),
-                Some("FP32") => {
-                    if raw.len() % 4 != 0 {
-                        return Err(format!(
-                            "input {i}: {} bytes of FP32 data is not a whole number of values",
-                            raw.len()
-                        ));
-                    }
-                    Data::Fp32(
-                        raw.chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect(),
-                    )
-                }
-                other => return Err(unsupported(i, other)),
-            }
-        }
-        None => {
-            let mut flat = Vec::new();
-            flatten(
-                input
-                    .get("data")
-                    .ok_or_else(|| format!("input {i}: no \"data\" and no binary_data_size"))?,
-                &mut flat,
-                0,
-            )
-            .map_err(|e| format!("input {i}: {e}"))?;
-            match datatype {
-                Some("BYTES") => Data::Bytes(
-                    flat.iter()
-                        .enumerate()
-                        .map(|(j, v)| {
-                            let text = v.as_str().ok_or_else(|| {
-                                format!("input {i}: element {j} is not a base64 string")
-                            })?;
-                            base64::engine::general_purpose::STANDARD
-                                .decode(text)
-                                .map_err(|e| {
-                                    format!("input {i}: element {j} is not valid base64: {e}")
-                                })
-                        })
-                        .collect::<Result<_, String>>()?,
-                ),
-                Some("FP32") => Data::Fp32(
-                    flat.iter()
-                        .map(|v| v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()))
-                        .collect::<Option<_>>()
-                        .ok_or_else(|| format!("input {i}: FP32 data must be finite numbers"))?,
-                ),
-                other => return Err(unsupported(i, other)),
-            }
-        }
+        Some(size) => binary_data(i, size, datatype, binary)?,
+        None => json_data(i, input, datatype)?,
     };
     let got = match &data {
         Data::Bytes(b) => b.len(),
@@ -236,6 +180,81 @@ fn parse_input(i: usize, input: &Value, binary: &mut &[u8]) -> Result<Input, Str
         ));
     }
     Ok(Input { name, shape, data })
+}
+
+/// The data of input `i` sent as binary: `size` (its `binary_data_size`) bytes taken from the
+/// front of `binary`.
+fn binary_data(
+    i: usize,
+    size: &Value,
+    datatype: Option<&str>,
+    binary: &mut &[u8],
+) -> Result<Data, String> {
+    let size = size
+        .as_u64()
+        .and_then(|s| usize::try_from(s).ok())
+        .ok_or_else(|| format!("input {i}: binary_data_size must be a byte count"))?;
+    if size > binary.len() {
+        return Err(format!(
+            "input {i}: binary_data_size {size} exceeds the {} bytes left",
+            binary.len()
+        ));
+    }
+    let (raw, rest) = binary.split_at(size);
+    *binary = rest;
+    match datatype {
+        Some("BYTES") => Ok(Data::Bytes(raw_bytes(i, raw)?)),
+        Some("FP32") => {
+            if raw.len() % 4 != 0 {
+                return Err(format!(
+                    "input {i}: {} bytes of FP32 data is not a whole number of values",
+                    raw.len()
+                ));
+            }
+            Ok(Data::Fp32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ))
+        }
+        other => Err(unsupported(i, other)),
+    }
+}
+
+/// The data of input `i` sent as JSON (`"data"`, nested or flat): base64 strings for `BYTES`,
+/// finite numbers for `FP32`.
+fn json_data(i: usize, input: &Value, datatype: Option<&str>) -> Result<Data, String> {
+    let mut flat = Vec::new();
+    flatten(
+        input
+            .get("data")
+            .ok_or_else(|| format!("input {i}: no \"data\" and no binary_data_size"))?,
+        &mut flat,
+        0,
+    )
+    .map_err(|e| format!("input {i}: {e}"))?;
+    match datatype {
+        Some("BYTES") => Ok(Data::Bytes(
+            flat.iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    let text = v
+                        .as_str()
+                        .ok_or_else(|| format!("input {i}: element {j} is not a base64 string"))?;
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text)
+                        .map_err(|e| format!("input {i}: element {j} is not valid base64: {e}"))
+                })
+                .collect::<Result<_, String>>()?,
+        )),
+        Some("FP32") => Ok(Data::Fp32(
+            flat.iter()
+                .map(|v| v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| format!("input {i}: FP32 data must be finite numbers"))?,
+        )),
+        other => Err(unsupported(i, other)),
+    }
 }
 
 fn unsupported(i: usize, datatype: Option<&str>) -> String {
@@ -289,15 +308,20 @@ pub enum OutData {
     Bytes(Vec<String>),
     /// Binary elements (`BYTES`: raw in binary data, base64 strings in JSON).
     Blobs(Vec<Vec<u8>>),
+    /// `INT64` values.
     Int64(Vec<i64>),
+    /// `FP32` values.
     Fp32(Vec<f32>),
 }
 
 /// One output tensor of a response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
+    /// The output's name.
     pub name: &'static str,
+    /// The tensor's shape.
     pub shape: Vec<usize>,
+    /// Its elements.
     pub data: OutData,
     /// Sent only when the request names it (large, or rarely wanted).
     pub on_request: bool,
@@ -376,7 +400,9 @@ impl OutData {
 
 /// An encoded response: the body, and the JSON header's length when binary data follows it.
 pub struct Encoded {
+    /// The response body.
     pub body: Vec<u8>,
+    /// The `Inference-Header-Content-Length` to send, when binary data follows the JSON.
     pub header_length: Option<usize>,
 }
 

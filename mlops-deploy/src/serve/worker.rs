@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use mlops_core::artifact::{ModelDescription, VersionDir, VersionSummary};
 use mlops_core::notify::{Event, Notifier};
 use mlops_core::preprocess::Preprocess;
-use mlops_embed::Embedder;
-use mlops_index::{Classifier, Prediction};
+use mlops_index::Prediction;
 use tokio::sync::oneshot;
 
 use super::drift::{DriftConfig, DriftMonitor, Transition};
 use super::explain::Gallery;
 use super::metrics::Metrics;
+use crate::model::Predictor;
 use crate::Result;
 
 /// One image waiting for a prediction.
@@ -32,6 +32,7 @@ pub struct Job {
     pub arrived: Instant,
     /// Whether the prediction counts towards the version's traffic figures (not a warm-up).
     pub observed: bool,
+    /// Where the prediction (or the inference error's message) goes.
     pub reply: oneshot::Sender<Result<Prediction, String>>,
 }
 
@@ -47,19 +48,27 @@ pub enum Refused {
 /// Batching settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
+    /// Most images per batch.
     pub batch_size: usize,
+    /// Longest wait for a batch to fill, from its first job's arrival.
     pub max_delay: Duration,
+    /// Jobs that may wait; more are refused ([`Refused::Full`]).
     pub queue: usize,
 }
 
 /// What every loaded version is served with.
 pub struct Settings {
+    /// Where models run.
     pub device: tch::Device,
+    /// fp32 or bf16 inference (`auto`: bf16 where the hardware has it natively).
     pub precision: mlops_torch::Precision,
     /// Neighbours that vote; `None` keeps the version's.
     pub k: Option<usize>,
+    /// How jobs are batched.
     pub batching: Batching,
+    /// Where the inference threads record batches, latencies and similarities.
     pub metrics: Arc<Metrics>,
+    /// Drift watching.
     pub drift: DriftConfig,
     /// Where drift alerts go (off without `SLACK_WEBHOOK_URL`).
     pub notifier: Arc<Notifier>,
@@ -67,14 +76,20 @@ pub struct Settings {
 
 /// A model version ready to serve.
 pub struct LoadedVersion {
+    /// The model's name.
     pub name: String,
+    /// The version.
     pub version: u64,
+    /// What the registry recorded of it (accuracy, classifier, index).
     pub summary: VersionSummary,
+    /// What the model takes and gives.
     pub description: ModelDescription,
+    /// The preprocessing of its request images.
     pub preprocess: Preprocess,
     /// The gallery's images, for explanations (versions registered before they were carried
     /// have none).
     pub gallery: Option<Gallery>,
+    /// When it was loaded.
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     sender: SyncSender<Job>,
     warmed: AtomicBool,
@@ -117,16 +132,9 @@ impl LoadedVersion {
     /// Loads a registered version (every file verified against its manifest), starts its
     /// inference thread and runs one warm-up prediction through it.
     pub fn load(dir: VersionDir, settings: &Settings) -> Result<Arc<Self>> {
-        dir.manifest.verify_outputs(&dir.dir)?;
-        let description = dir.description()?;
-        let embedder =
-            Embedder::load_file(&dir.model_path()?, description.clone(), settings.device)?
-                .with_precision(settings.precision);
-        let index = mlops_index::load_dir(dir.index_dir())?;
-        let mut spec = dir.summary.classifier;
-        if let Some(k) = settings.k {
-            spec.k = k;
-        }
+        let predictor = Predictor::load(&dir, settings.device, settings.precision, settings.k)?;
+        let description = predictor.description().clone();
+        let preprocess = predictor.preprocess();
         let drift = match dir.similarity_baseline()? {
             Some(baseline) => DriftMonitor::new(&baseline, &settings.drift),
             None => {
@@ -140,15 +148,13 @@ impl LoadedVersion {
         };
         let batching = settings.batching;
         let gallery = Gallery::load(&dir)?;
-        let classifier = Classifier::new(index, spec);
         let (sender, receiver) = sync_channel(batching.queue.max(1));
         let summary = dir.summary.clone();
         let labels = (summary.name.clone(), summary.version.to_string());
         let in_flight = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             jobs: receiver,
-            embedder,
-            classifier,
+            predictor,
             batching,
             metrics: settings.metrics.clone(),
             in_flight: in_flight.clone(),
@@ -166,7 +172,7 @@ impl LoadedVersion {
         let loaded = Arc::new(LoadedVersion {
             name: summary.name.clone(),
             version: summary.version,
-            preprocess: Preprocess::new(description.input_shape, description.normalization),
+            preprocess,
             description,
             summary,
             gallery,
@@ -227,8 +233,7 @@ impl LoadedVersion {
 /// The inference thread's state.
 struct Worker {
     jobs: Receiver<Job>,
-    embedder: Embedder,
-    classifier: Classifier,
+    predictor: Predictor,
     batching: Batching,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
@@ -274,23 +279,16 @@ impl Worker {
     fn answer(&mut self, batch: Vec<Job>) {
         let labels = self.labels.clone();
         let (name, version) = (&labels.0, &labels.1);
-        let frame: usize = self.embedder.description().input_shape.iter().product();
+        let frame: usize = self.predictor.description().input_shape.iter().product();
         let started = Instant::now();
         let mut pixels = Vec::with_capacity(batch.len() * frame);
         for job in &batch {
             pixels.extend_from_slice(&job.pixels);
         }
-        let classifier = &mut self.classifier;
         let result = self
-            .embedder
-            .embed(&pixels, batch.len(), batch.len())
-            .map_err(|e| e.to_string())
-            .and_then(|emb| {
-                let flat = emb
-                    .as_slice()
-                    .expect("embed returns a standard-layout array");
-                classifier.classify(flat).map_err(|e| e.to_string())
-            });
+            .predictor
+            .predict(&pixels, batch.len())
+            .map_err(|e| e.to_string());
         let done = Instant::now();
         self.metrics.observe_batch(name, version, batch.len());
         match result {
