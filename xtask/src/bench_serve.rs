@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::{json, Value};
+use mlops_core::artifact::EmbeddingsDir;
+use serde::{Deserialize, Serialize};
 
 use crate::{cargo, release_dir, root, run_cmd, setup};
 
@@ -52,13 +53,9 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     // Serve in the precision the run's embeddings were computed in, so served predictions can
     // equal eval's.
-    let precision = crate::read_json(&run_dir.join("embed/manifest.json"))?["summary"]["precision"]
-        .as_str()
-        .filter(|p| !p.is_empty())
-        .unwrap_or("fp32")
-        .to_string();
+    let precision = run_precision(&run_dir)?;
     let inprocess = prepare(&run_dir, &work, &precision)?;
-    eprintln!("in process: {inprocess}");
+    eprintln!("in process: {}", serde_json::to_string(&inprocess)?);
 
     let mut server = Server::start(
         &work.join("registry"),
@@ -69,43 +66,101 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     let accuracy = served_accuracy(&server.inference, &work)?;
     eprintln!(
         "served accuracy {accuracy} (eval {})",
-        inprocess["eval_accuracy"]
+        inprocess.eval_accuracy
     );
     let png = work.join("images/000000.png");
     let url = format!("http://{}/predictions/fashion-mnist", server.inference);
     let mut loads = Vec::new();
     for clients in [1, 8, 32] {
         let r = wrk(&url, &png, clients, args.seconds, &work)?;
-        eprintln!("{clients:>2} clients: {r}");
+        eprintln!("{clients:>2} clients: {}", serde_json::to_string(&r)?);
         loads.push(r);
     }
     let swap = swap_under_load(&server, &url, &png, args.seconds, &work)?;
-    eprintln!("32 clients while swapping: {swap}");
+    eprintln!(
+        "32 clients while swapping: {}",
+        serde_json::to_string(&swap)?
+    );
     let rss_mb = server.peak_rss_mb()?;
     server.stop()?;
-    let results = json!({
-        "date": chrono_like_now(),
-        "machine": machine(),
-        "server": { "io_threads": args.io_threads, "threads": args.threads, "batch_size": 32, "max_batch_delay_ms": 2.0, "precision": precision },
-        "inprocess": inprocess,
-        "served_accuracy": accuracy,
-        "load": loads,
-        "swap_under_load": swap,
-        "peak_rss_mb": rss_mb,
-        "command": "cargo xtask bench-serve",
-    });
-    let out = root().join("benches/results/serve.json");
-    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
-    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
+    let results = Results {
+        command: "cargo xtask bench-serve",
+        date: chrono_like_now(),
+        inprocess,
+        load: loads,
+        machine: machine(),
+        peak_rss_mb: rss_mb,
+        served_accuracy: accuracy,
+        server: ServerSettings {
+            batch_size: 32,
+            io_threads: args.io_threads,
+            max_batch_delay_ms: 2.0,
+            precision,
+            threads: args.threads,
+        },
+        swap_under_load: swap,
+    };
+    crate::write_json(&root().join("benches/results/serve.json"), &results)?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 
+/// `benches/results/serve.json` (fields in alphabetical order, as the file has always had them).
+#[derive(Serialize)]
+struct Results {
+    command: &'static str,
+    date: String,
+    inprocess: InProcess,
+    load: Vec<Wrk>,
+    machine: Machine,
+    peak_rss_mb: f64,
+    served_accuracy: f64,
+    server: ServerSettings,
+    swap_under_load: Wrk,
+}
+
+#[derive(Serialize)]
+struct ServerSettings {
+    batch_size: usize,
+    io_threads: usize,
+    max_batch_delay_ms: f64,
+    precision: String,
+    threads: usize,
+}
+
+/// What `serve_bench_prepare` (an example of `mlops-deploy`) prints: the in-process rate and
+/// accuracy of the work the server does per request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InProcess {
+    pub eval_accuracy: f64,
+    pub images: usize,
+    pub inprocess_accuracy: f64,
+    pub inprocess_images_per_second: f64,
+    pub precision: String,
+    pub threads: usize,
+}
+
+/// The CPU the figures were measured on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+}
+
+/// The precision the run's embeddings were computed in (`fp32` for runs that did not record
+/// it): the one a server must use to reproduce eval's predictions.
+pub(crate) fn run_precision(run_dir: &Path) -> Result<String> {
+    let embed = EmbeddingsDir::open(&run_dir.join("embed"))?;
+    Ok(Some(embed.summary.precision)
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "fp32".into()))
+}
+
 /// Builds the server and `serve_bench_prepare`, which registers the run (twice) into
 /// `work/registry`, writes its test images as PNGs with their labels, and measures the
 /// in-process rate; returns that example's report.
-pub(crate) fn prepare(run_dir: &Path, work: &Path, precision: &str) -> Result<Value> {
+pub(crate) fn prepare(run_dir: &Path, work: &Path, precision: &str) -> Result<InProcess> {
     run_cmd(
         cargo()
             .args([
@@ -130,7 +185,8 @@ pub(crate) fn prepare(run_dir: &Path, work: &Path, precision: &str) -> Result<Va
         "serve_bench_prepare failed: {}",
         String::from_utf8_lossy(&prepared.stderr)
     );
-    Ok(serde_json::from_slice(&prepared.stdout)?)
+    serde_json::from_slice(&prepared.stdout)
+        .context("serve_bench_prepare printed an unexpected report")
 }
 
 /// `mlops-deploy serve` on free loopback ports; killed on drop.
@@ -166,14 +222,14 @@ impl Server {
             .spawn()?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-        let bound: Value = serde_json::from_str(
+        let bound: Bound = serde_json::from_str(
             line.strip_prefix("listening ")
                 .with_context(|| format!("server did not start: {line:?}"))?,
         )?;
         let server = Server {
             child,
-            inference: bound["inference"].as_str().unwrap_or_default().to_string(),
-            management: bound["management"].as_str().unwrap_or_default().to_string(),
+            inference: bound.inference,
+            management: bound.management,
         };
         let until = Instant::now() + Duration::from_secs(60);
         loop {
@@ -212,6 +268,13 @@ impl Drop for Server {
     }
 }
 
+/// The addresses the server prints on its first line (`listening {...}`).
+#[derive(Deserialize)]
+struct Bound {
+    inference: String,
+    management: String,
+}
+
 /// Peak resident set size of a live process (MB), from `/proc/PID/status`.
 pub(crate) fn vm_hwm_mb(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -248,8 +311,8 @@ pub(crate) fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
                             .header("Content-Type", "image/png")
                             .send(&png[..])?;
                         ensure!(r.status() == 200, "image {i}: {}", r.status());
-                        let p: Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
-                        correct += usize::from(p["class"].as_i64() == Some(labels[i]));
+                        let p: Prediction = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+                        correct += usize::from(p.class == Some(labels[i]));
                     }
                     Ok(correct)
                 })
@@ -263,8 +326,38 @@ pub(crate) fn served_accuracy(inference: &str, work: &Path) -> Result<f64> {
     Ok(correct as f64 / labels.len() as f64)
 }
 
-/// One wrk run: requests/s, latency percentiles (ms), errors.
-pub(crate) fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path) -> Result<Value> {
+/// The part of a prediction the accuracy check reads: the class index.
+#[derive(Deserialize)]
+struct Prediction {
+    class: Option<i64>,
+}
+
+/// One wrk run: requests/s, latency percentiles (ms), errors (fields in alphabetical order, as
+/// the result files have always had them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Wrk {
+    pub clients: u32,
+    pub non_2xx: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub requests: u64,
+    pub requests_per_second: f64,
+    pub socket_errors: u64,
+    /// Default-version swaps made during the run (the swap-under-load run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swaps: Option<u32>,
+}
+
+impl Wrk {
+    /// Requests that failed: non-2xx answers and socket errors.
+    pub fn errors(&self) -> u64 {
+        self.non_2xx + self.socket_errors
+    }
+}
+
+/// One wrk run at `clients` connections for `seconds`, posting `png` to `url`.
+pub(crate) fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path) -> Result<Wrk> {
     let script = work.join("post.lua");
     std::fs::write(
         &script,
@@ -289,7 +382,7 @@ pub(crate) fn wrk(url: &str, png: &Path, clients: u32, seconds: u32, work: &Path
     parse_wrk(&String::from_utf8_lossy(&out.stdout), clients)
 }
 
-fn parse_wrk(text: &str, clients: u32) -> Result<Value> {
+fn parse_wrk(text: &str, clients: u32) -> Result<Wrk> {
     let ms = |v: &str| -> Option<f64> {
         let v = v.trim();
         if let Some(x) = v.strip_suffix("us") {
@@ -331,16 +424,17 @@ fn parse_wrk(text: &str, clients: u32) -> Result<Value> {
     let (Some(rps), Some(requests)) = (rps, requests) else {
         bail!("cannot read wrk's output:\n{text}");
     };
-    Ok(json!({
-        "clients": clients,
-        "requests": requests,
-        "requests_per_second": rps,
-        "p50_ms": percentile("50%"),
-        "p90_ms": percentile("90%"),
-        "p99_ms": percentile("99%"),
-        "non_2xx": non_2xx,
-        "socket_errors": socket_errors,
-    }))
+    Ok(Wrk {
+        clients,
+        non_2xx,
+        p50_ms: percentile("50%"),
+        p90_ms: percentile("90%"),
+        p99_ms: percentile("99%"),
+        requests,
+        requests_per_second: rps,
+        socket_errors,
+        swaps: None,
+    })
 }
 
 /// wrk at 32 clients while another thread swaps the default between versions 1 and 2.
@@ -350,7 +444,7 @@ fn swap_under_load(
     png: &Path,
     seconds: u32,
     work: &Path,
-) -> Result<Value> {
+) -> Result<Wrk> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let management = &server.management;
     let (load, swaps) = std::thread::scope(|s| {
@@ -374,22 +468,23 @@ fn swap_under_load(
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (load, swapper.join().expect("swapper thread"))
     });
-    let mut load = load?;
-    load["swaps"] = json!(swaps?);
-    Ok(load)
+    Ok(Wrk {
+        swaps: Some(swaps?),
+        ..load?
+    })
 }
 
-pub(crate) fn machine() -> Value {
+pub(crate) fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
-    json!({
-        "cpu": model,
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-    })
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu: model,
+    }
 }
 
 fn chrono_like_now() -> String {

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use serde_json::Value as Json;
+use mlops_core::artifact::{registry, DataDir, Role, VersionDir};
+use mlops_core::notify::{Event, Notifier};
+use mlops_core::Manifest;
 
 use crate::pipeline::{self, Params, PipelineArgs};
-use crate::{cargo, read_json, release_dir, root, run_cmd};
-use mlops_core::notify::{Event, Notifier};
+use crate::{cargo, release_dir, root, run_cmd};
 
 #[derive(clap::Args)]
 pub struct CtArgs {
@@ -72,10 +73,10 @@ pub fn run(args: &CtArgs) -> Result<()> {
         ingest.args(["--set", &pair]);
     }
     run_cmd(&mut ingest, "ingesting the sources")?;
-    let new = read_json(&fresh.join("manifest.json"))?;
+    let new = DataFacts::of(&DataDir::open(&fresh)?);
     let registry = root().join(&params.registry);
     let deployed = deployed_data(&registry, &params.model)?;
-    let delta = deployed.as_ref().map(|old| delta(old, &new));
+    let delta = deployed.map(|old| delta(&DataFacts::of(&old), &new));
     let _ = std::fs::remove_dir_all(&fresh);
     let retrain = should_retrain(delta.as_ref(), args.min_new, args.always);
     match &delta {
@@ -117,73 +118,81 @@ pub fn run(args: &CtArgs) -> Result<()> {
     })
 }
 
-/// The data manifest the registry's default version was trained on, found through the
-/// manifests: version -> train manifest -> its data manifest.
-fn deployed_data(registry: &Path, model: &str) -> Result<Option<Json>> {
-    let Ok(pointer) = read_json(&registry.join(model).join("registry.json")) else {
+/// The data the registry's default version was trained on, found through the manifests:
+/// version -> train manifest -> its data manifest.
+fn deployed_data(registry: &Path, model: &str) -> Result<Option<DataDir>> {
+    let Ok(pointer) = registry::read_pointer(registry, model) else {
         return Ok(None);
     };
-    let Some(v) = pointer["default"].as_u64() else {
+    let Some(v) = pointer.default else {
         return Ok(None);
     };
-    let version = read_json(
-        &registry
-            .join(model)
-            .join(v.to_string())
-            .join("manifest.json"),
-    )?;
-    let train_manifest = version["inputs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["path"].as_str())
-        .find(|p| p.ends_with("manifest.json"))
+    let version = VersionDir::open(&registry::version_dir(registry, model, v)?)?;
+    let train_dir = manifest_dir(version.manifest.inputs.iter().map(|e| &e.path))
         .context("the version records no train manifest")?;
-    let train = read_json(Path::new(train_manifest))?;
-    let data_manifest = train["inputs"][0]["path"]
-        .as_str()
+    let train = Manifest::load(train_dir)?;
+    let data_dir = train
+        .inputs
+        .first()
+        .and_then(|e| Path::new(&e.path).parent())
         .context("the train manifest records no data manifest")?;
-    match read_json(Path::new(data_manifest)) {
-        Ok(data) => Ok(Some(data)),
-        // The deployed model's data is gone: everything counts as new.
-        Err(_) => Ok(None),
+    // The deployed model's data may be gone: everything then counts as new.
+    Ok(DataDir::open(data_dir).ok())
+}
+
+/// The directory of the first of `paths` that is a stage's manifest.
+fn manifest_dir<'a>(paths: impl IntoIterator<Item = &'a String>) -> Option<&'a Path> {
+    paths
+        .into_iter()
+        .find(|p| p.ends_with(mlops_core::MANIFEST_FILE))
+        .and_then(|p| Path::new(p).parent())
+}
+
+/// What [`delta`] compares of a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DataFacts {
+    /// The sha256 of every input (sources), sorted.
+    input_sums: Vec<String>,
+    train: usize,
+    gallery: usize,
+}
+
+impl DataFacts {
+    fn of(data: &DataDir) -> DataFacts {
+        let mut input_sums: Vec<String> = data
+            .manifest
+            .inputs
+            .iter()
+            .map(|e| e.sha256.clone())
+            .collect();
+        input_sums.sort();
+        let rows = |role| data.summary.role(role).map_or(0, |r| r.rows);
+        DataFacts {
+            input_sums,
+            train: rows(Role::Train),
+            gallery: rows(Role::Gallery),
+        }
     }
 }
 
-fn rows(manifest: &Json, role: &str) -> usize {
-    manifest["summary"]["roles"][role]["rows"]
-        .as_u64()
-        .unwrap_or(0) as usize
-}
-
-fn delta(old: &Json, new: &Json) -> Delta {
-    let sums = |m: &Json| -> Vec<String> {
-        let mut v: Vec<String> = m["inputs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["sha256"].as_str().map(str::to_string))
-            .collect();
-        v.sort();
-        v
-    };
+fn delta(old: &DataFacts, new: &DataFacts) -> Delta {
     Delta {
-        train: rows(new, "train").saturating_sub(rows(old, "train")),
-        gallery: rows(new, "gallery").saturating_sub(rows(old, "gallery")),
-        changed: sums(old) != sums(new),
+        train: new.train.saturating_sub(old.train),
+        gallery: new.gallery.saturating_sub(old.gallery),
+        changed: old.input_sums != new.input_sums,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn manifest(train: u64, gallery: u64, sha: &str) -> Json {
-        json!({
-            "inputs": [{ "path": "x", "sha256": sha }],
-            "summary": { "roles": { "train": { "rows": train }, "gallery": { "rows": gallery } } },
-        })
+    fn manifest(train: usize, gallery: usize, sha: &str) -> DataFacts {
+        DataFacts {
+            input_sums: vec![sha.to_string()],
+            train,
+            gallery,
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! four stripped binaries, a slice of Fashion-MNIST and four scripts, well under the 64 MiB a
 //! device call carries.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -76,12 +77,12 @@ pub fn run(args: &GpuKitArgs) -> Result<()> {
         fs::remove_dir_all(out).with_context(|| format!("cannot replace {}", out.display()))?;
     }
     fs::create_dir_all(out.join("bin"))?;
-    let mut binaries = serde_json::Map::new();
+    let mut binaries = BTreeMap::new();
     for (built, name) in BINARIES {
         let dest = out.join("bin").join(name);
         fs::copy(bin.join(built), &dest)
             .with_context(|| format!("cannot copy {}", bin.join(built).display()))?;
-        binaries.insert(name.into(), crate::pipeline::sha256_file(&dest)?.into());
+        binaries.insert(name.to_string(), mlops_core::sha256_file(&dest)?);
     }
     let data = out.join("data");
     fs::create_dir_all(&data)?;
@@ -98,13 +99,13 @@ pub fn run(args: &GpuKitArgs) -> Result<()> {
         fs::copy(scripts.join(from), out.join(to))
             .with_context(|| format!("cannot copy scripts/{from}"))?;
     }
-    let info = serde_json::json!({
-        "torch": args.torch,
-        "tch": tch,
-        "git_revision": crate::pipeline::git_revision(),
-        "images": args.images,
-        "binaries": binaries,
-    });
+    let info = KitInfo {
+        binaries,
+        git_revision: crate::git_revision(),
+        images: args.images,
+        tch,
+        torch: &args.torch,
+    };
     fs::write(out.join("kit.json"), serde_json::to_string_pretty(&info)?)?;
     let bytes = dir_bytes(out)?;
     ensure!(
@@ -277,9 +278,10 @@ fn check(kit: &Path, prefix: &Path) -> Result<()> {
         .env("OUT", &out)
         .env("EPOCHS", "1");
     run_cmd(&mut cmd, "the kit's run.sh --cpu")?;
-    let report = crate::read_json(&out.join("gpu_report.json"))?;
-    let diff = report["embeddings_cpu_vs_device_fp32"]["max_abs_diff"]
-        .as_f64()
+    let report: GpuReport = crate::read_json(&out.join("gpu_report.json"))?;
+    let diff = report
+        .embeddings_cpu_vs_device_fp32
+        .and_then(|e| e.max_abs_diff)
         .context("gpu_report.json has no embedding difference")?;
     // On the CPU both embeddings come from the same kernels.
     if diff != 0.0 {
@@ -287,6 +289,29 @@ fn check(kit: &Path, prefix: &Path) -> Result<()> {
     }
     eprintln!("gpu-kit: CPU dry run passed; report in {}", out.display());
     Ok(())
+}
+
+/// `kit.json`: what the kit was built from, for `scripts/gpu_kit/compare.py`'s report (fields in
+/// the order the file has always had them).
+#[derive(serde::Serialize)]
+struct KitInfo<'a> {
+    /// The sha256 of each binary, by its name in the kit.
+    binaries: BTreeMap<String, String>,
+    git_revision: Option<String>,
+    images: usize,
+    tch: &'a str,
+    torch: &'a str,
+}
+
+/// The part of `scripts/gpu_kit/compare.py`'s report the CPU dry run checks.
+#[derive(serde::Deserialize)]
+struct GpuReport {
+    embeddings_cpu_vs_device_fp32: Option<Difference>,
+}
+
+#[derive(serde::Deserialize)]
+struct Difference {
+    max_abs_diff: Option<f64>,
 }
 
 #[cfg(test)]

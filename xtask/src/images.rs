@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::json;
 
 use crate::dag::{Stage, STAGES};
 use crate::{bundle, cargo, release_dir, root, run_cmd, setup};
@@ -42,9 +41,9 @@ pub struct ImagesArgs {
     /// Stages to build [default: all seven].
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub stages: Vec<String>,
-    /// podman (default) or docker.
-    #[arg(long, default_value = "podman")]
-    pub engine: String,
+    /// The container engine that builds (and pushes) the images.
+    #[arg(long, value_enum, default_value_t)]
+    pub engine: Engine,
     /// Only lay out the build context (bundles) in this directory; build nothing.
     #[arg(long)]
     pub context_only: Option<PathBuf>,
@@ -56,13 +55,31 @@ pub struct ImagesArgs {
     pub no_build: bool,
 }
 
+/// A container engine with a Docker-compatible command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    #[default]
+    Podman,
+    Docker,
+}
+
+impl Engine {
+    /// The engine's command.
+    pub fn program(self) -> &'static str {
+        match self {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker",
+        }
+    }
+}
+
 impl Default for ImagesArgs {
     fn default() -> Self {
         ImagesArgs {
             tag: None,
             prefix: LOCAL_PREFIX.into(),
             stages: Vec::new(),
-            engine: "podman".into(),
+            engine: Engine::Podman,
             context_only: None,
             push: false,
             no_build: false,
@@ -183,12 +200,9 @@ pub fn build(args: &ImagesArgs) -> Result<Vec<Image>> {
         Some(t) => t.clone(),
         None => default_tag(),
     };
-    let engine = args.engine.as_str();
-    ensure!(
-        matches!(engine, "podman" | "docker"),
-        "--engine {engine}: podman or docker"
-    );
-    let base = if engine == "podman" {
+    let engine = args.engine.program();
+    // Only podman builds on the local debootstrap base; docker pulls the Dockerfile's.
+    let base = if args.engine == Engine::Podman {
         ensure_base()?;
         Some(LOCAL_BASE)
     } else {
@@ -244,7 +258,7 @@ fn selected(names: &[String]) -> Result<Vec<&'static Stage>> {
 
 /// The git revision (12 hex digits), `-dirty` when tracked files differ from it.
 pub fn default_tag() -> String {
-    let rev = crate::pipeline::git_revision().unwrap_or_else(|| "dev".into());
+    let rev = crate::git_revision().unwrap_or_else(|| "dev".into());
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
         .current_dir(root())
@@ -442,17 +456,26 @@ pub fn image_id(engine: &str, reference: &str) -> Option<String> {
 /// `target/images/images.json`: what the last build made, for people and for the runners.
 fn record(images: &[Image]) -> Result<()> {
     let path = release_dir().join("../images/images.json");
-    let mut table: BTreeMap<String, serde_json::Value> = crate::read_json(&path)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
+    let mut table: BTreeMap<String, Recorded> = crate::read_json(&path).unwrap_or_default();
     for i in images {
         table.insert(
             i.stage.to_string(),
-            json!({ "reference": i.reference, "id": i.id, "bytes": i.bytes }),
+            Recorded {
+                bytes: i.bytes,
+                id: i.id.clone(),
+                reference: i.reference.clone(),
+            },
         );
     }
-    crate::write_json(&path, &serde_json::to_value(table)?)
+    crate::write_json(&path, &table)
+}
+
+/// One stage's entry in `images.json` (fields in the order the file has always had).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    bytes: u64,
+    id: String,
+    reference: String,
 }
 
 /// Writes podman's engine settings where this machine needs them: a sandbox without
@@ -484,7 +507,7 @@ pub fn configure_podman() -> Result<()> {
                 runtime = \"runc\"\n\
                 cgroup_manager = \"cgroupfs\"\n";
     std::fs::create_dir_all("/etc/containers")?;
-    crate::write_atomic(Path::new(PATH), text.as_bytes())
+    Ok(mlops_core::write_atomic(Path::new(PATH), text.as_bytes())?)
 }
 
 #[cfg(test)]

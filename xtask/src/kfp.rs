@@ -61,7 +61,10 @@ pub fn run(args: &KfpArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| root().join("kubeflow/pipeline.yaml"));
-    crate::write_atomic(&out, yaml.as_bytes())?;
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    mlops_core::write_atomic(&out, yaml.as_bytes())?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -8,11 +8,13 @@
 //! `/artifacts/datasets/<name>`) and the run's parameters (`--profile` and `--set` become the
 //! stages' `<stage>_settings` parameters).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
 
 use crate::dag::STAGES;
 use crate::images;
@@ -97,20 +99,7 @@ pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
             .unwrap_or_else(|| root().join("runs/kfp-local")),
     )?;
     let artifacts = workdir.join("artifacts");
-    let name = source
-        .file_name()
-        .map_or("data".into(), |n| n.to_string_lossy().into_owned());
-    let dataset = artifacts.join("datasets").join(&name);
-    if dataset.exists() {
-        std::fs::remove_dir_all(&dataset)?;
-    }
-    copy_tree(source, &dataset)
-        .with_context(|| format!("cannot copy {} to the artifacts volume", source.display()))?;
-    // The steps run as their images' user (10001), as on a cluster; the volume stands in for
-    // a PVC they may write.
-    for dir in [&artifacts, &artifacts.join("datasets")] {
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
-    }
+    let dataset = stage_dataset(source, &artifacts)?;
     let service = PodmanService::start(&workdir.join("podman.sock"))?;
     let summary_path = workdir.join("summary.json");
     let _ = std::fs::remove_file(&summary_path);
@@ -134,7 +123,7 @@ pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
         ));
     }
     cmd.arg("--param")
-        .arg(format!("source={}/datasets/{name}", kfp::MOUNT))
+        .arg(format!("source={}/datasets/{dataset}", kfp::MOUNT))
         .arg("--param")
         .arg(format!("model={}", params.model));
     eprintln!(
@@ -144,48 +133,107 @@ pub fn execute(args: &LocalArgs, image_tag: Option<&str>) -> Result<Outcome> {
     );
     let status = cmd.status().context("cannot start kubeflow/run_local.py")?;
     drop(service);
-    let summary = crate::read_json(&summary_path).ok();
+    let summary: Option<Summary> = crate::read_json(&summary_path).ok();
     if !status.success() {
-        let failed = summary
-            .as_ref()
-            .and_then(|s| s["tasks"].as_array().cloned())
-            .into_iter()
-            .flatten()
-            .filter(|t| t["state"] == "FAILED")
-            .map(|t| {
-                let tail = t["stderr_tail"].as_str().unwrap_or_default();
-                let last = tail.lines().rev().find(|l| !l.trim().is_empty());
-                format!(
-                    "step {} failed{}",
-                    t["path"].as_str().unwrap_or("?"),
-                    last.map_or(String::new(), |l| format!(": {}", l.trim()))
-                )
-            })
-            .collect::<Vec<_>>();
+        let failed = summary.map(|s| s.failures()).unwrap_or_default();
         if failed.is_empty() {
             bail!("the kubeflow local run failed ({status})");
         }
         bail!("the kubeflow local run failed: {}", failed.join("; "));
     }
-    let summary = summary.context("the local runner wrote no summary")?;
-    let output = |task: &str, key: &str| -> Option<String> {
-        summary["tasks"]
-            .as_array()?
+    Ok(summary
+        .context("the local runner wrote no summary")?
+        .outcome())
+}
+
+/// Copies the data set onto the artifacts volume (`datasets/<name>`, replacing an older copy)
+/// and returns its name there.
+fn stage_dataset(source: &Path, artifacts: &Path) -> Result<String> {
+    let name = source
+        .file_name()
+        .map_or("data".into(), |n| n.to_string_lossy().into_owned());
+    let dataset = artifacts.join("datasets").join(&name);
+    if dataset.exists() {
+        std::fs::remove_dir_all(&dataset)?;
+    }
+    copy_tree(source, &dataset)
+        .with_context(|| format!("cannot copy {} to the artifacts volume", source.display()))?;
+    // The steps run as their images' user (10001), as on a cluster; the volume stands in for
+    // a PVC they may write.
+    for dir in [artifacts, &artifacts.join("datasets")] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    }
+    Ok(name)
+}
+
+/// The summary `kubeflow/run_local.py --summary` writes (the parts read here).
+#[derive(Deserialize)]
+struct Summary {
+    job_uuid: Option<String>,
+    #[serde(default)]
+    seconds: f64,
+    #[serde(default)]
+    tasks: Vec<Task>,
+}
+
+/// One container task of the run.
+#[derive(Deserialize)]
+struct Task {
+    /// The task's path in the DAG (`gate-deploy/condition-deploy/deploy`).
+    path: String,
+    state: TaskState,
+    #[serde(default)]
+    stderr_tail: String,
+    /// Output parameters by name (strings for every parameter the pipeline declares).
+    #[serde(default)]
+    outputs: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+enum TaskState {
+    Running,
+    Succeeded,
+    Failed,
+    /// A state a later runner may add.
+    #[serde(other)]
+    Other,
+}
+
+impl Summary {
+    /// One line per failed task: its path and the last line it wrote to stderr.
+    fn failures(&self) -> Vec<String> {
+        self.tasks
             .iter()
-            .find(|t| {
-                t["path"]
-                    .as_str()
-                    .is_some_and(|p| p.rsplit('/').next() == Some(task))
+            .filter(|t| t.state == TaskState::Failed)
+            .map(|t| {
+                let last = t.stderr_tail.lines().rev().find(|l| !l.trim().is_empty());
+                format!(
+                    "step {} failed{}",
+                    t.path,
+                    last.map_or(String::new(), |l| format!(": {}", l.trim()))
+                )
             })
-            .and_then(|t| t["outputs"][key].as_str().map(str::to_string))
-    };
-    Ok(Outcome {
-        job_uuid: summary["job_uuid"].as_str().unwrap_or_default().to_string(),
-        decision: output("eval", "decision"),
-        accuracy: output("eval", "accuracy"),
-        version: output("deploy", "version"),
-        seconds: summary["seconds"].as_f64().unwrap_or(0.0),
-    })
+            .collect()
+    }
+
+    /// The output parameter `key` of the task named `task` (the last part of its path).
+    fn output(&self, task: &str, key: &str) -> Option<String> {
+        self.tasks
+            .iter()
+            .find(|t| t.path.rsplit('/').next() == Some(task))
+            .and_then(|t| t.outputs.get(key)?.as_str().map(str::to_string))
+    }
+
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            job_uuid: self.job_uuid.clone().unwrap_or_default(),
+            decision: self.output("eval", "decision"),
+            accuracy: self.output("eval", "accuracy"),
+            version: self.output("deploy", "version"),
+            seconds: self.seconds,
+        }
+    }
 }
 
 /// Copies a file or directory tree (the data set onto the artifacts volume).
@@ -247,5 +295,37 @@ impl Drop for PodmanService {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_failed_steps_and_outputs() {
+        let summary: Summary = serde_json::from_str(
+            r#"{
+                "pipeline": "mlops-rs", "job_uuid": "j1", "seconds": 12.5, "status": "FAILED",
+                "tasks": [
+                    {"path": "eval", "state": "SUCCEEDED", "seconds": 1.0, "exit_code": 0,
+                     "outputs": {"decision": "deploy", "accuracy": "0.91"}, "stderr_tail": "", "error": ""},
+                    {"path": "gate-deploy/condition-deploy/deploy", "state": "FAILED", "seconds": 1.0,
+                     "exit_code": 1, "outputs": {}, "stderr_tail": "warn\nerror: no registry\n\n", "error": ""},
+                    {"path": "later", "state": "SKIPPED", "outputs": {}}
+                ]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            summary.failures(),
+            ["step gate-deploy/condition-deploy/deploy failed: error: no registry"]
+        );
+        let outcome = summary.outcome();
+        assert_eq!(outcome.job_uuid, "j1");
+        assert_eq!(outcome.decision.as_deref(), Some("deploy"));
+        assert_eq!(outcome.accuracy.as_deref(), Some("0.91"));
+        assert_eq!(outcome.version, None);
+        assert_eq!(outcome.seconds, 12.5);
     }
 }

@@ -18,7 +18,7 @@ mod kfp_local;
 mod pipeline;
 mod setup;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -142,18 +142,19 @@ fn locate() -> Result<Workspace> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let meta: serde_json::Value =
+    let meta: CargoMetadata =
         serde_json::from_slice(&out.stdout).context("cargo metadata printed invalid json")?;
-    let path = |key: &str| {
-        meta[key]
-            .as_str()
-            .map(PathBuf::from)
-            .with_context(|| format!("cargo metadata has no {key}"))
-    };
     Ok(Workspace {
-        root: path("workspace_root")?,
-        target: path("target_directory")?,
+        root: meta.workspace_root,
+        target: meta.target_directory,
     })
+}
+
+/// The two fields of `cargo metadata`'s output that locate the workspace.
+#[derive(serde::Deserialize)]
+struct CargoMetadata {
+    workspace_root: PathBuf,
+    target_directory: PathBuf,
 }
 
 /// The workspace root.
@@ -173,29 +174,33 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Reads a JSON file.
-pub fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+/// Reads a JSON file as `T`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid json", path.display()))
+    serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
 }
 
-/// Writes `bytes` through a temporary file and a rename, so readers never see half a file.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+/// Writes pretty JSON atomically, creating the directory it goes in.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    Ok(mlops_core::write_atomic(path, text.as_bytes())?)
 }
 
-/// Writes pretty JSON atomically.
-pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> Result<()> {
-    write_atomic(
-        path,
-        (serde_json::to_string_pretty(value)? + "\n").as_bytes(),
-    )
+/// The checked-out commit, when the workspace is a git checkout.
+pub fn git_revision() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Runs a command to completion; returns its exit status and its peak resident set size (MB)

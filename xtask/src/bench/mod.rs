@@ -1,0 +1,205 @@
+//! `cargo xtask bench --compare`: ours against the Python stack on identical inputs and thread
+//! counts, interleaved (ours, theirs, ours, theirs, ...), each measurement in a fresh process.
+//!
+//! 1. **train**: one training step of the same network (the run's architecture and `seed`),
+//!    batch, optimizer and parameter groups: `mlops-train` vs PyTorch eager, in fp32 and in the
+//!    precision the run trained in.
+//! 2. **embed**: the run's `model.pt` over its test images: `mlops-embed`'s inference vs
+//!    `torch.jit.load` + batched forward, batches 64/256/512, with the largest difference of the
+//!    embeddings.
+//! 3. **search**: the run's gallery and test embeddings: our FAISS vs Python faiss-cpu, Flat,
+//!    IVF64,Flat (nprobe 8) and HNSW32 (efSearch 64), k = 10, OpenMP threads pinned and printed
+//!    on both sides, with the share of identical top-k ids.
+//! 4. **serve** ([`torchserve`]): `mlops-deploy serve` vs TorchServe serving our `.mar` of the
+//!    same registered version (2 workers, one OpenMP thread each, batch 32 with a 2 ms delay, as
+//!    TorchServe's CPU guide advises), both fp32, the same `wrk` at 1/8/32 clients on loopback;
+//!    accuracy over every test image through each, and each server's peak RSS.
+//! 5. **pipeline** ([`e2e`]): wall time and peak RSS of every stage, from the run's `run.json`
+//!    when all its stages ran, else from the pipeline run again on its parameters, forced.
+//!
+//! Writes `BENCHMARKS.md` ([`markdown`]) and `benches/results/latest.json` ([`report`]). A
+//! missing input is an error.
+
+mod compare;
+mod e2e;
+mod markdown;
+mod report;
+mod torchserve;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Result};
+use clap::ValueEnum;
+use mlops_core::artifact::ModelDir;
+
+use crate::bench_serve;
+use crate::{cargo, release_dir, root, run_cmd, setup};
+use compare::Sides;
+use report::{Report, Sections};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Train,
+    Embed,
+    Search,
+    Serve,
+    Pipeline,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Compare with PyTorch, faiss-cpu and TorchServe (without it: the criterion suite).
+    #[arg(long)]
+    compare: bool,
+    /// The pipeline run whose model, data and embeddings are measured.
+    #[arg(long, default_value = "runs/default")]
+    run: PathBuf,
+    /// Measurements per side and setting (at least 5 for the report's medians).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Threads on both sides (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// What to measure.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "train,embed,search,serve,pipeline"
+    )]
+    parts: Vec<Part>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !args.compare {
+        return run_cmd(
+            cargo().args(["bench", "-p", "mlops-benches"]),
+            "cargo bench",
+        );
+    }
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    setup::run(&setup::SetupArgs::default())?;
+    let python = setup::reference_venv()?;
+    let run_dir = root().join(&args.run);
+    check_run(&run_dir)?;
+    run_cmd(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "mlops-benches",
+            "--example",
+            "compare_worker",
+        ]),
+        "cargo build",
+    )?;
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
+    let arch = ModelDir::open(&run_dir.join("train"))?.summary.arch;
+    let precision = bench_serve::run_precision(&run_dir)?;
+    let work = std::env::temp_dir().join(format!("mlops-bench-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let sides = Sides {
+        python,
+        worker: release_dir().join("examples/compare_worker"),
+        script: root().join("scripts/bench_reference.py"),
+        threads,
+        repeats: args.repeats,
+        work: work.clone(),
+    };
+    let report = Report {
+        versions: sides.versions()?,
+        comparisons: comparisons(args, &sides, &run_dir, &arch, &precision)?,
+        sections: sections(args, &sides, &run_dir)?,
+        arch,
+        command: command_line(args),
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        machine: bench_serve::machine(),
+        precision,
+        repeats: args.repeats,
+        run: args.run.clone(),
+        threads,
+    };
+    crate::write_json(&root().join("benches/results/latest.json"), &report)?;
+    let md = markdown::markdown(&report);
+    std::fs::write(root().join("BENCHMARKS.md"), &md)?;
+    println!("{md}");
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The stages the comparisons read must have finished.
+fn check_run(run_dir: &Path) -> Result<()> {
+    for stage in ["data", "train", "embed", "index", "eval"] {
+        ensure!(
+            run_dir
+                .join(stage)
+                .join(mlops_core::MANIFEST_FILE)
+                .is_file(),
+            "{} has no finished {stage} stage: run `cargo xtask pipeline` first",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The train, embed and search comparisons `--parts` asks for, in fp32 and in the run's own
+/// precision when that is another.
+fn comparisons(
+    args: &BenchArgs,
+    sides: &Sides,
+    run_dir: &Path,
+    arch: &str,
+    precision: &str,
+) -> Result<Vec<report::Comparison>> {
+    let mut precisions = vec!["fp32"];
+    if precision != "fp32" {
+        precisions.push(precision);
+    }
+    let mut out = Vec::new();
+    if args.parts.contains(&Part::Train) {
+        out.extend(sides.train(arch, &precisions)?);
+    }
+    if args.parts.contains(&Part::Embed) {
+        out.extend(sides.embed(run_dir, arch, &precisions)?);
+    }
+    if args.parts.contains(&Part::Search) {
+        out.extend(sides.search(run_dir)?);
+    }
+    Ok(out)
+}
+
+/// The serving and end-to-end sections `--parts` asks for.
+fn sections(args: &BenchArgs, sides: &Sides, run_dir: &Path) -> Result<Sections> {
+    let mut sections = Sections::default();
+    if args.parts.contains(&Part::Serve) {
+        sections.serve = Some(torchserve::serve(sides, run_dir, args.seconds)?);
+    }
+    if args.parts.contains(&Part::Pipeline) {
+        sections.pipeline = Some(e2e::pipeline(run_dir)?);
+    }
+    Ok(sections)
+}
+
+fn command_line(args: &BenchArgs) -> String {
+    let parts: Vec<String> = args
+        .parts
+        .iter()
+        .filter_map(|p| p.to_possible_value())
+        .map(|v| v.get_name().to_string())
+        .collect();
+    format!(
+        "cargo xtask bench --compare --run {} --repeats {} --threads {} --seconds {} --parts {}",
+        args.run.display(),
+        args.repeats,
+        args.threads,
+        args.seconds,
+        parts.join(",")
+    )
+}
