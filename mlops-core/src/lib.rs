@@ -29,6 +29,8 @@
 //! back.verify_outputs(dir.path()).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod artifact;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -13,7 +13,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub struct FileEntry {
     /// Outputs: relative to the stage's output directory. Inputs: as given to the stage.
     pub path: String,
+    /// Hex sha256 of the file's content; for a directory, its tree digest
+    /// (see [`crate::sha256_tree`]).
     pub sha256: String,
+    /// Size of the file in bytes; 0 for a directory.
     pub bytes: u64,
     /// For arrays: the shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,17 +64,25 @@ impl FileEntry {
 /// Written last into the output directory, so its presence means the stage finished.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Name of the stage that wrote it (`data`, `train`, ..., `register`).
     pub stage: String,
+    /// Version of the crate that ran the stage.
     pub crate_version: String,
+    /// The stage's full configuration as JSON (`null` if it did not serialise).
     pub parameters: serde_json::Value,
+    /// Files the stage read, with their checksums at the time.
     pub inputs: Vec<FileEntry>,
+    /// Files the stage wrote into its output directory.
     pub outputs: Vec<FileEntry>,
     /// Stage-specific results (class names, split sizes, metrics, ...).
     #[serde(default)]
     pub summary: serde_json::Value,
+    /// When the stage began (UTC).
     pub started_at: DateTime<Utc>,
+    /// When the manifest was committed (UTC); `None` until then.
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds from `started_at` to `finished_at` (0 until finished).
     #[serde(default)]
     pub duration_s: f64,
 }

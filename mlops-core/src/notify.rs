@@ -28,41 +28,66 @@ pub enum Event<'a> {
     /// A pipeline run finished; `accuracy` is a fraction in 0..=1, `decision` the eval stage's
     /// ("deploy" or not), `version` the model version registered, `seconds` the run's duration.
     PipelineSucceeded {
+        /// The run's name.
         run: &'a str,
+        /// Test accuracy of the new model, a fraction in 0..=1; `None` when no evaluation ran.
         accuracy: Option<f64>,
+        /// The deploy gate's verdict (`deploy` or not); `None` when no evaluation ran.
         decision: Option<&'a str>,
+        /// The registry version the model was registered as; `None` when none was registered.
         version: Option<u64>,
+        /// Wall-clock duration of the whole run, in seconds.
         seconds: f64,
     },
     /// A pipeline run stopped at `stage` with `error`.
     PipelineFailed {
+        /// The run's name.
         run: &'a str,
+        /// The stage that failed (`set-up` when none had started).
         stage: &'a str,
+        /// The error with its causes; only its first 2,000 characters are sent.
         error: &'a str,
     },
     /// The eval stage decided whether the new model replaces the deployed one.
     DeployDecision {
+        /// The run's name.
         run: &'a str,
+        /// Whether the new model passed the gate and is deployed.
         deploy: bool,
+        /// Test accuracy of the new model, a fraction in 0..=1.
         accuracy: f64,
+        /// The registry version the model was registered as, when it was.
         version: Option<u64>,
     },
     /// Continuous training found new data (image counts) and whether it retrains on it.
     NewData {
+        /// Training images beyond the deployed version's data (0 when nothing is deployed).
         train: usize,
+        /// Gallery images beyond the deployed version's data (0 when nothing is deployed).
         gallery: usize,
+        /// Whether a training run follows.
         retraining: bool,
     },
     /// A served model version's recent requests departed from its test set's distribution
     /// (`alerting`), or came back to it. Shares are fractions of the last `window` requests.
     Drift {
+        /// The served model's name.
         model: &'a str,
+        /// The served version.
         version: u64,
+        /// `true` when the alert was raised, `false` when it cleared.
         alerting: bool,
+        /// Requests in the window the figures were computed over.
         window: usize,
+        /// Share of the window's requests whose nearest gallery similarity fell below the
+        /// test set's low quantile, in 0..=1.
         low_similarity_share: f64,
+        /// The share above which the alert is raised.
         low_similarity_limit: f64,
+        /// Total variation distance between the window's predicted-class mix and the test
+        /// set's, in 0..=1.
         class_shift: f64,
+        /// The distance above which the alert is raised.
         class_shift_limit: f64,
     },
 }

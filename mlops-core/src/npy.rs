@@ -45,8 +45,11 @@ pub fn read<A: NpyElement, D: ndarray::Dimension>(path: &Path) -> Result<ndarray
 /// The parts of an `.npy` header that say what the array is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpyHeader {
+    /// numpy's type string for the elements, byte order included (`<f4`, `<i8`, `|u1`, ...).
     pub descr: String,
+    /// Whether the data is stored column-major (Fortran order) rather than row-major.
     pub fortran_order: bool,
+    /// Length of each dimension; empty for a scalar.
     pub shape: Vec<usize>,
 }
 
@@ -159,6 +162,7 @@ pub struct HashingWriter<W> {
 }
 
 impl<W: std::io::Write> HashingWriter<W> {
+    /// Wraps `inner`, with nothing hashed or counted yet.
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,

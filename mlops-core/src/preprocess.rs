@@ -78,7 +78,9 @@ pub fn to_gray(img: &DynamicImage, height: usize, width: usize) -> Vec<u8> {
 /// normalisation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preprocess {
+    /// Rows of the model's input image, in pixels; decoded images are resized to it.
     pub height: usize,
+    /// Columns of the model's input image, in pixels; decoded images are resized to it.
     pub width: usize,
     scale: f32,
     shift: f32,

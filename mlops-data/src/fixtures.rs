@@ -28,12 +28,19 @@ pub fn synthetic_image(class: usize, h: usize, w: usize, rng: &mut impl Rng) -> 
 /// Options for [`write_idx`].
 #[derive(Debug, Clone)]
 pub struct IdxFixture {
+    /// Number of classes; labels are `0..classes`.
     pub classes: usize,
+    /// Images of each class in the `train-*` files.
     pub train_per_class: usize,
+    /// Images of each class in the `t10k-*` files.
     pub test_per_class: usize,
+    /// Image height in pixels.
     pub height: usize,
+    /// Image width in pixels.
     pub width: usize,
+    /// Write the files gzip-compressed, with a `.gz` suffix.
     pub gzip: bool,
+    /// Seed of the noise; the same seed writes the same files.
     pub seed: u64,
     /// Make this many test images exact copies of training images (a leak).
     pub duplicates: usize,

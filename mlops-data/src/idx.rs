@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// A decoded IDX array of unsigned bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxArray {
+    /// Length of each dimension, as the header gives them (`[n, rows, cols]` for images).
     pub dims: Vec<usize>,
+    /// The elements, row-major; exactly the product of `dims` bytes.
     pub data: Vec<u8>,
 }
 

@@ -27,21 +27,31 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// All decoded images of all sources, as bytes of `height x width` grayscale.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// Height every image was resized to, in pixels.
     pub height: usize,
+    /// Width every image was resized to, in pixels.
     pub width: usize,
+    /// All images back to back, `height * width` bytes each (see [`Loaded::image`]).
     pub pixels: Vec<u8>,
+    /// The class of each image, an index into `classes`.
     pub labels: Vec<usize>,
+    /// For each image, whether it came from an IDX test file (`t10k-*`, `test-*`).
     pub designated_test: Vec<bool>,
+    /// Class names, indexed by label: configured names first, then new ones as met.
     pub classes: Vec<String>,
+    /// Manifest entries of the files and class folders read, for the stage's inputs.
     pub inputs: Vec<FileEntry>,
+    /// What each source contributed, in the order read.
     pub sources: Vec<SourceSummary>,
 }
 
 impl Loaded {
+    /// Number of images loaded.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether no image was loaded.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

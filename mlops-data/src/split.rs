@@ -13,7 +13,9 @@ use crate::Role;
 /// Fractions of each class that go to each role.
 #[derive(Debug, Clone, Copy)]
 pub struct Fractions {
+    /// Share of each class (outside the test set) for validation, in `[0, 1)`.
     pub val: f64,
+    /// Share of each class (outside the test set) for the gallery, in `[0, 1)`.
     pub gallery: f64,
     /// Only used for images that no IDX test file designates.
     pub test: f64,

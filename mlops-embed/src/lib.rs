@@ -35,6 +35,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -61,20 +63,35 @@ pub const STAGE: &str = <EmbedSummary as mlops_core::artifact::StageSummary>::ST
 /// Errors of the embed stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Reading the model or data directory, or writing the output, failed (I/O, `.npy`,
+    /// JSON, checksums), the baseline's registry version included.
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
+    /// libtorch failed while running the model, or the requested device is not available.
     #[error(transparent)]
     Torch(#[from] mlops_torch::Error),
+    /// A libtorch tensor operation returned an error.
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
+    /// `model.pt` could not be loaded as a TorchScript module.
     #[error("{}: cannot load TorchScript model: {source}", path.display())]
     Model {
+        /// The model file.
         path: PathBuf,
+        /// libtorch's error.
         #[source]
         source: tch::TchError,
     },
+    /// The model and the data do not fit each other: another input shape, normalisation or
+    /// class list, or the model returned embeddings of the wrong shape or non-finite values.
     #[error("{}: {message}", path.display())]
-    Mismatch { path: PathBuf, message: String },
+    Mismatch {
+        /// The model (or its description) or the data shard at fault.
+        path: PathBuf,
+        /// What does not fit.
+        message: String,
+    },
+    /// `batch_size` is 0 or `roles` is an empty list.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -90,6 +107,7 @@ pub struct EmbedConfig {
     pub model: PathBuf,
     /// Output directory of `mlops-data`.
     pub data: PathBuf,
+    /// Output directory.
     pub out: PathBuf,
     /// Roles to embed; `None`: every role the data holds except `train` (nothing downstream
     /// reads training embeddings), i.e. gallery, val and test, which is what the pipeline runs.

@@ -13,7 +13,9 @@ pub enum Baseline {
     Paired(PairedComparison),
     /// The deployed model answers other classes: a different model, no comparison.
     OtherClasses {
+        /// The deployed model's class names, in label order.
         deployed: Vec<String>,
+        /// The candidate's class names, in label order.
         candidate: Vec<String>,
     },
 }

@@ -28,6 +28,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod gate;
 pub mod kubeflow;
 pub mod metrics;
@@ -55,12 +57,17 @@ pub const STAGE: &str = <EvalSummary as mlops_core::artifact::StageSummary>::STA
 /// Errors of the eval stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Reading the embeddings, the deployed model or an earlier evaluation, or writing the
+    /// output, failed (I/O, `.npy`, JSON, checksums, mismatched dimensions or classes).
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
+    /// Loading or searching the index failed.
     #[error(transparent)]
     Index(#[from] mlops_index::Error),
+    /// A k of 0, no k candidates, or a centre scoring asked of an index without centres.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The confusion-matrix heat-map could not be drawn.
     #[error("report: {0}")]
     Report(String),
 }
@@ -76,6 +83,7 @@ pub struct EvalConfig {
     pub index: PathBuf,
     /// Output directory of `mlops-embed` (its `test` role, and `val` if present).
     pub embeddings: PathBuf,
+    /// Output directory.
     pub out: PathBuf,
     /// The deployed model, to guard against regressions: a registry version, a registry model
     /// directory (its default version; none promoted yet means no comparison), or an earlier
@@ -83,7 +91,9 @@ pub struct EvalConfig {
     pub current: Option<PathBuf>,
     /// Neighbours that vote; `None` picks the best of `k_candidates` on validation embeddings.
     pub k: Option<usize>,
+    /// The k values tried on validation when `k` is `None` (each capped at the index size).
     pub k_candidates: Vec<usize>,
+    /// How the neighbours' votes are weighted.
     pub vote: Vote,
     /// `knn`, `centre` or `blend`; `None` picks the best on validation among the kNN vote and,
     /// when the model exported its class centres, blends with them.
@@ -92,6 +102,7 @@ pub struct EvalConfig {
     pub centre_weights: Vec<f32>,
     /// Softmax temperatures tried for the centre cosines.
     pub temperatures: Vec<f32>,
+    /// Thresholds of the deploy gate.
     pub gate: GatePolicy,
 }
 

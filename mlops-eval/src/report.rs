@@ -89,8 +89,11 @@ pub fn confusion_png(
 
 /// A misclassified test image for the report.
 pub struct Thumbnail {
+    /// The test image as an enlarged grayscale PNG (see [`thumbnail_png`]).
     pub png: Vec<u8>,
+    /// Name of the image's true class.
     pub truth: String,
+    /// Name of the class it was predicted as.
     pub predicted: String,
 }
 

@@ -41,16 +41,23 @@ impl Neighbours {
 pub struct Neighbour {
     /// Gallery row (index id).
     pub id: u64,
+    /// The neighbour's class (its label in the index).
     pub class: usize,
+    /// Similarity of the neighbour to the query (cosine for normalised embeddings; higher
+    /// is nearer).
     pub score: f32,
 }
 
 /// A predicted class with the share of the vote it won and the neighbours that voted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// The predicted class, an index into the index's classes.
     pub class: usize,
-    /// The winning class's share of the (weighted) vote, in `[0, 1]`.
+    /// The winning class's share of the (weighted) vote, in `[0, 1]`; with centre or blend
+    /// scoring, its blended score (also in `[0, 1]`).
     pub score: f64,
+    /// The `k` nearest gallery vectors that voted, nearest first (fewer where the index
+    /// returned fewer or a label was unknown).
     pub neighbours: Vec<Neighbour>,
 }
 
@@ -74,7 +81,9 @@ impl Prediction {
 
 /// A loaded index with the vote that turns neighbours into classes.
 pub struct Classifier {
+    /// The index searched for neighbours, with its labels and class centres.
     pub index: LoadedIndex,
+    /// How neighbours (and centres) turn into a class; `k` already capped at the index size.
     pub spec: ClassifierSpec,
 }
 

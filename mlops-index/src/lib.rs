@@ -27,6 +27,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod classifier;
 
 use std::path::{Path, PathBuf};
@@ -51,14 +53,21 @@ pub const STAGE: &str = <IndexSummary as mlops_core::artifact::StageSummary>::ST
 /// Errors of the index stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Reading the embeddings or the index directory, or writing the output, failed (I/O,
+    /// `.npy`, JSON, checksums, non-finite embeddings, shapes that disagree with a manifest).
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
+    /// A FAISS call failed: an invalid factory string, too few vectors to train on, a search
+    /// parameter the index type lacks, an unreadable index file.
     #[error("faiss: {context}: {source}")]
     Faiss {
+        /// What was being done.
         context: String,
+        /// FAISS's error.
         #[source]
         source: faiss::error::Error,
     },
+    /// `recall_k` or `train_size` is 0.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -87,11 +96,13 @@ fn faiss_metric(metric: Metric) -> MetricType {
 pub struct IndexConfig {
     /// Output directory of `mlops-embed`.
     pub embeddings: PathBuf,
+    /// Output directory.
     pub out: PathBuf,
     /// The role whose embeddings are indexed.
     pub role: String,
     /// A FAISS `index_factory` description.
     pub factory: String,
+    /// Similarity to search by: inner product (cosine on the normalised embeddings) or L2.
     pub metric: Metric,
     /// Most vectors sampled to train indexes that need training.
     pub train_size: usize,
@@ -101,7 +112,9 @@ pub struct IndexConfig {
     pub ef_search: Option<usize>,
     /// Queries sampled for recall@k against an exact index (approximate indexes only; 0 = skip).
     pub recall_queries: usize,
+    /// Neighbours compared per query for recall@k (capped at the index size).
     pub recall_k: usize,
+    /// Seed of the sample the index is trained on.
     pub seed: u64,
 }
 
@@ -376,11 +389,13 @@ fn gallery_images(
 
 /// A finished index-stage output, loaded for searching.
 pub struct LoadedIndex {
+    /// The FAISS index, with the recorded `nprobe` / `efSearch` applied.
     pub index: IndexImpl,
     /// The class of each index id.
     pub labels: ndarray::Array1<i64>,
     /// The model's ArcFace class centres (`[classes, dim]`), when it exported them.
     pub centres: Option<ndarray::Array2<f32>>,
+    /// The index directory it was loaded from, with its manifest and summary.
     pub dir: IndexDir,
 }
 

@@ -11,6 +11,8 @@
 //! # Ok::<(), mlops_torch::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod foreach;
 
 use std::cell::Cell;
@@ -25,11 +27,18 @@ pub const LIBTORCH_VERSION: &str = env!("MLOPS_LIBTORCH_VERSION");
 /// Errors of the torch runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A fallible (`f_`) tch call returned libtorch's error.
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
     /// libtorch raised an error inside a method of tch that panics instead of returning it.
     #[error("libtorch failed while {what}: {message}")]
-    Failed { what: String, message: String },
+    Failed {
+        /// What was being done, as the caller of [`catch`] named it.
+        what: String,
+        /// The first line of the panic message.
+        message: String,
+    },
+    /// A requested CUDA device is not visible (see [`DeviceSpec::resolve`]).
     #[error("{0}")]
     Device(String),
 }
@@ -78,6 +87,7 @@ pub fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
 pub enum DeviceSpec {
     /// Every visible GPU if there is one, else the CPU.
     Auto,
+    /// The CPU only.
     Cpu,
     /// One GPU.
     Cuda(usize),

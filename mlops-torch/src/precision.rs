@@ -18,7 +18,10 @@ pub enum Precision {
     /// device), fp32 elsewhere, so machines without it behave exactly as before.
     #[default]
     Auto,
+    /// Everything in float32.
     Fp32,
+    /// bf16 convolutions and matmuls under autocast with fp32 master weights, also on
+    /// hardware without native bf16.
     Bf16,
 }
 

@@ -6,6 +6,8 @@ use tch::{nn, Tensor};
 /// The ArcFace head: one learnable centre per class on the unit sphere.
 #[derive(Debug)]
 pub struct ArcFace {
+    /// The class centres, `[classes, dim]`, one row per class (unnormalised; rows are
+    /// L2-normalised wherever they are used).
     pub weight: Tensor,
     config: ArcFaceConfig,
     cos_m: f64,
@@ -18,11 +20,14 @@ pub struct ArcFace {
 const EPS: f64 = 1e-7;
 
 impl ArcFace {
+    /// A head for `classes` classes of `dim`-dimensional embeddings, its centres created as
+    /// variable `weight` under `vs` (Kaiming-uniform initialisation).
     pub fn new(vs: nn::Path, dim: i64, classes: i64, config: ArcFaceConfig) -> Self {
         let weight = vs.var("weight", &[classes, dim], nn::init::DEFAULT_KAIMING_UNIFORM);
         Self::with_weight(weight, config)
     }
 
+    /// A head over existing centres `weight` (`[classes, dim]`), e.g. loaded ones.
     pub fn with_weight(weight: Tensor, config: ArcFaceConfig) -> Self {
         let m = config.margin;
         ArcFace {

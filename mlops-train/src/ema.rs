@@ -12,7 +12,9 @@ use crate::Result;
 /// The shadow network with its variables.
 #[derive(Debug)]
 pub struct Ema<M> {
+    /// The shadow's variables: frozen (no gradients), on the live store's device.
     pub vs: nn::VarStore,
+    /// The shadow network, built over `vs`.
     pub model: M,
     decay: f64,
     /// `(live, shadow)` pairs, shallow clones of the two stores' variables.

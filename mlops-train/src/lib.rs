@@ -35,6 +35,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod arcface;
 mod checkpoint;
 pub mod ema;
@@ -65,24 +67,43 @@ pub const STAGE: &str =
 /// Errors of the train stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Reading the data or writing the output failed (I/O, `.npy`, JSON, checksums).
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
+    /// libtorch failed inside a guarded call (a training step, validation, export), or a
+    /// requested device is not available.
     #[error(transparent)]
     Torch(#[from] mlops_torch::Error),
+    /// A libtorch call returned an error (tensor creation, tracing, saving or loading).
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
+    /// The training-curves PNG could not be drawn.
     #[error("drawing the training curves: {0}")]
     Plot(String),
+    /// The configuration cannot work with this data, or training diverged (a non-finite loss).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The thread pool for the data-parallel replicas could not be built.
     #[error("cannot start the replica threads: {0}")]
     Threads(String),
+    /// A checkpoint is missing, unreadable, made with other settings, or does not fit the
+    /// model (a missing tensor, another shape).
     #[error("{}: corrupt or incompatible checkpoint: {message}", path.display())]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint file (`state.json` or a `.safetensors` file).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The reloaded `model.pt` does not reproduce the trained network's embeddings.
     #[error("{}: exported model does not reproduce the trained one: max abs diff {diff:e} > {tolerance:e}", path.display())]
     Export {
+        /// The exported model file.
         path: PathBuf,
+        /// Largest absolute difference between an embedding value of the live network and
+        /// of the reloaded model (infinite when the shapes differ, NaN possible).
         diff: f64,
+        /// The largest difference allowed ([`export::TOLERANCE`]).
         tolerance: f64,
     },
 }
@@ -130,11 +151,14 @@ pub struct TrainConfig {
     pub validated: Option<PathBuf>,
     /// Output directory.
     pub out: PathBuf,
+    /// The embedding network's architecture.
     pub arch: Arch,
+    /// Length of the L2-normalised embedding the model returns.
     pub embedding_dim: usize,
     /// Dropout before the embedding layer (`res` only). Off by default: with weight decay 0.2
     /// doing the regularising, 0.1 cost accuracy in the recipe sweep.
     pub dropout: f64,
+    /// The ArcFace head's scale and margin.
     pub arcface: ArcFaceConfig,
     /// Label smoothing of the ArcFace cross-entropy (0 disables).
     pub label_smoothing: f64,
@@ -145,16 +169,25 @@ pub struct TrainConfig {
     /// Decay per optimizer step of the exponential moving average of the weights that
     /// validation scores and export uses (0 disables: the live weights are used).
     pub ema: f64,
+    /// The update rule and its hyper-parameters.
     pub optimizer: OptimizerConfig,
+    /// How the learning rate changes over the steps.
     pub schedule: Schedule,
     /// Fraction of all steps spent warming up.
     pub warmup_fraction: f64,
+    /// Passes over the training set.
     pub epochs: usize,
+    /// Images per optimizer step, split across the replicas; an epoch's last partial batch
+    /// is dropped.
     pub batch_size: usize,
+    /// Seed of the weight initialisation, the shuffling, augmentation and dropout.
     pub seed: u64,
     /// libtorch intra-op threads; 0 means one per core.
     pub threads: usize,
+    /// Augmentation of the training batches.
     pub augment: AugmentConfig,
+    /// `auto`, `cpu`, `cuda` (every GPU) or `cuda:N`; each device it resolves to gets
+    /// `replicas_per_device` data-parallel replicas.
     pub device: DeviceSpec,
     /// Data-parallel replicas on each device of `device` (1: one each). More than one puts
     /// several replicas on one GPU (or on the CPU): the multi-device code path on a machine

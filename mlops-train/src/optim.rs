@@ -21,6 +21,7 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimizerConfig {
+    /// The update rule.
     pub kind: OptimizerKind,
     /// Peak learning rate; `None` takes the kind's default ([`OptimizerConfig::lr`]).
     pub lr: Option<f64>,
@@ -29,9 +30,11 @@ pub struct OptimizerConfig {
     pub weight_decay: Option<f64>,
     /// SGD momentum.
     pub momentum: f64,
+    /// Use Nesterov momentum (SGD only).
     pub nesterov: bool,
-    /// Adam's beta1, beta2 and epsilon.
+    /// Adam's beta1 and beta2: decay rates of its first and second moment estimates.
     pub betas: [f64; 2],
+    /// Adam's epsilon, added to the denominator for numerical stability.
     pub eps: f64,
 }
 

@@ -12,7 +12,9 @@ use crate::optim::Optimizer;
 
 /// One model copy with its variables.
 pub struct Replica<M> {
+    /// The replica's variables, on its device.
     pub vs: nn::VarStore,
+    /// The replica's model, built over `vs`.
     pub model: M,
 }
 
@@ -60,6 +62,8 @@ impl<M: Send> DataParallel<M> {
         &self.replicas[0]
     }
 
+    /// The primary replica, mutably: after changing its variables (loading a checkpoint),
+    /// [`broadcast`](Self::broadcast) them so the other replicas match.
     pub fn primary_mut(&mut self) -> &mut Replica<M> {
         &mut self.replicas[0]
     }

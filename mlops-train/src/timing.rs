@@ -13,6 +13,7 @@ use crate::{optim::Optimizer, Result, TrainConfig, TrainNet};
 /// What [`step_throughput`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepTiming {
+    /// Images trained on per second over the timed steps (steps times batch, over `seconds`).
     pub images_per_second: f64,
     /// Wall seconds of the timed steps (the warm-up excluded).
     pub seconds: f64,

@@ -24,11 +24,15 @@ use mlops_torch::Precision;
 /// The embedding network with its ArcFace head: what is trained.
 #[derive(Debug)]
 pub struct TrainNet {
+    /// The embedding network: what is exported as `model.pt`.
     pub net: EmbeddingNet,
+    /// The ArcFace head over the embeddings, used for the loss and the class centres.
     pub head: ArcFace,
 }
 
 impl TrainNet {
+    /// Builds the network (under `vs/net`) and its head (under `vs/head`) for images of shape
+    /// `input` (`[channels, height, width]`) in `classes` classes, as `config` describes.
     pub fn new(vs: &nn::Path, config: &TrainConfig, input: [i64; 3], classes: i64) -> Self {
         let dim = config.embedding_dim as i64;
         TrainNet {
@@ -52,9 +56,13 @@ impl TrainNet {
 pub struct Outcome {
     /// False when `stop_after_epochs` stopped the run before it finished (nothing exported).
     pub finished: bool,
+    /// Epochs completed, resumed ones included.
     pub epochs_done: usize,
+    /// The epoch (1-based) with the best validation kNN accuracy; its weights are exported.
     pub best_epoch: usize,
+    /// Validation kNN accuracy of `best_epoch`, in `[0, 1]`.
     pub best_val_accuracy: f64,
+    /// Every completed epoch's metrics, in order.
     pub metrics: Vec<EpochMetrics>,
 }
 
@@ -66,8 +74,8 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
     run_with(config, &mlops_core::progress::Silent)
 }
 
-/// Runs the train stage (see the crate docs): prepare, train epoch by epoch (checkpointing as
-/// [`checkpoint::policy`] says), export. Each epoch is a task of `progress` counted in images,
+/// Runs the train stage (see the crate docs): prepare, train epoch by epoch (saving the last
+/// checkpoint after every epoch and the best weights whenever validation improves), export. Each epoch is a task of `progress` counted in images,
 /// with the running loss as its note.
 ///
 /// Deterministic given the config on one device and thread count. libtorch's random generator

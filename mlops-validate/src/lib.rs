@@ -32,6 +32,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod checks;
 
 use std::path::{Path, PathBuf};
@@ -49,12 +51,17 @@ pub const REPORT_FILE: &str = "validation.json";
 /// Errors of the validate stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Writing the report or the manifest into the output directory failed.
     #[error(transparent)]
     Artifact(#[from] mlops_core::Error),
+    /// At least one check failed; the report was written, the manifest was not.
     #[error("{}: data validation failed ({failed}); full report in {}", data.display(), report.display())]
     Failed {
+        /// The data directory that was validated.
         data: PathBuf,
+        /// Where the full `validation.json` was written.
         report: PathBuf,
+        /// Each failed check's [`Check::headline`], joined with `; `.
         failed: String,
     },
 }
@@ -96,18 +103,22 @@ pub struct Finding {
     /// The offending file, relative to the data directory, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// What is wrong, in words.
     pub message: String,
 }
 
 /// The outcome of one named check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
+    /// The check's name (`manifest`, `checksums`, ...; see the crate docs).
     pub name: String,
+    /// Whether the check ran and found no problem (`false` when skipped).
     pub passed: bool,
     /// Set when an earlier failure made this check impossible to run.
     pub skipped: bool,
     /// How many problems the check found (may exceed `findings.len()`).
     pub problems: usize,
+    /// The first problems found, at most the configured `max_findings`.
     pub findings: Vec<Finding>,
 }
 
@@ -131,8 +142,11 @@ impl Check {
 /// Every check's outcome for one data directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationReport {
+    /// The data directory that was validated, as given.
     pub data: String,
+    /// Whether every check passed.
     pub passed: bool,
+    /// Every check's outcome, in the order they ran.
     pub checks: Vec<Check>,
     /// Files read, with the checksum they actually have.
     #[serde(skip)]

@@ -95,6 +95,14 @@ fn test(cargo_args: &[String]) -> Result<()> {
         cargo().args(["build", "--release", "--workspace", "--bins"]),
         "cargo build",
     )?;
+    // The API docs are part of the product: broken links or an undocumented public item
+    // (`#![warn(missing_docs)]` in every library crate) fail the run.
+    run_cmd(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+        "cargo doc",
+    )?;
     let tag = images::local(None, images::Build::Images)?.tag;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--release"])

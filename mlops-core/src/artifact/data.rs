@@ -72,7 +72,10 @@ impl std::str::FromStr for Role {
 /// Mean and standard deviation of the training split's pixels (values in `[0,1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
+    /// Mean pixel value of the training split, in `[0,1]`.
     pub mean: f32,
+    /// Standard deviation of the training split's pixels, in `[0,1]` units (1.0 for a
+    /// constant image set, which is left unscaled).
     pub std: f32,
 }
 
@@ -90,15 +93,21 @@ pub fn pixel_scale_shift(normalization: Option<Normalization>) -> (f32, f32) {
 /// One shard: an images file and its labels file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardPair {
+    /// File name, relative to the data directory, of the `[rows, channels, height, width]`
+    /// `f32` images.
     pub images: String,
+    /// File name, relative to the data directory, of the `rows` `i64` labels.
     pub labels: String,
+    /// Images (and labels) in this shard; at most the stage's `npy_interval`.
     pub rows: usize,
 }
 
 /// What one role holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleSummary {
+    /// Images in this role, over all its shards.
     pub rows: usize,
+    /// The role's shards, in the order they were written.
     pub shards: Vec<ShardPair>,
     /// Images per class, indexed by label.
     pub class_counts: Vec<usize>,
@@ -116,9 +125,11 @@ pub struct Dedup {
 /// What one `--source` contributed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSummary {
+    /// The source path as it was given to the data stage.
     pub path: String,
     /// `idx` or `folder`.
     pub kind: String,
+    /// Images read from this source (before the split and deduplication).
     pub images: usize,
     /// Images that came from an IDX test file and stay in the test role by default.
     pub designated_test: usize,
@@ -127,6 +138,7 @@ pub struct SourceSummary {
 /// The data stage's `summary` in its manifest: everything later stages need to read the shards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSummary {
+    /// Class names, indexed by label.
     pub classes: Vec<String>,
     /// `[channels, height, width]` of one image.
     pub image_shape: [usize; 3],
@@ -134,10 +146,15 @@ pub struct DataSummary {
     pub normalization: Option<Normalization>,
     /// Smallest and largest value a pixel can take after preprocessing.
     pub value_range: [f32; 2],
+    /// Most rows the stage wrote per `.npy` shard.
     pub npy_interval: usize,
+    /// Seed the split into roles was drawn from.
     pub seed: u64,
+    /// Each role's shards, keyed by [`Role::as_str`].
     pub roles: BTreeMap<String, RoleSummary>,
+    /// Images dropped so that no image appears in two roles.
     pub dedup: Dedup,
+    /// What each source contributed, in the order they were read.
     pub sources: Vec<SourceSummary>,
 }
 

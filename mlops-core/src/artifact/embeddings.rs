@@ -25,25 +25,36 @@ pub fn labels_file(role: &str, shard: usize) -> String {
 /// One shard of embeddings with its labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddingShard {
+    /// File name, relative to the embeddings directory, of the `[rows, dim]` `f32` embeddings.
     pub embeddings: String,
+    /// File name, relative to the embeddings directory, of the `rows` `i64` labels.
     pub labels: String,
+    /// Embeddings (and labels) in this shard: the rows of the data shard it was computed from.
     pub rows: usize,
 }
 
 /// One embedded role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbeddedRole {
+    /// Embeddings in this role, over all its shards.
     pub rows: usize,
+    /// The role's shards, one per data shard, in order.
     pub shards: Vec<EmbeddingShard>,
 }
 
 /// The embed stage's `summary` in its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedSummary {
+    /// Length of every embedding vector.
     pub dim: usize,
+    /// Class names of the embedding model, indexed by label.
     pub classes: Vec<String>,
+    /// Each embedded role, keyed by role name (a data role or [`BASELINE_TEST_ROLE`]).
     pub roles: BTreeMap<String, EmbeddedRole>,
+    /// The device inference ran on, as tch prints it (`Cpu`, `Cuda(0)`).
     pub device: String,
+    /// Images of the data roles embedded per second of model time (reading and writing
+    /// shards excluded, the baseline not counted).
     pub images_per_second: f64,
     /// The precision inference computed in (`fp32`, `bf16`).
     #[serde(default)]

@@ -75,8 +75,11 @@ fn default_temperature() -> f32 {
 /// classifies exactly as eval measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierSpec {
+    /// Nearest gallery images that vote for each query (at least 1, at most the gallery size).
     pub k: usize,
+    /// How the `k` neighbours' votes are weighted.
     pub vote: Vote,
+    /// Whether the kNN vote, the class centres or a blend of both pick the class.
     #[serde(default)]
     pub scoring: Scoring,
     /// Weight of the centre score in a blend (1 for `Centre`, 0 for `Knn`).
@@ -103,9 +106,14 @@ impl ClassifierSpec {
 /// Precision, recall, F1 and support of one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
+    /// The class's name.
     pub class: String,
+    /// Share of the predictions of this class that were right, in `[0, 1]` (0 when it was
+    /// never predicted).
     pub precision: f64,
+    /// Share of this class's test samples predicted as it, in `[0, 1]` (0 without samples).
     pub recall: f64,
+    /// Harmonic mean of precision and recall, in `[0, 1]` (0 when both are 0).
     pub f1: f64,
     /// Test samples of this class.
     pub support: usize,
@@ -114,10 +122,15 @@ pub struct ClassMetrics {
 /// Everything computed from one set of predictions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// Share of samples predicted correctly, in `[0, 1]`.
     pub accuracy: f64,
+    /// Unweighted mean of the per-class precisions over classes with test samples.
     pub macro_precision: f64,
+    /// Unweighted mean of the per-class recalls over classes with test samples.
     pub macro_recall: f64,
+    /// Unweighted mean of the per-class F1 scores over classes with test samples.
     pub macro_f1: f64,
+    /// Metrics of every class, in label order (classes without samples included).
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[target][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
@@ -154,7 +167,9 @@ impl Default for GatePolicy {
 pub struct PairedComparison {
     /// Test images both classified.
     pub images: usize,
+    /// Share of these images the candidate classified correctly, in `[0, 1]`.
     pub candidate_accuracy: f64,
+    /// Share of these images the deployed model classified correctly, in `[0, 1]`.
     pub deployed_accuracy: f64,
     /// Images only the candidate got right.
     pub candidate_only: usize,
@@ -167,10 +182,13 @@ pub struct PairedComparison {
 /// Deploy or not, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
+    /// Whether the candidate passed every rule and may be deployed.
     pub deploy: bool,
+    /// The candidate's test accuracy the rules were applied to, in `[0, 1]`.
     pub accuracy: f64,
     /// Accuracy of the currently deployed model, when one was given.
     pub current_accuracy: Option<f64>,
+    /// The thresholds the decision was made with.
     pub policy: GatePolicy,
     /// One line per rule, passed or failed.
     pub reasons: Vec<String>,
@@ -182,26 +200,34 @@ pub struct Decision {
 /// The eval stage's `summary` in its manifest: what an evaluation found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
+    /// Test-set metrics of the chosen classifier.
     pub metrics: Metrics,
+    /// Test accuracy when only the single nearest gallery image decides, in `[0, 1]`.
     pub top1_accuracy: f64,
     /// Neighbours that vote (chosen on validation unless fixed).
     pub k: usize,
+    /// How the neighbours' votes were weighted.
     pub vote: Vote,
     /// The validation accuracy of each candidate k, when k was chosen on validation.
     pub k_selection: Vec<(usize, f64)>,
     /// How classes are scored (with the class centres when the model exported them).
     #[serde(default)]
     pub scoring: Scoring,
+    /// Weight of the centre score in the chosen blend (1 for `Centre`, 0 for `Knn`).
     #[serde(default)]
     pub centre_weight: f32,
+    /// Softmax temperature of the centre cosines in the chosen classifier.
     #[serde(default = "default_temperature")]
     pub temperature: f32,
     /// Validation accuracy of each (k, centre weight, temperature) tried with the centres.
     #[serde(default)]
     pub blend_selection: Vec<(usize, f32, f32, f64)>,
+    /// Test images classified per second: the neighbour search (and centre cosines) over the
+    /// whole test set, metrics excluded.
     pub queries_per_second: f64,
     /// Test classes with no gallery image: they can never be predicted.
     pub classes_missing_in_gallery: Vec<String>,
+    /// The deploy gate's decision on this evaluation.
     pub decision: Decision,
 }
 

@@ -20,6 +20,7 @@ pub const GALLERY_IMAGES_FILE: &str = "gallery_images.npy";
 pub enum Metric {
     /// Inner product: cosine similarity on the L2-normalised embeddings.
     InnerProduct,
+    /// Squared Euclidean distance, turned back into a cosine (`1 - d/2`) for unit vectors.
     L2,
 }
 
@@ -51,7 +52,9 @@ impl Metric {
 /// Agreement of an approximate index with exact search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
+    /// Neighbours compared per query (the configured `recall_k`, capped at the index size).
     pub k: usize,
+    /// Queries the recall was measured on (test embeddings when embedded, else gallery ones).
     pub queries: usize,
     /// Mean fraction of the exact top-k found in the approximate top-k.
     pub recall_at_k: f64,
@@ -60,16 +63,27 @@ pub struct Recall {
 /// The index stage's `summary` in its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexSummary {
+    /// The FAISS `index_factory` string the index was built from (`Flat`, `IVF256,Flat`, ...).
     pub factory: String,
+    /// Similarity the index searches by.
     pub metric: Metric,
+    /// Length of the indexed vectors.
     pub dim: usize,
+    /// Vectors in the index: index id `i` is row `i` of the indexed role.
     pub ntotal: usize,
+    /// Class names, indexed by the labels in [`LABELS_FILE`].
     pub classes: Vec<String>,
+    /// IVF lists visited per query, applied whenever the index is loaded; `None` leaves
+    /// FAISS's default.
     pub nprobe: Option<usize>,
+    /// HNSW candidate list size at search time, applied whenever the index is loaded; `None`
+    /// leaves FAISS's default.
     pub ef_search: Option<usize>,
+    /// Vectors sampled to train the index; 0 for index types that need no training.
     pub trained_on: usize,
     /// recall@k of this index against an exact one, for approximate indexes.
     pub recall: Option<Recall>,
+    /// Wall-clock seconds spent training the index and adding the vectors.
     pub build_seconds: f64,
 }
 

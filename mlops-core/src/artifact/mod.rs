@@ -55,8 +55,12 @@ pub trait StageSummary: DeserializeOwned {
 /// A finished stage output opened for reading: its directory, manifest and typed summary.
 #[derive(Debug, Clone)]
 pub struct StageDir<S> {
+    /// The stage's output directory, as it was opened; file names in the manifest are
+    /// relative to it.
     pub dir: PathBuf,
+    /// The finished manifest read from the directory.
     pub manifest: Manifest,
+    /// The manifest's `summary`, parsed as the stage's type.
     pub summary: S,
 }
 

@@ -46,19 +46,25 @@ pub struct ModelDescription {
     pub arch: String,
     /// `[channels, height, width]` of one input image.
     pub input_shape: [usize; 3],
+    /// Length of the L2-normalised embedding the model returns per image.
     pub embedding_dim: usize,
     /// Normalisation the data stage applied (inputs must be preprocessed the same way).
     pub normalization: Option<Normalization>,
     /// Range of preprocessed pixel values.
     pub value_range: [f32; 2],
+    /// Class names the model was trained on, indexed by label.
     pub classes: Vec<String>,
+    /// The ArcFace head the model was trained with (not part of `model.pt`).
     pub arcface: ArcFaceConfig,
     /// `model.pt` embeds each image together with its mirror image and returns the normalised
     /// mean (flip test-time augmentation, baked into the model so every consumer gets it).
     #[serde(default)]
     pub test_time_flip: bool,
+    /// Epochs the run completed, resumed epochs included.
     pub epochs_trained: usize,
+    /// The epoch (1-based) whose weights were exported: the best validation kNN accuracy.
     pub best_epoch: usize,
+    /// Validation kNN accuracy of `best_epoch`, in `[0, 1]`.
     pub best_val_accuracy: f64,
     /// Version of the libtorch the model was traced with (read from the linked library's
     /// headers at build time).
@@ -70,26 +76,36 @@ pub struct ModelDescription {
 /// One line of the train stage's `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// The epoch, counted from 1.
     pub epoch: usize,
+    /// Mean ArcFace loss over the epoch's training steps.
     pub train_loss: f64,
     /// Leave-one-out kNN accuracy among the validation embeddings.
     pub val_knn_accuracy: f64,
     /// Accuracy of the nearest ArcFace class centre.
     pub val_centre_accuracy: f64,
+    /// Learning rate of the epoch's last step (the schedule changes it every step).
     pub lr: f64,
+    /// Training images per second over the epoch's steps, validation excluded.
     pub images_per_second: f64,
+    /// Wall-clock seconds of the whole epoch, validation included.
     pub seconds: f64,
 }
 
 /// The train stage's `summary` in its manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
+    /// Architecture name (`res`, `seed`).
     pub arch: String,
+    /// Epochs the run completed, resumed epochs included.
     pub epochs: usize,
+    /// The epoch (1-based) whose weights were exported: the best validation kNN accuracy.
     pub best_epoch: usize,
+    /// Validation kNN accuracy of `best_epoch`, in `[0, 1]`.
     pub best_val_accuracy: f64,
     /// Devices the replicas ran on (`Cpu`, `Cuda(0)`, ...).
     pub devices: Vec<String>,
+    /// libtorch intra-op threads the run used.
     pub threads: usize,
     /// The last epoch's metrics.
     #[serde(rename = "final")]

@@ -61,6 +61,7 @@ pub struct Rollout {
     /// How the candidate takes part.
     #[serde(flatten)]
     pub mode: RolloutMode,
+    /// When the rollout began (UTC).
     pub started_at: DateTime<Utc>,
 }
 
@@ -70,7 +71,10 @@ pub struct Rollout {
 pub enum RolloutMode {
     /// The candidate answers `percent` of the requests (0 < percent < 100); a request with an
     /// id always goes the same way.
-    Canary { percent: f64 },
+    Canary {
+        /// Share of the unversioned requests the candidate answers, in percent.
+        percent: f64,
+    },
     /// The candidate predicts beside the default on every request; the default answers, and
     /// the server counts how often the two agree.
     Shadow,
@@ -105,6 +109,7 @@ pub struct ModelSignature {
     pub input_shape: [usize; 3],
     /// How pixels are preprocessed: `unit` (`[0, 1]`) or `standardised` (training mean/std).
     pub preprocessing: String,
+    /// Length of the embedding the model returns.
     pub embedding_dim: usize,
 }
 
@@ -158,8 +163,11 @@ impl ModelSignature {
 /// The `summary` of a registered version's manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionSummary {
+    /// The model name the version is registered under.
     pub name: String,
+    /// The version number: its directory's name, unique within the model and never reused.
     pub version: u64,
+    /// When the version was registered (UTC).
     pub created_at: DateTime<Utc>,
     /// Test accuracy the eval stage measured.
     pub accuracy: f64,

@@ -25,8 +25,11 @@ pub fn serve_command(binary: &Path, registry: &Path) -> Command {
 /// A running server; killed when dropped.
 pub struct ServerProcess {
     child: Child,
+    /// Base URL (`http://127.0.0.1:PORT`) of the inference listener (`/ping`, predictions).
     pub inference: String,
+    /// Base URL (`http://127.0.0.1:PORT`) of the management listener (models, versions).
     pub management: String,
+    /// Base URL (`http://127.0.0.1:PORT`) of the metrics listener (`/metrics`).
     pub metrics: String,
     /// Its stderr (the log).
     pub log: PathBuf,
