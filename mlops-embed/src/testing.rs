@@ -70,6 +70,13 @@ pub fn fixture_model_deep(dir: &Path, data: &Path, seed: i64, layers: usize) -> 
     let module = tch::no_grad(|| {
         CModule::create_by_tracing("Fixture", "forward", &[example], &mut forward)
     })?;
+    write_model_dir(dir, &data, &module)
+}
+
+/// Writes `module` as a train-stage directory for `data`: `model.pt`, `model.json` and a
+/// manifest, as the train stage would (no training behind it).
+fn write_model_dir(dir: &Path, data: &DataDir, module: &CModule) -> Result<()> {
+    let [c, h, w] = data.summary.image_shape;
     let mut out = OutputDir::create(dir)?;
     module.save(out.staged_path(MODEL_FILE))?;
     let description = ModelDescription {

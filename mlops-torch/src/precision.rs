@@ -25,30 +25,9 @@ pub enum Precision {
     Bf16,
 }
 
-impl std::str::FromStr for Precision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Precision::Auto),
-            "fp32" => Ok(Precision::Fp32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!(
-                "unknown precision {s:?} (expected auto, fp32 or bf16)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Auto => "auto",
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
+// Parsed and shown by the names serde writes: one spelling in flags, files and logs.
+serde_plain::derive_fromstr_from_deserialize!(Precision);
+serde_plain::derive_display_from_serialize!(Precision);
 
 impl Precision {
     /// `Fp32` or `Bf16` for `device`: what `Auto` means here.

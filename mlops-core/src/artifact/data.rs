@@ -58,16 +58,7 @@ impl std::fmt::Display for Role {
     }
 }
 
-impl std::str::FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (expected train, val, gallery or test)"))
-    }
-}
+serde_plain::derive_fromstr_from_deserialize!(Role);
 
 /// Mean and standard deviation of the training split's pixels (values in `[0,1]`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -249,7 +240,18 @@ mod tests {
     #[test]
     fn roles_parse_and_name_files() {
         assert_eq!("val".parse::<Role>().unwrap(), Role::Val);
-        assert!("holdout".parse::<Role>().is_err());
+        let err = "holdout".parse::<Role>().unwrap_err().to_string();
+        assert!(err.contains("holdout") && err.contains("gallery"), "{err}");
+        // Every settings enum parses by its serde name and the aliases users typed before.
+        use crate::artifact::{Metric, Scoring, Vote};
+        assert_eq!("ip".parse::<Metric>().unwrap(), Metric::InnerProduct);
+        assert_eq!(
+            "inner_product".parse::<Metric>().unwrap(),
+            Metric::InnerProduct
+        );
+        assert_eq!("L2".parse::<Metric>().unwrap(), Metric::L2);
+        assert_eq!("center".parse::<Scoring>().unwrap(), Scoring::Centre);
+        assert_eq!("weighted".parse::<Vote>().unwrap(), Vote::Weighted);
         assert_eq!(Role::Test.images_file(3), "test_images_003.npy");
         assert_eq!(Role::Gallery.labels_file(0), "gallery_labels_000.npy");
     }

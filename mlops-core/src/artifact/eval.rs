@@ -26,17 +26,8 @@ pub enum Vote {
     Weighted,
 }
 
-impl std::str::FromStr for Vote {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "uniform" => Ok(Vote::Uniform),
-            "weighted" => Ok(Vote::Weighted),
-            _ => Err(format!("unknown vote {s:?} (expected uniform or weighted)")),
-        }
-    }
-}
+// Parsed (command lines, settings) by the names serde writes.
+serde_plain::derive_fromstr_from_deserialize!(Vote);
 
 /// How a class is scored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,25 +37,13 @@ pub enum Scoring {
     #[default]
     Knn,
     /// The nearest ArcFace class centre (softmax of cosines over `temperature`).
+    #[serde(alias = "center")]
     Centre,
     /// `(1 - centre_weight) * kNN vote share + centre_weight * centre softmax`.
     Blend,
 }
 
-impl std::str::FromStr for Scoring {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "knn" => Ok(Scoring::Knn),
-            "centre" | "center" => Ok(Scoring::Centre),
-            "blend" => Ok(Scoring::Blend),
-            _ => Err(format!(
-                "unknown scoring {s:?} (expected knn, centre or blend)"
-            )),
-        }
-    }
-}
+serde_plain::derive_fromstr_from_deserialize!(Scoring);
 
 fn default_temperature() -> f32 {
     0.1

@@ -19,24 +19,15 @@ pub const GALLERY_IMAGES_FILE: &str = "gallery_images.npy";
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Inner product: cosine similarity on the L2-normalised embeddings.
+    #[serde(alias = "inner-product", alias = "ip")]
     InnerProduct,
     /// Squared Euclidean distance, turned back into a cosine (`1 - d/2`) for unit vectors.
+    #[serde(alias = "L2")]
     L2,
 }
 
-impl std::str::FromStr for Metric {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "inner_product" | "inner-product" | "ip" => Ok(Metric::InnerProduct),
-            "l2" | "L2" => Ok(Metric::L2),
-            _ => Err(format!(
-                "unknown metric {s:?} (expected inner_product or l2)"
-            )),
-        }
-    }
-}
+// Parsed (command lines, settings) by the names serde writes, aliases included.
+serde_plain::derive_fromstr_from_deserialize!(Metric);
 
 impl Metric {
     /// A similarity (higher is nearer) from what the index returns for this metric.
