@@ -27,19 +27,19 @@ fn main() -> anyhow::Result<()> {
     // as the version's evaluation measured them.
     for (path, prediction) in images.iter().zip(model.classify(&inputs)?) {
         let label = model.label(prediction.class).unwrap_or("?");
+        // The evidence: every other class that won neighbours' votes, largest first.
         let shares = model.vote_shares(&prediction);
-        let runner_up = shares
+        let mut others: Vec<(usize, f64)> = shares.into_iter().enumerate().collect();
+        others.retain(|&(c, s)| c != prediction.class && s > 0.0);
+        others.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let others: Vec<String> = others
             .iter()
-            .enumerate()
-            .filter(|&(c, _)| c != prediction.class);
-        let (other, share) = runner_up
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap_or((0, &0.0));
-        let other = model.label(other).unwrap_or("?");
+            .map(|&(c, s)| format!("{} {:.0}%", model.label(c).unwrap_or("?"), 100.0 * s))
+            .collect();
+        let share = 100.0 * prediction.score;
         println!(
-            "{path}: {label} ({:.0}% of the vote; next {other} {:.0}%)",
-            100.0 * prediction.score,
-            100.0 * share
+            "{path}: {label} ({share:.0}% of the vote) {}",
+            others.join(", ")
         );
     }
     Ok(())
