@@ -27,7 +27,8 @@
 //! # A whole pipeline in one process
 //!
 //! (The `quickstart` example is this, with a real image folder: `cargo run --release -p mlops
-//! --example quickstart -- FOLDER`.)
+//! --example quickstart -- FOLDER`. In a fresh clone of the repository, `cargo xtask setup`
+//! first: it fetches the libtorch the model stages link.)
 //!
 //! ```
 //! use mlops::prelude::*;
