@@ -93,6 +93,7 @@ fn write_model_dir(dir: &Path, data: &DataDir, module: &CModule) -> Result<()> {
         best_val_accuracy: 0.0,
         torch_version: mlops_torch::LIBTORCH_VERSION.into(),
         data_manifest_sha256: sha256_file(&data.dir.join(mlops_core::MANIFEST_FILE))?,
+        teacher: None,
     };
     let mut manifest = Manifest::begin(TrainSummary::STAGE, "fixture", &());
     manifest.inputs = data.input_entries(std::iter::empty())?;

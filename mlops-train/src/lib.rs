@@ -204,6 +204,35 @@ pub struct TrainConfig {
     pub resume: bool,
     /// Stop (without exporting) after this many epochs in total: simulates an interruption.
     pub stop_after_epochs: Option<usize>,
+    /// Distil from a trained model: the student also learns to reproduce the teacher's
+    /// normalised embeddings. Absent (the default): plain ArcFace training.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherConfig>,
+}
+
+/// Knowledge distillation from a trained model (`--teacher DIR`).
+///
+/// The teacher (`model.pt` of a train-stage directory or a registry version, flip averaging
+/// included when it has it) embeds every training image once, before the first epoch; each
+/// step then adds `weight * mean(1 - cos(student, teacher))` over the batch to the ArcFace
+/// loss, the student seeing the augmented image and the teacher's embedding of the clean one.
+/// The student's embedding dimension must equal the teacher's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// The teacher's directory: a train-stage output or a registry version.
+    pub model: PathBuf,
+    /// Weight of the embedding-matching term against the ArcFace loss.
+    pub weight: f64,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        TeacherConfig {
+            model: PathBuf::new(),
+            weight: 10.0,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -234,6 +263,7 @@ impl Default for TrainConfig {
             input_shape: None,
             resume: false,
             stop_after_epochs: None,
+            teacher: None,
         }
     }
 }
@@ -269,6 +299,11 @@ impl TrainConfig {
             || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin)
         {
             return bad("lr and the ArcFace scale must be positive, the margin in [0, pi/2)");
+        }
+        if let Some(t) = &self.teacher {
+            if t.model.as_os_str().is_empty() || !(t.weight >= 0.0 && t.weight.is_finite()) {
+                return bad("teacher.model must name a directory and teacher.weight be >= 0");
+            }
         }
         Ok(())
     }

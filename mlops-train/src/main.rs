@@ -98,6 +98,19 @@ struct Flags {
     /// Stop after this many epochs in total without exporting (for interruption tests).
     #[arg(long)]
     stop_after_epochs: Option<usize>,
+    /// Distil from this trained model (a train-stage or registry version directory): the
+    /// student also learns the teacher's embeddings (teacher.weight, default 10).
+    #[arg(long, value_name = "DIR")]
+    #[serde(serialize_with = "teacher_dir")]
+    teacher: Option<PathBuf>,
+}
+
+/// `--teacher DIR` sets `teacher.model`, leaving `teacher.weight` to the config.
+fn teacher_dir<S: serde::Serializer>(dir: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    dir.as_ref()
+        .map(|model| std::collections::BTreeMap::from([("model", model)]))
+        .serialize(s)
 }
 
 /// `--no-augment` turns augmentation off; unset, it changes nothing.

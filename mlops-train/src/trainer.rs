@@ -49,6 +49,30 @@ impl TrainNet {
         self.head
             .smoothed_loss(&emb.to_kind(Kind::Float), ys, smoothing)
     }
+
+    /// [`Self::loss`] plus `weight * mean(1 - cos)` between the student's embeddings and the
+    /// teacher's. `targets` is `[n, 1 + dim]` float: the label in column 0, the teacher's
+    /// normalised embedding after it (one tensor, so data parallelism splits both alike).
+    pub fn distill_loss(
+        &self,
+        xs: &Tensor,
+        targets: &Tensor,
+        precision: Precision,
+        smoothing: f64,
+        weight: f64,
+    ) -> Tensor {
+        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true))
+            .to_kind(Kind::Float);
+        let labels = targets.select(1, 0).to_kind(Kind::Int64);
+        let teacher = targets.narrow(1, 1, targets.size()[1] - 1);
+        let arcface = self.head.smoothed_loss(&emb, &labels, smoothing);
+        let norm = emb
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        let cos = (emb / norm * teacher).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let distance: Tensor = cos.neg() + 1.0;
+        arcface + distance.mean(Kind::Float) * weight
+    }
 }
 
 /// How a run ended.
@@ -124,6 +148,15 @@ struct Prepared {
     train_labels: Vec<i64>,
     val_images: Tensor,
     val_labels: Tensor,
+    /// The teacher's embedding of every training image, `[n_train, dim]`, when distilling.
+    teacher: Option<Teacher>,
+}
+
+/// The teacher's targets and where they came from.
+struct Teacher {
+    embeddings: Tensor,
+    lineage: mlops_core::artifact::TeacherLineage,
+    weight: f64,
 }
 
 impl Prepared {
@@ -185,12 +218,18 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
         arch = %config.arch, devices = ?devices, threads, train = train_y.len(),
         val = val_y.len(), classes, "training"
     );
+    let train_pixels = train_x.into_raw_vec_and_offset().0;
+    let teacher = match &config.teacher {
+        Some(t) => Some(teach(t, config, &data, &train_pixels, input, manifest)?),
+        None => None,
+    };
     Ok(Prepared {
         devices,
         threads,
         input,
         classes,
-        train_pixels: train_x.into_raw_vec_and_offset().0,
+        teacher,
+        train_pixels,
         train_labels: train_y.to_vec(),
         val_labels: Tensor::f_from_slice(&val_y.to_vec())?,
         val_images,
@@ -304,6 +343,10 @@ impl Session {
         for step in 0..steps_per_epoch {
             let idx = &order[step * config.batch_size..(step + 1) * config.batch_size];
             let (xs, ys) = assemble_batch(p, config, idx, &mut batch, &mut rng)?;
+            let ys = match &p.teacher {
+                Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
+                None => ys,
+            };
             let global_step = epoch * steps_per_epoch + step;
             lr = lr_at(
                 config.schedule,
@@ -312,7 +355,8 @@ impl Session {
                 total_steps,
                 warmup,
             );
-            let loss = self.step(config, &xs, &ys, lr)?;
+            let weight = p.teacher.as_ref().map(|t| t.weight);
+            let loss = self.step(config, &xs, &ys, lr, weight)?;
             if !loss.is_finite() {
                 return Err(Error::Config(format!(
                     "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
@@ -349,7 +393,16 @@ impl Session {
     }
 
     /// One optimizer step on every replica (and the moving average after it); the loss.
-    fn step(&mut self, config: &TrainConfig, xs: &Tensor, ys: &Tensor, lr: f64) -> Result<f64> {
+    /// With a distillation `weight`, `ys` holds labels and teacher embeddings (see
+    /// [`TrainNet::distill_loss`]).
+    fn step(
+        &mut self,
+        config: &TrainConfig,
+        xs: &Tensor,
+        ys: &Tensor,
+        lr: f64,
+        weight: Option<f64>,
+    ) -> Result<f64> {
         let (dp, opt) = (&mut self.dp, &mut self.opt);
         let (precision, smoothing) = (config.precision, config.label_smoothing);
         let ema = &mut self.ema;
@@ -357,7 +410,10 @@ impl Session {
             let loss = dp.step(
                 xs,
                 ys,
-                |m: &TrainNet, x, y| m.loss(x, y, precision, smoothing),
+                |m: &TrainNet, x, y| match weight {
+                    Some(w) => m.distill_loss(x, y, precision, smoothing, w),
+                    None => m.loss(x, y, precision, smoothing),
+                },
                 opt,
                 lr,
             );
@@ -442,6 +498,7 @@ fn export_model(
         best_val_accuracy: state.best_val_accuracy,
         torch_version: mlops_torch::LIBTORCH_VERSION.to_string(),
         data_manifest_sha256: manifest.inputs[0].sha256.clone(),
+        teacher: p.teacher.as_ref().map(|t| t.lineage.clone()),
     };
     manifest.outputs.push(model_entry);
     manifest
@@ -492,6 +549,16 @@ fn class_centres(head: &ArcFace) -> Result<ndarray::Array2<f32>> {
         .map_err(|e| Error::Config(e.to_string()))
 }
 
+/// Labels `ys` with the teacher's embeddings of images `idx` beside them: `[n, 1 + dim]`.
+fn with_teacher_targets(ys: &Tensor, teacher: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let rows: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+    let targets = teacher.f_index_select(0, &Tensor::f_from_slice(&rows)?)?;
+    Ok(Tensor::f_cat(
+        &[ys.to_kind(Kind::Float).unsqueeze(1), targets],
+        1,
+    )?)
+}
+
 /// The augmented images `idx` of the training set as one batch tensor, and their labels.
 /// Draws from `rng` in row order (the order a resumed run repeats).
 fn assemble_batch(
@@ -517,6 +584,81 @@ fn assemble_batch(
         p.input[2],
     ])?;
     Ok((xs, Tensor::f_from_slice(&labels)?))
+}
+
+/// Loads the teacher, checks it takes this data, and embeds every training image with it (in
+/// evaluation mode, batches of 256, the run's precision): the student's targets. Its
+/// `model.pt` joins the manifest's inputs.
+fn teach(
+    t: &crate::TeacherConfig,
+    config: &TrainConfig,
+    data: &DataDir,
+    pixels: &[f32],
+    input: [i64; 3],
+    manifest: &mut Manifest,
+) -> Result<Teacher> {
+    // A registry version or a train-stage directory: both hold `model.pt` and `model.json`.
+    let (description, path) = match mlops_core::artifact::VersionDir::open(&t.model) {
+        Ok(v) => (v.description()?, v.model_path()?),
+        Err(_) => {
+            let m = mlops_core::artifact::ModelDir::open(&t.model)?;
+            (m.description()?, m.model_path()?)
+        }
+    };
+    let mismatch = |what: &str| {
+        Error::Config(format!(
+            "teacher {}: {what} differs from the student's",
+            t.model.display()
+        ))
+    };
+    if description.input_shape != data.summary.image_shape
+        || description.normalization != data.summary.normalization
+    {
+        return Err(mismatch("the input (shape or normalisation)"));
+    }
+    if description.classes != data.summary.classes {
+        return Err(mismatch("the class list"));
+    }
+    if description.embedding_dim != config.embedding_dim {
+        return Err(mismatch("embedding_dim"));
+    }
+    let entry = mlops_core::FileEntry::input_file(&path)?;
+    let module = tch::CModule::load_on_device(&path, Device::Cpu)
+        .map_err(|e| Error::Config(format!("teacher {}: {e}", path.display())))?;
+    let frame = input.iter().product::<i64>() as usize;
+    let n = pixels.len() / frame;
+    let started = Instant::now();
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(256) {
+        let rows = (n - start).min(256);
+        let xs = Tensor::f_from_slice(&pixels[start * frame..(start + rows) * frame])?
+            .f_reshape([rows as i64, input[0], input[1], input[2]])?;
+        let emb = mlops_torch::catch("running the teacher", || {
+            tch::no_grad(|| {
+                mlops_torch::autocast(config.precision, Device::Cpu, || module.forward_ts(&[xs]))
+            })
+        })??;
+        parts.push(emb.to_kind(Kind::Float));
+    }
+    let embeddings = Tensor::cat(&parts, 0);
+    tracing::info!(
+        teacher = %t.model.display(),
+        images = n,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "teacher embedded the training set"
+    );
+    let lineage = mlops_core::artifact::TeacherLineage {
+        dir: t.model.display().to_string(),
+        model_sha256: entry.sha256.clone(),
+        arch: description.arch.clone(),
+        test_time_flip: description.test_time_flip,
+    };
+    manifest.inputs.push(entry);
+    Ok(Teacher {
+        embeddings,
+        lineage,
+        weight: t.weight,
+    })
 }
 
 fn outcome(finished: bool, state: &TrainState) -> Outcome {

@@ -430,3 +430,82 @@ fn precision_is_recorded_and_auto_without_bf16_is_fp32() -> Result<()> {
     );
     Ok(())
 }
+
+/// Mean cosine between two models' embeddings of the same images (both return L2-normalised
+/// rows).
+fn agreement(a: &Path, b: &Path, images: &Tensor) -> f64 {
+    let embed = |dir: &Path| {
+        let m = CModule::load(dir.join("model.pt")).unwrap();
+        tch::no_grad(|| m.forward_ts(&[images.shallow_clone()]).unwrap())
+    };
+    (embed(a) * embed(b))
+        .sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float)
+        .mean(tch::Kind::Float)
+        .double_value(&[])
+}
+
+#[test]
+fn a_student_distils_its_teacher_and_records_it() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    let teacher = tmp.path().join("teacher");
+    mlops_train::run(&tiny(&data, &teacher, Arch::Res, 4))?;
+    let student = |name: &str, weight: f64| -> Result<PathBuf> {
+        let out = tmp.path().join(name);
+        mlops_train::run(&TrainConfig {
+            teacher: Some(mlops_train::TeacherConfig {
+                model: teacher.clone(),
+                weight,
+            }),
+            ..tiny(&data, &out, Arch::Seed, 4)
+        })?;
+        Ok(out)
+    };
+    let (taught, untaught) = (student("taught", 20.0)?, student("untaught", 0.0)?);
+    let (images, _) =
+        mlops_core::artifact::DataDir::open(&data)?.read_role(mlops_core::artifact::Role::Val)?;
+    let images = Tensor::from_slice(images.as_slice().unwrap()).reshape([-1, 1, 28, 28]);
+    let (near, far) = (
+        agreement(&taught, &teacher, &images),
+        agreement(&untaught, &teacher, &images),
+    );
+    // Without the term the student's embedding space is its own (any rotation of it does as
+    // well); with it, the student's embeddings point where the teacher's do.
+    assert!(
+        near > 0.6 && near > far + 0.3,
+        "taught {near:.3}, untaught {far:.3}"
+    );
+
+    let description: ModelDescription =
+        serde_json::from_str(&std::fs::read_to_string(taught.join("model.json"))?)?;
+    let lineage = description
+        .teacher
+        .expect("the student records its teacher");
+    let teacher_sha = mlops_core::sha256_file(&teacher.join("model.pt"))?;
+    assert_eq!(
+        (lineage.model_sha256.as_str(), lineage.arch.as_str()),
+        (teacher_sha.as_str(), "res")
+    );
+    let manifest = Manifest::load(&taught)?;
+    assert!(manifest.inputs.iter().any(|i| i.sha256 == teacher_sha));
+
+    // A teacher that cannot teach this student is refused before training, naming it.
+    let wide_dim = tmp.path().join("wrong");
+    let err = mlops_train::run(&TrainConfig {
+        embedding_dim: 32,
+        teacher: Some(mlops_train::TeacherConfig {
+            model: teacher.clone(),
+            weight: 1.0,
+        }),
+        ..tiny(&data, &wide_dim, Arch::Seed, 1)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("teacher") && err.contains("embedding_dim"),
+        "{err}"
+    );
+    assert!(!wide_dim.join("model.pt").exists());
+    Ok(())
+}

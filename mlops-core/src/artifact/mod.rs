@@ -38,7 +38,7 @@ pub use eval::{
     SimilarityBaseline, Vote,
 };
 pub use index::{IndexDir, IndexSummary, Metric};
-pub use model::{ModelDescription, ModelDir, TrainSummary};
+pub use model::{ModelDescription, ModelDir, TeacherLineage, TrainSummary};
 pub use registry::{ModelPointer, Rollout, RolloutMode, VersionDir, VersionSummary};
 
 /// File holding the settings a stage ran with, in every stage directory.

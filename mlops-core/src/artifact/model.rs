@@ -71,6 +71,23 @@ pub struct ModelDescription {
     pub torch_version: String,
     /// sha256 of the data manifest the model was trained from.
     pub data_manifest_sha256: String,
+    /// The model this one was distilled from, when it was (`mlops-train --teacher`): lineage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherLineage>,
+}
+
+/// Which trained model taught a distilled one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeacherLineage {
+    /// The teacher's train-stage (or registry version) directory, as given.
+    pub dir: String,
+    /// sha256 of the teacher's `model.pt`.
+    pub model_sha256: String,
+    /// The teacher's architecture.
+    pub arch: String,
+    /// Whether the teacher's embeddings (the student's targets) averaged each image with its
+    /// mirror image.
+    pub test_time_flip: bool,
 }
 
 /// One line of the train stage's `metrics.jsonl`.

@@ -131,6 +131,10 @@ pub fn arguments(
             }
         }
     }
+    // A distilled model depends on its teacher's weights, which the parameters only name.
+    if let Some(teacher) = teacher_dir(params, stage.name) {
+        inputs.push(FileSum::of(&teacher.join(MODEL_FILE))?);
+    }
     if let Some(out) = stage.out_flag {
         argv.extend([
             out.to_string(),
@@ -146,6 +150,12 @@ pub fn arguments(
         argv.extend(["--set".to_string(), pair]);
     }
     Ok((argv, inputs))
+}
+
+/// The teacher a stage's parameters name (`train.teacher.model`), if any.
+fn teacher_dir(params: &Params, stage: &str) -> Option<PathBuf> {
+    let teacher = params.table.get(stage)?.get("teacher")?;
+    teacher.get("model")?.as_str().map(PathBuf::from)
 }
 
 /// The deployed version a new model must not regress from: the registry's default, except
