@@ -24,6 +24,10 @@ pub enum Arch {
     /// 4x4), each block's last batch-norm scale starting at zero (the block starts as its
     /// shortcut), global average and max pooling, FC->dim, BN1d.
     Wide,
+    /// `wide` at half the width (12, 24, 48, 96 channels): a quarter of its multiply-adds
+    /// (5.3 M per 28x28 image against 21.1 M), meant as a distilled student
+    /// (`--teacher`) that serves at a fraction of the default's cost.
+    Slim,
 }
 
 impl Arch {
@@ -33,6 +37,7 @@ impl Arch {
             Arch::Seed => 8,
             Arch::Res => 8,
             Arch::Wide => 8,
+            Arch::Slim => 8,
         }
     }
 }
@@ -43,6 +48,7 @@ impl std::fmt::Display for Arch {
             Arch::Seed => "seed",
             Arch::Res => "res",
             Arch::Wide => "wide",
+            Arch::Slim => "slim",
         })
     }
 }
@@ -65,7 +71,8 @@ impl EmbeddingNet {
         let body = match arch {
             Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
             Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
-            Arch::Wide => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout))),
+            Arch::Wide => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, 24))),
+            Arch::Slim => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, 12))),
         };
         EmbeddingNet { body }
     }
@@ -380,17 +387,19 @@ impl ResNet {
         }
     }
 
-    /// [`Arch::Wide`].
-    fn wide(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64) -> Self {
+    /// [`Arch::Wide`] (`width` 24) and [`Arch::Slim`] (12): a stem of `width` channels, then
+    /// stages of 2x, 4x and 8x `width`.
+    fn wide(vs: &nn::Path, [c, _, _]: [i64; 3], dim: i64, dropout: f64, width: i64) -> Self {
+        let w = width;
         ResNet {
-            stem: ConvPoolBn::new(vs / "stem", c, 24),
+            stem: ConvPoolBn::new(vs / "stem", c, w),
             stages: vec![
-                Block::with_gamma(vs / "stage1", 24, 48, 1, Some(0.0)),
-                Block::with_gamma(vs / "stage2", 48, 96, 2, Some(0.0)),
-                Block::with_gamma(vs / "stage3", 96, 192, 2, Some(0.0)),
+                Block::with_gamma(vs / "stage1", w, 2 * w, 1, Some(0.0)),
+                Block::with_gamma(vs / "stage2", 2 * w, 4 * w, 2, Some(0.0)),
+                Block::with_gamma(vs / "stage3", 4 * w, 8 * w, 2, Some(0.0)),
             ],
             dropout,
-            head: LinearBn::new(vs / "head", 192 * 2, dim),
+            head: LinearBn::new(vs / "head", 8 * w * 2, dim),
         }
     }
 

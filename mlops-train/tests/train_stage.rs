@@ -56,7 +56,7 @@ fn trains_exports_and_records_every_architecture() -> Result<()> {
     let _serial = serial();
     let tmp = tempfile::tempdir()?;
     let data = data_dir(tmp.path(), 40, 28)?;
-    for arch in [Arch::Seed, Arch::Res, Arch::Wide] {
+    for arch in [Arch::Seed, Arch::Res, Arch::Wide, Arch::Slim] {
         let out = tmp.path().join(format!("train-{arch}"));
         let outcome = mlops_train::run(&tiny(&data, &out, arch, 2))?;
         assert!(outcome.finished);

@@ -35,7 +35,7 @@ struct Cli {
 enum Cmd {
     /// Install system packages, libtorch 2.13.0 (CPU) and the Python interop tools.
     Setup(setup::SetupArgs),
-    /// Set up, build and run the pipeline into runs/<name>/.
+    /// Set up, build and run the pipeline into runs/NAME/.
     Pipeline(pipeline::PipelineArgs),
     /// List past pipeline runs (date, accuracy, decision, duration).
     Runs {

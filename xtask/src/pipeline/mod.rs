@@ -49,7 +49,7 @@ pub struct PipelineArgs {
     /// pipeline.run=exp1); repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
-    /// Run name (pipeline.run): outputs go to runs/<name>/.
+    /// Run name (pipeline.run): outputs go to runs/NAME/.
     #[arg(long)]
     pub name: Option<String>,
     /// Data source for the data stage (pipeline.sources); repeatable.
