@@ -234,3 +234,55 @@ fn read_decision(run_dir: &Path) -> Result<String> {
         .trim()
         .to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed `serve` profile trains a student of the default run's model, and the
+    /// teacher's weights are part of the train stage's key (a retrained teacher retrains it).
+    #[test]
+    fn the_serve_profile_names_its_teacher_whose_weights_key_the_train_stage() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let args = PipelineArgs {
+            config: Some(root.join("pipeline.toml")),
+            profile: Some("serve".into()),
+            ..Default::default()
+        };
+        let params = Params::load(&args).unwrap();
+        assert_eq!(
+            (params.run.as_str(), params.model.as_str()),
+            ("serve", "fashion-mnist-slim")
+        );
+        assert_eq!(
+            teacher_dir(&params, "train"),
+            Some(PathBuf::from("runs/default/train"))
+        );
+        assert_eq!(teacher_dir(&params, "embed"), None);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let teacher = tmp.path().join("teacher");
+        std::fs::create_dir_all(&teacher).unwrap();
+        std::fs::write(teacher.join(MODEL_FILE), b"weights").unwrap();
+        let mut params = params;
+        let train = params
+            .table
+            .get_mut("train")
+            .unwrap()
+            .as_table_mut()
+            .unwrap();
+        let t = train.get_mut("teacher").unwrap().as_table_mut().unwrap();
+        t.insert("model".into(), teacher.display().to_string().into());
+        let stage = STAGES.iter().find(|s| s.name == "train").unwrap();
+        let run_dir = tmp.path().join("run");
+        // Finished (empty) upstream stages: their manifests are all the key reads of them.
+        for upstream in stage.upstream() {
+            let out = mlops_core::OutputDir::create(&run_dir.join(upstream)).unwrap();
+            out.commit(mlops_core::Manifest::begin(upstream, "test", &()))
+                .unwrap();
+        }
+        let (_, keyed) = arguments(stage, &params, &run_dir, tmp.path()).unwrap();
+        let weights = mlops_core::sha256_bytes(b"weights");
+        assert!(keyed.iter().any(|f| f.sha256 == weights), "{keyed:?}");
+    }
+}
