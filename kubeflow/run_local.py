@@ -149,9 +149,7 @@ def run_container(client: docker.DockerClient, image: str, command: List[str],
         image=image, command=command, volumes=volumes, detach=True,
         auto_remove=False, **run_args)
     try:
-        for chunk in container.logs(stream=True, follow=True):
-            print(chunk.decode(errors='replace'), end='')
-        exit_code = container.wait()['StatusCode']
+        exit_code = _follow_until_exit(container)
         record.exit_code = exit_code
         if exit_code != 0:
             stderr = container.logs(stdout=False, stderr=True).decode(errors='replace')
@@ -160,6 +158,33 @@ def run_container(client: docker.DockerClient, image: str, command: List[str],
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
+
+
+def _follow_until_exit(container) -> int:
+    """Prints the step's output as it comes and returns its exit status.
+
+    The container's exit ends the step, not the end of the log stream: podman's followed log
+    stream can miss the end of a container that exits at once (a step failing on bad input)
+    and then never closes, which hung the whole run. What the stream had not printed by then
+    comes from one plain read of the logs.
+    """
+    printed = bytearray()
+
+    def pump():
+        with contextlib.suppress(Exception):
+            for chunk in container.logs(stream=True, follow=True):
+                printed.extend(chunk)
+                print(chunk.decode(errors='replace'), end='')
+
+    follower = threading.Thread(target=pump, daemon=True)
+    follower.start()
+    exit_code = container.wait()['StatusCode']
+    follower.join(timeout=5)
+    if follower.is_alive():
+        everything = container.logs(stdout=True, stderr=True)
+        if everything.startswith(bytes(printed)):
+            print(everything[len(printed):].decode(errors='replace'), end='')
+    return exit_code
 
 
 _orig_construct_executor_input = executor_input_utils.construct_executor_input
