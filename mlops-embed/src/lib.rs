@@ -146,25 +146,8 @@ impl Default for EmbedConfig {
     }
 }
 
-/// Embeds `images` (`[n,c,h,w]`) in batches with no gradients; returns `[n,dim]` on the CPU.
-pub fn embed_batches(
-    module: &CModule,
-    images: &Tensor,
-    batch_size: usize,
-    device: Device,
-) -> Result<Tensor> {
-    tch::no_grad(|| {
-        let n = images.size().first().copied().unwrap_or(0);
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(batch_size.max(1)) {
-            let batch = images
-                .f_narrow(0, start, (n - start).min(batch_size as i64))?
-                .f_to_device(device)?;
-            parts.push(module.forward_ts(&[batch])?.f_to_device(Device::Cpu)?);
-        }
-        Ok(Tensor::f_cat(&parts, 0)?)
-    })
-}
+// Shared with the train stage (its teacher), so it lives in the runtime both depend on.
+pub use mlops_torch::embed_batches;
 
 /// A loaded `model.pt` with its description: images in, L2-normalised embeddings out.
 #[derive(Debug)]

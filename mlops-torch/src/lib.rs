@@ -271,3 +271,25 @@ mod catch_tests {
 
 mod precision;
 pub use precision::{autocast, cpu_has_bf16, cpu_model, Precision};
+
+/// Runs a TorchScript `module` over `images` (`[n,c,h,w]`) in batches of `batch_size` on
+/// `device` with no gradients; returns its `[n,dim]` output on the CPU. What the embed stage,
+/// the server and the train stage's teacher run a `model.pt` with.
+pub fn embed_batches(
+    module: &tch::CModule,
+    images: &tch::Tensor,
+    batch_size: usize,
+    device: Device,
+) -> Result<tch::Tensor> {
+    tch::no_grad(|| {
+        let n = images.size().first().copied().unwrap_or(0);
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(batch_size.max(1)) {
+            let batch = images
+                .f_narrow(0, start, (n - start).min(batch_size as i64))?
+                .f_to_device(device)?;
+            parts.push(module.forward_ts(&[batch])?.f_to_device(Device::Cpu)?);
+        }
+        Ok(tch::Tensor::f_cat(&parts, 0)?)
+    })
+}

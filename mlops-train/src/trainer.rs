@@ -628,19 +628,14 @@ fn teach(
     let frame = input.iter().product::<i64>() as usize;
     let n = pixels.len() / frame;
     let started = Instant::now();
-    let mut parts = Vec::new();
-    for start in (0..n).step_by(256) {
-        let rows = (n - start).min(256);
-        let xs = Tensor::f_from_slice(&pixels[start * frame..(start + rows) * frame])?
-            .f_reshape([rows as i64, input[0], input[1], input[2]])?;
-        let emb = mlops_torch::catch("running the teacher", || {
-            tch::no_grad(|| {
-                mlops_torch::autocast(config.precision, Device::Cpu, || module.forward_ts(&[xs]))
-            })
-        })??;
-        parts.push(emb.to_kind(Kind::Float));
-    }
-    let embeddings = Tensor::cat(&parts, 0);
+    let images =
+        Tensor::f_from_slice(pixels)?.f_reshape([n as i64, input[0], input[1], input[2]])?;
+    let embeddings = mlops_torch::catch("running the teacher", || {
+        mlops_torch::autocast(config.precision, Device::Cpu, || {
+            mlops_torch::embed_batches(&module, &images, 256, Device::Cpu)
+        })
+    })??
+    .to_kind(Kind::Float);
     tracing::info!(
         teacher = %t.model.display(),
         images = n,
