@@ -4,7 +4,9 @@
 //! A setting is declared once, as a field of the stage's config struct (with its default); every
 //! field is then settable from a file and from `--set` without further code. Named flags are a
 //! convenience on top: a flags struct that serialises to the dotted field names it overrides
-//! (`null` and `false` mean "not given", so switches can only turn a setting on).
+//! (`null` means "not given"). A plain switch skips serialising itself when off
+//! (`#[serde(skip_serializing_if = "std::ops::Not::not")]`), so an unset `--resume` leaves a
+//! file's setting alone, and a `--no-...` switch serialises `false` when given.
 //!
 //! ```
 //! #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
@@ -38,7 +40,7 @@ fn origin(file: Option<&Path>) -> PathBuf {
 
 /// Builds a config: `C::default()`, overlaid with the TOML `file`, the `key=value` pairs of
 /// `sets` (dotted keys reach nested fields; values are TOML, bare words are strings), and the
-/// non-null, non-false fields of `flags` (dotted names).
+/// non-null fields of `flags` (dotted names).
 pub fn merge<C, F>(file: Option<&Path>, sets: &[String], flags: &F) -> Result<C>
 where
     C: Serialize + DeserializeOwned + Default,
@@ -66,8 +68,14 @@ where
     }
     if let Value::Object(given) = serde_json::to_value(flags).map_err(|e| bad(e.to_string()))? {
         for (key, v) in given {
-            if !(v.is_null() || v == Value::Bool(false)) {
-                set_path(&mut value, &key, v).map_err(bad)?;
+            if v.is_null() {
+                continue;
+            }
+            // A flag that fills part of a table (`--teacher DIR` sets `teacher.model`) keeps
+            // what `--set` or the file put in the rest of it (`teacher.weight`).
+            match value.get_mut(&key) {
+                Some(slot) if v.is_object() => overlay_value(slot, v),
+                _ => set_path(&mut value, &key, v).map_err(bad)?,
             }
         }
     }
@@ -228,6 +236,7 @@ mod tests {
         #[derive(Serialize)]
         struct Flags {
             epochs: Option<usize>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
             flag: bool,
         }
         let c: Config = merge(
@@ -241,7 +250,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.epochs, 7, "flags win over --set and the file");
         assert!(c.flag, "an unset switch leaves the setting alone");
+        // A `--no-...` switch given: `false` reaches the setting (`--no-test-time-flip`).
+        #[derive(Serialize)]
+        struct Off {
+            flag: Option<bool>,
+        }
+        let c: Config = merge(None, &[], &Off { flag: Some(false) }).unwrap();
+        assert!(!c.flag, "a negative switch turns the setting off");
         assert_eq!(c.inner.names, vec!["x", "y"]);
+    }
+
+    /// `--teacher DIR` sets `teacher.model` and must keep `--set teacher.weight=30`: a flag
+    /// holding part of a table overlays it instead of replacing it.
+    #[test]
+    fn a_flag_filling_part_of_a_table_keeps_the_rest() {
+        #[derive(Serialize)]
+        struct Flags {
+            inner: Option<serde_json::Value>,
+        }
+        let flags = Flags {
+            inner: Some(serde_json::json!({ "lr": 0.5 })),
+        };
+        let sets = vec!["inner.names=[\"x\"]".into()];
+        let c: Config = merge(None, &sets, &flags).unwrap();
+        assert_eq!(c.inner.lr, Some(0.5), "the flag wins for what it sets");
+        assert_eq!(
+            c.inner.names,
+            vec!["x"],
+            "--set keeps the rest of the table"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ struct Flags {
     image_size: Option<[usize; 2]>,
     /// Standardise pixels with the training split's mean and std.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     normalize: bool,
     /// Fraction of each class held out for validation [default: 0.1].
     #[arg(long)]

@@ -109,9 +109,11 @@ struct RegisterFlags {
     name: Option<String>,
     /// Make the new version the default.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     promote: bool,
     /// Register although the deploy gate rejected the model.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     force: bool,
 }
 

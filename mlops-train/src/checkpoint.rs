@@ -132,6 +132,9 @@ fn fingerprint(config: &TrainConfig) -> serde_json::Value {
     c.threads = 0;
     c.device = mlops_torch::DeviceSpec::Auto;
     c.out = Default::default();
+    // Export-only: flip averaging is built into model.pt after training, so a finished run can
+    // be resumed to export again with or without it.
+    c.test_time_flip = true;
     serde_json::to_value(c).expect("plain data")
 }
 
@@ -277,6 +280,24 @@ mod tests {
             images_per_second: 1.0,
             seconds: 1.0,
         }
+    }
+
+    /// A finished run resumes to export again with or without flip averaging; a setting that
+    /// changes training still refuses the resume.
+    #[test]
+    fn only_training_settings_fingerprint_a_run() {
+        let base = TrainConfig::default();
+        let no_flip = TrainConfig {
+            test_time_flip: false,
+            resume: true,
+            ..base.clone()
+        };
+        assert_eq!(fingerprint(&base), fingerprint(&no_flip));
+        let other = TrainConfig {
+            epochs: base.epochs + 1,
+            ..base.clone()
+        };
+        assert_ne!(fingerprint(&base), fingerprint(&other));
     }
 
     #[test]

@@ -94,6 +94,7 @@ struct Flags {
     no_test_time_flip: bool,
     /// Continue an interrupted run from OUT/checkpoints.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     resume: bool,
     /// Stop after this many epochs in total without exporting (for interruption tests).
     #[arg(long)]

@@ -339,34 +339,62 @@ impl Session {
             (steps_per_epoch * config.batch_size) as u64,
         );
         let (mut loss_sum, mut lr) = (0.0, 0.0);
-        let mut batch = vec![0f32; config.batch_size * p.frame()];
-        for step in 0..steps_per_epoch {
-            let idx = &order[step * config.batch_size..(step + 1) * config.batch_size];
-            let (xs, ys) = assemble_batch(p, config, idx, &mut batch, &mut rng)?;
-            let ys = match &p.teacher {
-                Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
-                None => ys,
-            };
-            let global_step = epoch * steps_per_epoch + step;
-            lr = lr_at(
-                config.schedule,
-                config.optimizer.lr(),
-                global_step,
-                total_steps,
-                warmup,
-            );
-            let weight = p.teacher.as_ref().map(|t| t.weight);
-            let loss = self.step(config, &xs, &ys, lr, weight)?;
-            if !loss.is_finite() {
-                return Err(Error::Config(format!(
-                    "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
-                    epoch + 1
-                )));
+        let augmenter = Augmenter::new(p, config);
+        let batch_size = config.batch_size;
+        // Batches are assembled and augmented on another thread, two steps ahead of the one
+        // training, so the step never waits for them. That thread owns the epoch's generator
+        // and draws in the same order as before, so the batches, and the model, are the same.
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let order = &order;
+            scope.spawn(move || {
+                for step in 0..steps_per_epoch {
+                    let idx = &order[step * batch_size..(step + 1) * batch_size];
+                    if tx.send(augmenter.batch(idx, &mut rng)).is_err() {
+                        break; // the training loop stopped early (an error)
+                    }
+                }
+            });
+            for step in 0..steps_per_epoch {
+                let idx = &order[step * batch_size..(step + 1) * batch_size];
+                let (pixels, labels) = rx
+                    .recv()
+                    .expect("the batch thread makes one batch per step");
+                let (xs, ys) = (
+                    Tensor::f_from_slice(&pixels)?.f_reshape([
+                        batch_size as i64,
+                        p.input[0],
+                        p.input[1],
+                        p.input[2],
+                    ])?,
+                    Tensor::f_from_slice(&labels)?,
+                );
+                let ys = match &p.teacher {
+                    Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
+                    None => ys,
+                };
+                let global_step = epoch * steps_per_epoch + step;
+                lr = lr_at(
+                    config.schedule,
+                    config.optimizer.lr(),
+                    global_step,
+                    total_steps,
+                    warmup,
+                );
+                let weight = p.teacher.as_ref().map(|t| t.weight);
+                let loss = self.step(config, &xs, &ys, lr, weight)?;
+                if !loss.is_finite() {
+                    return Err(Error::Config(format!(
+                        "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
+                        epoch + 1
+                    )));
+                }
+                loss_sum += loss;
+                task.inc(batch_size as u64);
+                task.note(&format!("{label} loss {:.3}", loss_sum / (step + 1) as f64));
             }
-            loss_sum += loss;
-            task.inc(config.batch_size as u64);
-            task.note(&format!("{label} loss {:.3}", loss_sum / (step + 1) as f64));
-        }
+            Ok(())
+        })?;
         drop(task);
         let train_seconds = started.elapsed().as_secs_f64();
         let (model, vs) = self.scored();
@@ -559,31 +587,50 @@ fn with_teacher_targets(ys: &Tensor, teacher: &Tensor, idx: &[usize]) -> Result<
     )?)
 }
 
-/// The augmented images `idx` of the training set as one batch tensor, and their labels.
-/// Draws from `rng` in row order (the order a resumed run repeats).
-fn assemble_batch(
-    p: &Prepared,
-    config: &TrainConfig,
-    idx: &[usize],
-    batch: &mut [f32],
-    rng: &mut ChaCha8Rng,
-) -> Result<(Tensor, Tensor)> {
-    let frame = p.frame();
-    let fill = p.data.summary.value_range[0];
-    let (h, w) = (p.input[1] as usize, p.input[2] as usize);
-    let labels: Vec<i64> = idx.iter().map(|&i| p.train_labels[i]).collect();
-    for (row, &i) in idx.iter().enumerate() {
-        let src = &p.train_pixels[i * frame..(i + 1) * frame];
-        let dst = &mut batch[row * frame..(row + 1) * frame];
-        augment(src, dst, h, w, config, fill, rng);
+/// What a training batch is made from: the training set's pixels and labels, and the
+/// augmentation settings. Plain data, so a thread other than the training one can use it.
+struct Augmenter<'a> {
+    pixels: &'a [f32],
+    labels: &'a [i64],
+    frame: usize,
+    height: usize,
+    width: usize,
+    /// What a shift uncovers: the data's lowest normalised value (its background).
+    fill: f32,
+    config: &'a TrainConfig,
+}
+
+impl<'a> Augmenter<'a> {
+    fn new(p: &'a Prepared, config: &'a TrainConfig) -> Self {
+        Augmenter {
+            pixels: &p.train_pixels,
+            labels: &p.train_labels,
+            frame: p.frame(),
+            height: p.input[1] as usize,
+            width: p.input[2] as usize,
+            fill: p.data.summary.value_range[0],
+            config,
+        }
     }
-    let xs = Tensor::f_from_slice(batch)?.f_reshape([
-        idx.len() as i64,
-        p.input[0],
-        p.input[1],
-        p.input[2],
-    ])?;
-    Ok((xs, Tensor::f_from_slice(&labels)?))
+
+    /// The augmented images `idx` of the training set, row after row, and their labels.
+    /// Draws from `rng` in row order (the order a resumed run repeats).
+    fn batch(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<i64>) {
+        let frame = self.frame;
+        let mut batch = vec![0f32; idx.len() * frame];
+        for (row, &i) in idx.iter().enumerate() {
+            augment(
+                &self.pixels[i * frame..(i + 1) * frame],
+                &mut batch[row * frame..(row + 1) * frame],
+                self.height,
+                self.width,
+                self.config,
+                self.fill,
+                rng,
+            );
+        }
+        (batch, idx.iter().map(|&i| self.labels[i]).collect())
+    }
 }
 
 /// Loads the teacher, checks it takes this data, and embeds every training image with it (in

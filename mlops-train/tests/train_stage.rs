@@ -414,6 +414,8 @@ fn precision_is_recorded_and_auto_without_bf16_is_fp32() -> Result<()> {
         .arg(&auto)
         .args(["--arch", "res", "--embedding-dim", "16", "--epochs", "2"])
         .args(["--batch-size", "16", "--threads", "1", "--device", "cpu"])
+        // A negative switch must reach the config (it once did not: `false` read as unset).
+        .arg("--no-test-time-flip")
         .env("MLOPS_NO_BF16", "1")
         .env("RUST_LOG", "off")
         .output()?;
@@ -423,6 +425,8 @@ fn precision_is_recorded_and_auto_without_bf16_is_fp32() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(summary(&auto)?.precision, "fp32");
+    let model = mlops_core::artifact::ModelDir::open(&auto)?;
+    assert!(!model.description()?.test_time_flip, "--no-test-time-flip");
     let best = "checkpoints/best.safetensors";
     assert_eq!(
         std::fs::read(auto.join(best))?,

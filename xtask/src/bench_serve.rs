@@ -24,28 +24,33 @@ use crate::{cargo, release_dir, root, run_cmd, setup};
 pub struct BenchServeArgs {
     /// Pipeline run whose model is served (needs data, train, index, eval).
     #[arg(long, default_value = "runs/default")]
-    run: PathBuf,
+    pub(crate) run: PathBuf,
     /// Seconds of each wrk run.
     #[arg(long, default_value_t = 10)]
-    seconds: u32,
+    pub(crate) seconds: u32,
     /// Server HTTP threads (0: the server's default, one per core).
     #[arg(long, default_value_t = 0)]
-    io_threads: usize,
+    pub(crate) io_threads: usize,
     /// Server libtorch threads (0: the server's default, one per core).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub(crate) threads: usize,
+    /// Serve this run's model too and compare the two side by side (wrk at 1, 8 and 32
+    /// clients, alternating runs; `benches/results/serve-vs-baseline.json`), e.g.
+    /// `--run runs/serve --baseline runs/default`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Rounds of the comparison with `--baseline` (each run serves once per round).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) repeats: usize,
 }
 
 pub fn run(args: &BenchServeArgs) -> Result<()> {
     setup::run(&setup::SetupArgs::default())?;
-    let run_dir = root().join(&args.run);
-    for stage in ["data", "train", "index", "eval"] {
-        ensure!(
-            run_dir.join(stage).join("manifest.json").is_file(),
-            "{} has no finished {stage} stage: run `cargo xtask pipeline` first",
-            run_dir.display()
-        );
+    if let Some(baseline) = &args.baseline {
+        return crate::bench_serve_vs::run(args, baseline);
     }
+    let run_dir = root().join(&args.run);
+    check_run(&run_dir)?;
     let work = std::env::temp_dir().join(format!("mlops-bench-serve-{}", std::process::id()));
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -103,6 +108,21 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     crate::write_json(&root().join("benches/results/serve.json"), &results)?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Fails unless `run_dir` holds the finished stages a served benchmark reads.
+pub(crate) fn check_run(run_dir: &Path) -> Result<()> {
+    for stage in ["data", "train", "embed", "index", "eval"] {
+        ensure!(
+            run_dir
+                .join(stage)
+                .join(mlops_core::MANIFEST_FILE)
+                .is_file(),
+            "{} has no finished {stage} stage: run `cargo xtask pipeline` first",
+            run_dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -487,7 +507,7 @@ pub(crate) fn machine() -> Machine {
     }
 }
 
-fn chrono_like_now() -> String {
+pub(crate) fn chrono_like_now() -> String {
     let out = Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output();

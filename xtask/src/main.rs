@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_serve;
+mod bench_serve_vs;
 mod bundle;
 mod ct;
 mod dag;

@@ -373,6 +373,9 @@ const REFERENCE_PACKAGES: &[&str] = &[
     "torchserve==0.12.0",
     "torch-model-archiver==0.12.0",
     "Pillow",
+    // TorchServe 0.12's worker imports yaml without declaring it: without PyYAML every worker
+    // dies at start (`ModuleNotFoundError: No module named 'yaml'` in its model log).
+    "PyYAML",
 ];
 
 /// A venv with the Python readers our artifacts must satisfy.

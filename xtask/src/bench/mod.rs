@@ -23,7 +23,7 @@
 mod compare;
 mod e2e;
 mod markdown;
-mod report;
+pub(crate) mod report;
 mod torchserve;
 
 use std::path::{Path, PathBuf};
@@ -84,7 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     setup::run(&setup::SetupArgs::default())?;
     let python = setup::reference_venv()?;
     let run_dir = root().join(&args.run);
-    check_run(&run_dir)?;
+    bench_serve::check_run(&run_dir)?;
     run_cmd(
         cargo().args([
             "build",
@@ -131,21 +131,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     std::fs::write(root().join("BENCHMARKS.md"), &md)?;
     println!("{md}");
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
-}
-
-/// The stages the comparisons read must have finished.
-fn check_run(run_dir: &Path) -> Result<()> {
-    for stage in ["data", "train", "embed", "index", "eval"] {
-        ensure!(
-            run_dir
-                .join(stage)
-                .join(mlops_core::MANIFEST_FILE)
-                .is_file(),
-            "{} has no finished {stage} stage: run `cargo xtask pipeline` first",
-            run_dir.display()
-        );
-    }
     Ok(())
 }
 

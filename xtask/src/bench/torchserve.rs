@@ -178,6 +178,9 @@ impl TorchServe {
             if matches!(r, Ok(ref r) if r.status() == 200) {
                 return Ok(ts);
             }
+            if let Some(cause) = worker_failure(&ts.dir.join("logs")) {
+                bail!("TorchServe's model worker died before it served:\n{cause}");
+            }
             if Instant::now() > until {
                 bail!(
                     "TorchServe never answered a prediction; its log: {}",
@@ -214,6 +217,36 @@ impl Drop for TorchServe {
     }
 }
 
+/// Why TorchServe's model worker died, from the logs it writes under `logs` (relative to the
+/// directory it was started in): the last Python traceback of `model_log.log` (or its last
+/// lines) once the frontend or the worker has reported the death. `None` while nothing died.
+/// TorchServe itself keeps restarting a dead worker with back-off and never gives up, so
+/// without this the readiness wait would sit out its whole timeout on an error that is final.
+fn worker_failure(logs: &Path) -> Option<String> {
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    let (frontend, model) = (read("ts_log.log"), read("model_log.log"));
+    let died = ["Backend worker process died", "Load model failed"]
+        .iter()
+        .any(|m| frontend.contains(m) || model.contains(m));
+    if !died {
+        return None;
+    }
+    let lines: Vec<&str> = model.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains("Traceback (most recent call last)"))
+        .unwrap_or(lines.len().saturating_sub(20));
+    let mut cause: Vec<&str> = lines[start..].iter().take(40).copied().collect();
+    if cause.is_empty() {
+        cause.push("(model_log.log is empty; see ts_log.log)");
+    }
+    Some(format!(
+        "{}\n(from {})",
+        cause.join("\n"),
+        logs.join("model_log.log").display()
+    ))
+}
+
 /// PATH with the venv's bin first (torch-model-archiver, torchserve, java stays from PATH).
 fn path_with(python: &Path) -> String {
     let bin = python
@@ -221,4 +254,44 @@ fn path_with(python: &Path) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     format!("{bin}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as TorchServe 0.12 writes them when the worker cannot import yaml.
+    #[test]
+    fn a_dead_worker_is_reported_with_its_traceback() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path();
+        assert_eq!(worker_failure(logs), None, "no logs yet");
+        let prefix = "2026-12-06T10:00:00,000 [INFO ] W-9000-fashion-mnist_1.0-stdout MODEL_LOG -";
+        std::fs::write(
+            logs.join("model_log.log"),
+            format!(
+                "{prefix} Listening on port: /tmp/.ts.sock.9000\n\
+                 {prefix} Traceback (most recent call last):\n\
+                 {prefix}   File \"ts/model_service_worker.py\", line 16, in <module>\n\
+                 {prefix} ModuleNotFoundError: No module named 'yaml'\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(logs.join("ts_log.log"), "[INFO ] starting\n").unwrap();
+        assert_eq!(
+            worker_failure(logs),
+            None,
+            "a worker still starting has not died"
+        );
+        std::fs::write(
+            logs.join("ts_log.log"),
+            "[INFO ] W-9000-fashion-mnist_1.0 org.pytorch.serve.wlm.WorkerLifeCycle - \
+             Backend worker process died.\n",
+        )
+        .unwrap();
+        let cause = worker_failure(logs).expect("a dead worker");
+        assert!(cause.contains("No module named 'yaml'"), "{cause}");
+        assert!(cause.starts_with(&format!("{prefix} Traceback")), "{cause}");
+        assert!(!cause.contains("Listening on port"), "{cause}");
+    }
 }
