@@ -225,7 +225,13 @@ impl Drop for TorchServe {
 fn worker_failure(logs: &Path) -> Option<String> {
     let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
     let (frontend, model) = (read("ts_log.log"), read("model_log.log"));
-    let died = ["Backend worker process died", "Load model failed"]
+    // 0.12 logs "Backend worker error" (then "Auto recovery failed again"); older releases
+    // "Backend worker process died".
+    let died = [
+        "Backend worker error",
+        "Backend worker process died",
+        "Load model failed",
+    ]
         .iter()
         .any(|m| frontend.contains(m) || model.contains(m));
     if !died {
@@ -260,38 +266,37 @@ fn path_with(python: &Path) -> String {
 mod tests {
     use super::*;
 
-    /// Lines as TorchServe 0.12 writes them when the worker cannot import yaml.
+    /// Lines as TorchServe 0.12 wrote them here when the venv lacked PyYAML (paths shortened).
     #[test]
     fn a_dead_worker_is_reported_with_its_traceback() {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path();
         assert_eq!(worker_failure(logs), None, "no logs yet");
-        let prefix = "2026-12-06T10:00:00,000 [INFO ] W-9000-fashion-mnist_1.0-stdout MODEL_LOG -";
+        let prefix = "2026-12-06T09:54:45,969 [WARN ] W-9000-fashion-mnist_1.0-stderr MODEL_LOG -";
         std::fs::write(
             logs.join("model_log.log"),
             format!(
-                "{prefix} Listening on port: /tmp/.ts.sock.9000\n\
+                "2026-12-06T09:54:45,900 [INFO ] W-9000-fashion-mnist_1.0-stdout MODEL_LOG - \
+                 s_name_part0=/tmp/.ts.sock, s_name_part1=9000, pid=1\n\
                  {prefix} Traceback (most recent call last):\n\
-                 {prefix}   File \"ts/model_service_worker.py\", line 16, in <module>\n\
+                 {prefix}   File \"ts/utils/util.py\", line 10, in <module>\n\
+                 {prefix}     import yaml\n\
                  {prefix} ModuleNotFoundError: No module named 'yaml'\n"
             ),
         )
         .unwrap();
         std::fs::write(logs.join("ts_log.log"), "[INFO ] starting\n").unwrap();
-        assert_eq!(
-            worker_failure(logs),
-            None,
-            "a worker still starting has not died"
-        );
+        assert_eq!(worker_failure(logs), None, "a worker still starting has not died");
         std::fs::write(
             logs.join("ts_log.log"),
-            "[INFO ] W-9000-fashion-mnist_1.0 org.pytorch.serve.wlm.WorkerLifeCycle - \
-             Backend worker process died.\n",
+            "2026-12-06T09:54:47,123 [ERROR] W-9001-fashion-mnist_1.0 \
+             org.pytorch.serve.wlm.WorkerThread - Backend worker error\n\
+             org.pytorch.serve.wlm.WorkerInitializationException: Backend stream closed.\n",
         )
         .unwrap();
         let cause = worker_failure(logs).expect("a dead worker");
         assert!(cause.contains("No module named 'yaml'"), "{cause}");
         assert!(cause.starts_with(&format!("{prefix} Traceback")), "{cause}");
-        assert!(!cause.contains("Listening on port"), "{cause}");
+        assert!(!cause.contains("s_name_part0"), "{cause}");
     }
 }
