@@ -1,5 +1,5 @@
 //! Embedding throughput of the exported default (`wide`, with and without flip test-time
-//! augmentation), `res` and `seed` models, through `mlops_embed::embed_batches` as the embed
+//! augmentation), the distilled student `slim` (without), `res` and `seed` models, through `mlops_embed::embed_batches` as the embed
 //! stage runs them: TorchScript, eval mode, batch-norm folded, batches of 64 (its default), one thread per
 //! core, in the default precision (`auto`: bf16 where the CPU has it natively). Target:
 //! >= 3,000 img/s on 2 cores for the default model.
@@ -42,6 +42,7 @@ fn embed(c: &mut Criterion) {
     for (arch, flip) in [
         (Arch::Wide, true),
         (Arch::Wide, false),
+        (Arch::Slim, false),
         (Arch::Res, false),
         (Arch::Seed, false),
     ] {

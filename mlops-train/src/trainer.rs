@@ -106,6 +106,14 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome> {
     config.check()?;
+    let checked;
+    let config = match flip_check(config, progress)? {
+        Some(c) => {
+            checked = c;
+            &checked
+        }
+        None => config,
+    };
     // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
     // "the optimizer's default", which a later version may change.
     let first_device = config.device.resolve()?[0];
@@ -134,6 +142,59 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     }
     export_model(config, &prepared, &session.state, manifest)?;
     Ok(outcome(true, &session.state))
+}
+
+/// On a small data set with the flip on, decides whether mirroring keeps labels (see
+/// [`crate::AugmentConfig::flip_check_budget`]): `Some(config)` with the flip and flip
+/// averaging off unless the probe with it scored better on validation, `None` to train as
+/// configured. The probes train in `out/flip-check/` (removed afterwards) and are as
+/// deterministic as the run itself, so a resumed run decides the same.
+fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<TrainConfig>> {
+    let budget = config.augment.flip_check_budget;
+    if !config.augment.hflip || budget == 0 {
+        return Ok(None);
+    }
+    let data = DataDir::open(&config.data)?;
+    let n_train = data.summary.role(Role::Train).map_or(0, |r| r.rows);
+    if n_train * config.epochs > budget {
+        return Ok(None);
+    }
+    let dir = config.out.join("flip-check");
+    let probe = |hflip: bool| -> Result<f64> {
+        let probe = TrainConfig {
+            out: dir.join(if hflip { "flip" } else { "no-flip" }),
+            epochs: config.epochs.div_ceil(2),
+            augment: crate::AugmentConfig {
+                hflip,
+                flip_check_budget: 0,
+                ..config.augment
+            },
+            test_time_flip: false,
+            resume: false,
+            stop_after_epochs: None,
+            ..config.clone()
+        };
+        Ok(run_with(&probe, progress)?.best_val_accuracy)
+    };
+    let (with, without) = (probe(true)?, probe(false)?);
+    std::fs::remove_dir_all(&dir).map_err(|e| mlops_core::Error::io(&dir, e))?;
+    // The flip has to earn its place: on a tie (small validation sets score 1.0 both ways on
+    // easy data) the cheaper model, without flip averaging, wins.
+    let keep = with > without;
+    tracing::info!(
+        with_flip = format!("{with:.4}"),
+        without_flip = format!("{without:.4}"),
+        keep,
+        "flip check: validation accuracy of the probes"
+    );
+    Ok((!keep).then(|| TrainConfig {
+        augment: crate::AugmentConfig {
+            hflip: false,
+            ..config.augment
+        },
+        test_time_flip: false,
+        ..config.clone()
+    }))
 }
 
 /// The data, devices and threads a run uses, read and checked before anything trains.

@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     // The server's web page is tested in a real browser: headless Chromium through selenium.
     "chromium",
     "chromium-driver",
+    // scripts/make_folders.py renders digits in these fonts (the real-world-like test folders).
+    "fonts-dejavu-core",
+    "fonts-dejavu-extra",
 ];
 
 /// The libtorch tch 0.26 needs (see shared/ENVIRONMENT.md).
@@ -63,6 +66,8 @@ const PY_PACKAGES: &[&str] = &[
     "requests-toolbelt",
     // Drives headless Chromium for the web page's test (the driver comes from apt).
     "selenium",
+    // scripts/make_folders.py draws the real-world-like test folders.
+    "Pillow",
 ];
 
 #[derive(clap::Args, Default)]

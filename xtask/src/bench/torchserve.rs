@@ -232,8 +232,8 @@ fn worker_failure(logs: &Path) -> Option<String> {
         "Backend worker process died",
         "Load model failed",
     ]
-        .iter()
-        .any(|m| frontend.contains(m) || model.contains(m));
+    .iter()
+    .any(|m| frontend.contains(m) || model.contains(m));
     if !died {
         return None;
     }
@@ -286,7 +286,11 @@ mod tests {
         )
         .unwrap();
         std::fs::write(logs.join("ts_log.log"), "[INFO ] starting\n").unwrap();
-        assert_eq!(worker_failure(logs), None, "a worker still starting has not died");
+        assert_eq!(
+            worker_failure(logs),
+            None,
+            "a worker still starting has not died"
+        );
         std::fs::write(
             logs.join("ts_log.log"),
             "2026-12-06T09:54:47,123 [ERROR] W-9001-fashion-mnist_1.0 \
