@@ -421,19 +421,7 @@ impl Session {
                 let (pixels, labels) = rx
                     .recv()
                     .expect("the batch thread makes one batch per step");
-                let (xs, ys) = (
-                    Tensor::f_from_slice(&pixels)?.f_reshape([
-                        batch_size as i64,
-                        p.input[0],
-                        p.input[1],
-                        p.input[2],
-                    ])?,
-                    Tensor::f_from_slice(&labels)?,
-                );
-                let ys = match &p.teacher {
-                    Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
-                    None => ys,
-                };
+                let (xs, ys) = batch_tensors(p, idx, &pixels, &labels)?;
                 let global_step = epoch * steps_per_epoch + step;
                 lr = lr_at(
                     config.schedule,
@@ -646,6 +634,25 @@ fn with_teacher_targets(ys: &Tensor, teacher: &Tensor, idx: &[usize]) -> Result<
         &[ys.to_kind(Kind::Float).unsqueeze(1), targets],
         1,
     )?)
+}
+
+/// A batch from the batch thread as tensors: images `[n, c, h, w]`, and labels (with the
+/// teacher's embeddings of images `idx` beside them when distilling, see
+/// [`with_teacher_targets`]).
+fn batch_tensors(
+    p: &Prepared,
+    idx: &[usize],
+    pixels: &[f32],
+    labels: &[i64],
+) -> Result<(Tensor, Tensor)> {
+    let [c, h, w] = p.input;
+    let xs = Tensor::f_from_slice(pixels)?.f_reshape([idx.len() as i64, c, h, w])?;
+    let ys = Tensor::f_from_slice(labels)?;
+    let ys = match &p.teacher {
+        Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
+        None => ys,
+    };
+    Ok((xs, ys))
 }
 
 /// What a training batch is made from: the training set's pixels and labels, and the
