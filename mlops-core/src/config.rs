@@ -250,6 +250,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.epochs, 7, "flags win over --set and the file");
         assert!(c.flag, "an unset switch leaves the setting alone");
+        assert_eq!(c.inner.names, vec!["x", "y"]);
         // A `--no-...` switch given: `false` reaches the setting (`--no-test-time-flip`).
         #[derive(Serialize)]
         struct Off {
@@ -257,7 +258,6 @@ mod tests {
         }
         let c: Config = merge(None, &[], &Off { flag: Some(false) }).unwrap();
         assert!(!c.flag, "a negative switch turns the setting off");
-        assert_eq!(c.inner.names, vec!["x", "y"]);
     }
 
     /// `--teacher DIR` sets `teacher.model` and must keep `--set teacher.weight=30`: a flag
