@@ -41,6 +41,10 @@ fn the_flip_check_turns_the_flip_off_where_the_mirror_is_another_class() -> Resu
         data,
         out: out.clone(),
         epochs: 10,
+        augment: mlops_train::AugmentConfig {
+            flip_check_budget: 300_000,
+            ..Default::default()
+        },
         ..Default::default()
     })?;
     let saved: TrainConfig =
