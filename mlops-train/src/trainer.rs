@@ -106,14 +106,7 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome> {
     config.check()?;
-    let checked;
-    let config = match flip_check(config, progress)? {
-        Some(c) => {
-            checked = c;
-            &checked
-        }
-        None => config,
-    };
+    let config = &flip_check(config, progress)?.unwrap_or_else(|| config.clone());
     // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
     // "the optimizer's default", which a later version may change.
     let first_device = config.device.resolve()?[0];
