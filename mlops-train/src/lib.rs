@@ -55,6 +55,7 @@ pub use arcface::ArcFace;
 pub use mlops_core::artifact::model::{
     ArcFaceConfig, EpochMetrics, ModelDescription, MODEL_DESCRIPTION_FILE, MODEL_FILE,
 };
+pub use mlops_core::artifact::Role;
 pub use mlops_torch::DeviceSpec;
 pub use model::{Arch, EmbeddingNet};
 pub use optim::{OptimizerConfig, OptimizerKind, Schedule};
@@ -134,6 +135,12 @@ pub struct AugmentConfig {
     /// probes cost about one more run. Default 0 (off) for now; 300,000 covers data sets of a
     /// few thousand images at 40 epochs and leaves Fashion-MNIST's 1.7 M alone.
     pub flip_check_budget: usize,
+    /// Random erasing: the probability that a training image gets one rectangle of random
+    /// values (after the shift and flip), a share of the image drawn from `erase_area` with
+    /// an aspect ratio between 0.3 and 3.3 (Zhong et al., 2017). 0 disables it.
+    pub erase: f64,
+    /// Smallest and largest share of the image one erased rectangle covers.
+    pub erase_area: [f64; 2],
 }
 
 impl Default for AugmentConfig {
@@ -143,6 +150,8 @@ impl Default for AugmentConfig {
             shift_min_side: 16,
             hflip: true,
             flip_check_budget: 0,
+            erase: 0.0,
+            erase_area: [0.02, 0.4],
         }
     }
 }
@@ -159,6 +168,10 @@ pub struct TrainConfig {
     /// Output directory of `mlops-validate` for that data: when given, training refuses data
     /// that has not passed validation.
     pub validated: Option<PathBuf>,
+    /// The roles of the data the network trains on: `train`, and optionally `gallery` too
+    /// (its labelled images are then seen in training as well as indexed). `val` selects the
+    /// model and `test` judges it, so neither may train.
+    pub train_roles: Vec<Role>,
     /// Output directory.
     pub out: PathBuf,
     /// The embedding network's architecture.
@@ -250,6 +263,7 @@ impl Default for TrainConfig {
         TrainConfig {
             data: PathBuf::from("data"),
             validated: None,
+            train_roles: vec![Role::Train],
             out: PathBuf::from("train"),
             arch: Arch::Wide,
             embedding_dim: 128,
@@ -310,11 +324,55 @@ impl TrainConfig {
         {
             return bad("lr and the ArcFace scale must be positive, the margin in [0, pi/2)");
         }
+        if self.train_roles.is_empty()
+            || self
+                .train_roles
+                .iter()
+                .any(|r| matches!(r, Role::Val | Role::Test))
+        {
+            return bad("train_roles must name train and/or gallery");
+        }
+        let [lo, hi] = self.augment.erase_area;
+        let erase_ok = (0.0..=1.0).contains(&self.augment.erase);
+        if !(erase_ok && lo > 0.0 && lo <= hi && hi <= 1.0) {
+            return bad(
+                "augment.erase must lie in [0, 1] and augment.erase_area be 0 < lo <= hi <= 1",
+            );
+        }
         if let Some(t) = &self.teacher {
             if t.model.as_os_str().is_empty() || !(t.weight >= 0.0 && t.weight.is_finite()) {
                 return bad("teacher.model must name a directory and teacher.weight be >= 0");
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_and_test_images_never_train_and_erasing_stays_in_range() {
+        let with = |f: &dyn Fn(&mut TrainConfig)| {
+            let mut c = TrainConfig::default();
+            f(&mut c);
+            c.check().map_err(|e| e.to_string())
+        };
+        assert!(with(&|_| {}).is_ok());
+        assert!(with(&|c| c.train_roles = vec![Role::Train, Role::Gallery]).is_ok());
+        for bad in [vec![], vec![Role::Train, Role::Val], vec![Role::Test]] {
+            let err = with(&|c| c.train_roles = bad.clone()).unwrap_err();
+            assert!(err.contains("train_roles"), "{err}");
+        }
+        assert!(with(&|c| c.augment.erase = 0.5).is_ok());
+        for (p, area) in [(1.5, [0.02, 0.4]), (0.5, [0.0, 0.4]), (0.5, [0.5, 0.2])] {
+            let err = with(&|c| {
+                c.augment.erase = p;
+                c.augment.erase_area = area;
+            })
+            .unwrap_err();
+            assert!(err.contains("augment.erase"), "{err}");
+        }
     }
 }

@@ -148,7 +148,11 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<Tr
         return Ok(None);
     }
     let data = DataDir::open(&config.data)?;
-    let n_train = data.summary.role(Role::Train).map_or(0, |r| r.rows);
+    let n_train: usize = config
+        .train_roles
+        .iter()
+        .map(|&r| data.summary.role(r).map_or(0, |r| r.rows))
+        .sum();
     if n_train * config.epochs > budget {
         return Ok(None);
     }
@@ -251,9 +255,11 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
         )));
     }
     let classes = data.summary.classes.len();
-    let (train_x, train_y) = data.read_role(Role::Train)?;
+    let (train_x, train_y) = data.read_roles(&config.train_roles)?;
     let (val_x, val_y) = data.read_role(Role::Val)?;
-    manifest.inputs = data.role_input_entries(&[Role::Train, Role::Val])?;
+    let mut consumed = config.train_roles.clone();
+    consumed.push(Role::Val);
+    manifest.inputs = data.role_input_entries(&consumed)?;
     if train_y.len() < config.batch_size {
         return Err(Error::Config(format!(
             "batch_size {} exceeds the {} training images",
@@ -656,8 +662,9 @@ struct Augmenter<'a> {
     frame: usize,
     height: usize,
     width: usize,
-    /// What a shift uncovers: the data's lowest normalised value (its background).
-    fill: f32,
+    /// The data's lowest and highest normalised values: a shift uncovers the lowest (the
+    /// background), erasing draws between the two.
+    range: [f32; 2],
     config: &'a TrainConfig,
 }
 
@@ -669,7 +676,7 @@ impl<'a> Augmenter<'a> {
             frame: p.frame(),
             height: p.input[1] as usize,
             width: p.input[2] as usize,
-            fill: p.data.summary.value_range[0],
+            range: p.data.summary.value_range,
             config,
         }
     }
@@ -686,7 +693,7 @@ impl<'a> Augmenter<'a> {
                 self.height,
                 self.width,
                 self.config,
-                self.fill,
+                self.range,
                 rng,
             );
         }
@@ -774,15 +781,17 @@ fn outcome(finished: bool, state: &TrainState) -> Outcome {
     }
 }
 
-/// Copies `src` into `dst` shifted by up to `max_shift` pixels (filling with `fill`) and maybe
-/// mirrored, all drawn from `rng` so the batch is reproducible.
+/// Copies `src` into `dst` shifted by up to `max_shift` pixels (filling with the lowest value
+/// of `range`), maybe mirrored, maybe with a rectangle erased, all drawn from `rng` so the
+/// batch is reproducible. Erasing draws nothing when it is off, so turning it on changes no
+/// other image's shift or flip before its own draws.
 fn augment(
     src: &[f32],
     dst: &mut [f32],
     h: usize,
     w: usize,
     config: &TrainConfig,
-    fill: f32,
+    range: [f32; 2],
     rng: &mut ChaCha8Rng,
 ) {
     let s = if h.min(w) >= config.augment.shift_min_side {
@@ -798,23 +807,60 @@ fn augment(
     let flip = config.augment.hflip && rng.random_bool(0.5);
     if dy == 0 && dx == 0 && !flip {
         dst.copy_from_slice(src);
-        return;
-    }
-    for y in 0..h as i64 {
-        let sy = y - dy;
-        for x in 0..w as i64 {
-            let sx = if flip {
-                w as i64 - 1 - (x - dx)
-            } else {
-                x - dx
-            };
-            let inside = (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx);
-            dst[(y as usize) * w + x as usize] = if inside {
-                src[sy as usize * w + sx as usize]
-            } else {
-                fill
-            };
+    } else {
+        for y in 0..h as i64 {
+            let sy = y - dy;
+            for x in 0..w as i64 {
+                let sx = if flip {
+                    w as i64 - 1 - (x - dx)
+                } else {
+                    x - dx
+                };
+                let inside = (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx);
+                dst[(y as usize) * w + x as usize] = if inside {
+                    src[sy as usize * w + sx as usize]
+                } else {
+                    range[0]
+                };
+            }
         }
+    }
+    let p = config.augment.erase;
+    if p > 0.0 && rng.random_bool(p) {
+        erase(dst, h, w, config.augment.erase_area, range, rng);
+    }
+}
+
+/// Random erasing: one rectangle of `dst` covering a share of the image drawn from `area`,
+/// aspect ratio log-uniform in [0.3, 3.3], filled with values uniform in `range`. Tries up
+/// to ten shapes for one that fits, as the paper's sampler does, and erases nothing if none
+/// does.
+fn erase(
+    dst: &mut [f32],
+    h: usize,
+    w: usize,
+    area: [f64; 2],
+    range: [f32; 2],
+    rng: &mut ChaCha8Rng,
+) {
+    let pixels = (h * w) as f64;
+    for _ in 0..10 {
+        let target = rng.random_range(area[0]..=area[1]) * pixels;
+        let ratio = rng.random_range(0.3f64.ln()..=3.3f64.ln()).exp();
+        let eh = (target * ratio).sqrt().round() as usize;
+        let ew = (target / ratio).sqrt().round() as usize;
+        if eh == 0 || ew == 0 || eh > h || ew > w {
+            continue;
+        }
+        let top = rng.random_range(0..=h - eh);
+        let left = rng.random_range(0..=w - ew);
+        let spread = range[1] - range[0];
+        for y in top..top + eh {
+            for v in &mut dst[y * w + left..y * w + left + ew] {
+                *v = range[0] + spread * rng.random::<f32>();
+            }
+        }
+        return;
     }
 }
 
@@ -925,17 +971,68 @@ mod tests {
         for _ in 0..50 {
             let src: Vec<f32> = (0..28 * 28).map(|i| i as f32).collect();
             let mut dst = vec![0.0; src.len()];
-            augment(&src, &mut dst, 28, 28, &config, -1.0, &mut rng);
+            augment(&src, &mut dst, 28, 28, &config, [-1.0, 1.0], &mut rng);
             // A shift brings in the fill value at an edge.
             shifted_28 += usize::from(dst.contains(&-1.0));
             let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
             let mut dst = vec![0.0; 64];
-            augment(&src, &mut dst, 8, 8, &config, -1.0, &mut rng);
+            augment(&src, &mut dst, 8, 8, &config, [-1.0, 1.0], &mut rng);
             assert!(!dst.contains(&-1.0), "an 8x8 image was shifted");
             let mirrored: Vec<f32> = (0..64).map(|i| (i / 8 * 8 + 7 - i % 8) as f32).collect();
             assert!(dst == src || dst == mirrored);
             moved_8 += usize::from(dst == mirrored);
         }
         assert!(shifted_28 > 20 && moved_8 > 10, "{shifted_28} {moved_8}");
+    }
+
+    #[test]
+    fn erasing_covers_a_bounded_rectangle_of_values_in_range() {
+        let config = TrainConfig {
+            augment: crate::AugmentConfig {
+                max_shift: 0,
+                hflip: false,
+                erase: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let src = vec![5.0f32; 28 * 28];
+        let mut sizes = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let mut dst = vec![0.0; src.len()];
+            augment(&src, &mut dst, 28, 28, &config, [0.0, 1.0], &mut rng);
+            let erased: Vec<usize> = (0..dst.len()).filter(|&i| dst[i] != 5.0).collect();
+            assert!(erased.iter().all(|&i| (0.0..1.0).contains(&dst[i])));
+            // One rectangle: its pixel count is its bounding box's.
+            let (ys, xs): (Vec<usize>, Vec<usize>) =
+                erased.iter().map(|&i| (i / 28, i % 28)).unzip();
+            let bbox = (ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1)
+                * (xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1);
+            assert_eq!(erased.len(), bbox);
+            let share = erased.len() as f64 / 784.0;
+            assert!((0.01..=0.45).contains(&share), "{share}");
+            sizes.insert(erased.len());
+        }
+        assert!(sizes.len() > 20, "the rectangles hardly vary: {sizes:?}");
+        // Off, it draws nothing: the generator is where the shift and flip left it, so the
+        // default's batches are those of the versions before erasing existed.
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(2), ChaCha8Rng::seed_from_u64(2));
+        let mut dst = vec![0.0; src.len()];
+        augment(
+            &src,
+            &mut dst,
+            28,
+            28,
+            &TrainConfig::default(),
+            [0.0, 1.0],
+            &mut a,
+        );
+        let _: (i64, i64, bool) = (
+            b.random_range(-1..=1),
+            b.random_range(-1..=1),
+            b.random_bool(0.5),
+        );
+        assert_eq!(a.random::<u64>(), b.random::<u64>());
     }
 }

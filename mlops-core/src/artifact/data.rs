@@ -217,18 +217,30 @@ impl StageDir<DataSummary> {
 
     /// Reads a whole role into memory (images `[n,c,h,w]`, labels `[n]`), shard by shard.
     pub fn read_role(&self, role: Role) -> Result<(Array4<f32>, Array1<i64>)> {
-        let rs = self.role(role)?;
+        self.read_roles(&[role])
+    }
+
+    /// Reads the images and labels of several roles, one after the other in the order given,
+    /// as one array each (every shard verified, as [`DataDir::read_shard`]).
+    pub fn read_roles(&self, roles: &[Role]) -> Result<(Array4<f32>, Array1<i64>)> {
         let [c, h, w] = self.summary.image_shape;
-        let mut images = Vec::with_capacity(rs.rows * c * h * w);
-        let mut labels = Vec::with_capacity(rs.rows);
-        for pair in &rs.shards {
-            let (x, y) = self.read_shard(pair)?;
-            images.extend(x.iter().copied());
-            labels.extend(y.iter().copied());
+        let mut rows = 0;
+        for &role in roles {
+            rows += self.role(role)?.rows;
+        }
+        let mut images = Vec::with_capacity(rows * c * h * w);
+        let mut labels = Vec::with_capacity(rows);
+        for &role in roles {
+            for pair in &self.role(role)?.shards {
+                let (x, y) = self.read_shard(pair)?;
+                images.extend(x.iter().copied());
+                labels.extend(y.iter().copied());
+            }
         }
         let n = labels.len();
-        let images = Array4::from_shape_vec((n, c, h, w), images)
-            .map_err(|e| Error::invalid(&self.dir, format!("{role} shards do not stack: {e}")))?;
+        let images = Array4::from_shape_vec((n, c, h, w), images).map_err(|e| {
+            Error::invalid(&self.dir, format!("{roles:?} shards do not stack: {e}"))
+        })?;
         Ok((images, Array1::from_vec(labels)))
     }
 }
