@@ -37,11 +37,12 @@ def train(arch, batch, steps, precision, device="cpu", channels_last=False, warm
     `channels_last` stores the network NHWC, as ours is (the GPU kit's stronger reference)."""
     import torch
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from torch_replica import ArcFace, Res, Seed, Wide
+    from torch_replica import ArcFace, Res, Seed, Slim, Wide
     if device == "cpu":
         torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    net = {"wide": lambda: Wide(), "res": lambda: Res(dropout=0.0), "seed": lambda: Seed()}[arch]()
+    nets = {"wide": Wide, "slim": Slim, "res": lambda: Res(dropout=0.0), "seed": Seed}
+    net = nets[arch]()
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -72,6 +72,11 @@ class Wide(nn.Module):
         return F.normalize(self.head(self.dropout(pooled.flatten(1))))
 
 
+def Slim(dim=128, dropout=0.0):
+    """mlops-train's `slim`: `wide` at half the width (12, 24, 48, 96 channels)."""
+    return Wide(dim, dropout, stem=12, widths=((24, 1), (48, 2), (96, 2)))
+
+
 class Seed(nn.Module):
     def __init__(self, dim=128):
         super().__init__()

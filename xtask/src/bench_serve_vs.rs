@@ -42,83 +42,116 @@ struct Versus {
 
 const CLIENTS: [u32; 3] = [1, 8, 32];
 
+/// One run under measurement: where its server's registry lies and what it measured so far.
+struct Contender {
+    dir: PathBuf,
+    work: PathBuf,
+    precision: String,
+    inprocess: InProcess,
+    /// Requests per second at each of [`CLIENTS`], one entry per repeat.
+    rates: Vec<Vec<f64>>,
+    accuracy: f64,
+    errors: u64,
+}
+
+impl Contender {
+    fn prepare(dir: PathBuf, work: PathBuf) -> Result<Self> {
+        bench_serve::check_run(&dir)?;
+        std::fs::create_dir_all(&work)?;
+        let precision = bench_serve::run_precision(&dir)?;
+        let inprocess = bench_serve::prepare(&dir, &work, &precision)?;
+        Ok(Contender {
+            dir,
+            work,
+            precision,
+            inprocess,
+            rates: vec![Vec::new(); CLIENTS.len()],
+            accuracy: f64::NAN,
+            errors: 0,
+        })
+    }
+
+    /// Starts this run's server, posts every test image, takes `wrk` at each client count.
+    fn measure(&mut self, args: &BenchServeArgs) -> Result<()> {
+        let w = &self.work;
+        let mut server = Server::start(
+            &w.join("registry"),
+            args.io_threads,
+            args.threads,
+            &self.precision,
+        )?;
+        self.accuracy = bench_serve::served_accuracy(&server.inference, w)?;
+        let url = format!("http://{}/predictions/fashion-mnist", server.inference);
+        for (c, &clients) in CLIENTS.iter().enumerate() {
+            let r = bench_serve::wrk(&url, &w.join("images/000000.png"), clients, args.seconds, w)?;
+            eprintln!(
+                "{} {clients:>2} clients: {:.0} req/s",
+                self.dir.display(),
+                r.requests_per_second
+            );
+            self.errors += r.errors();
+            self.rates[c].push(r.requests_per_second);
+        }
+        server.stop()
+    }
+
+    fn side(self) -> Result<Side> {
+        let description =
+            mlops_core::artifact::ModelDir::open(&self.dir.join("train"))?.description()?;
+        Ok(Side {
+            run: self
+                .dir
+                .strip_prefix(root())
+                .unwrap_or(&self.dir)
+                .to_path_buf(),
+            arch: description.arch.clone(),
+            test_time_flip: description.test_time_flip,
+            inprocess: self.inprocess,
+            served_accuracy: self.accuracy,
+            load: CLIENTS
+                .iter()
+                .zip(&self.rates)
+                .map(|(&c, v)| (c, Stats::of(v)))
+                .collect(),
+            errors: self.errors,
+        })
+    }
+}
+
 /// Measures `args.run` against `baseline` (see the module docs).
 pub fn run(args: &BenchServeArgs, baseline: &Path) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     let work = std::env::temp_dir().join(format!("mlops-bench-serve-vs-{}", std::process::id()));
-    let dirs = [root().join(&args.run), root().join(baseline)];
-    let mut prepared = Vec::new();
-    for (i, run_dir) in dirs.iter().enumerate() {
-        bench_serve::check_run(run_dir)?;
-        let w = work.join(i.to_string());
-        std::fs::create_dir_all(&w)?;
-        let precision = bench_serve::run_precision(run_dir)?;
-        let inprocess = bench_serve::prepare(run_dir, &w, &precision)?;
-        prepared.push((w, precision, inprocess));
-    }
-    let mut rates = vec![vec![Vec::new(); CLIENTS.len()]; 2];
-    let mut accuracy = [f64::NAN; 2];
-    let mut errors = [0u64; 2];
+    let mut sides = [
+        Contender::prepare(root().join(&args.run), work.join("0"))?,
+        Contender::prepare(root().join(baseline), work.join("1"))?,
+    ];
     for repeat in 0..args.repeats {
         // Alternate the order so neither side always runs on a warmer machine.
         let order = if repeat % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            let (w, precision, _) = &prepared[i];
-            let mut server = Server::start(
-                &w.join("registry"),
-                args.io_threads,
-                args.threads,
-                precision,
-            )?;
-            accuracy[i] = bench_serve::served_accuracy(&server.inference, w)?;
-            let url = format!("http://{}/predictions/fashion-mnist", server.inference);
-            for (c, &clients) in CLIENTS.iter().enumerate() {
-                let r =
-                    bench_serve::wrk(&url, &w.join("images/000000.png"), clients, args.seconds, w)?;
-                eprintln!(
-                    "{} {clients:>2} clients: {:.0} req/s",
-                    dirs[i].display(),
-                    r.requests_per_second
-                );
-                errors[i] += r.errors();
-                rates[i][c].push(r.requests_per_second);
-            }
-            server.stop()?;
+            sides[i].measure(args)?;
         }
     }
-    let mut sides = prepared.into_iter().zip(&dirs).enumerate().map(
-        |(i, ((_, _, inprocess), dir))| -> Result<Side> {
-            let model = mlops_core::artifact::ModelDir::open(&dir.join("train"))?;
-            let description = model.description()?;
-            Ok(Side {
-                run: dir.strip_prefix(root()).unwrap_or(dir).to_path_buf(),
-                arch: description.arch.clone(),
-                test_time_flip: description.test_time_flip,
-                inprocess,
-                served_accuracy: accuracy[i],
-                load: CLIENTS
-                    .iter()
-                    .zip(&rates[i])
-                    .map(|(&c, v)| (c, Stats::of(v)))
-                    .collect(),
-                errors: errors[i],
-            })
-        },
-    );
-    let (run, baseline) = (sides.next().unwrap()?, sides.next().unwrap()?);
     let ratio = CLIENTS
         .iter()
         .enumerate()
-        .map(|(c, &clients)| (clients, median(&rates[0][c]) / median(&rates[1][c])))
+        .map(|(c, &clients)| {
+            (
+                clients,
+                median(&sides[0].rates[c]) / median(&sides[1].rates[c]),
+            )
+        })
         .collect();
+    let [run, baseline] = sides;
     let versus = Versus {
         command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         date: bench_serve::chrono_like_now(),
         machine: bench_serve::machine(),
         repeats: args.repeats,
         seconds: args.seconds,
-        run,
-        baseline,
+        run: run.side()?,
+        baseline: baseline.side()?,
         ratio,
     };
     crate::write_json(

@@ -27,18 +27,24 @@ pub fn markdown(r: &Report) -> String {
         r.arch,
         r.precision,
     );
-    if !r.comparisons.is_empty() {
-        s += "| measurement | ours | reference | ours / reference | notes |\n|---|---|---|---|---|\n";
-        for c in &r.comparisons {
-            s += &comparison_row(c);
-        }
-        s.push('\n');
-    }
+    s += &comparison_table(&r.comparisons);
     if let Some(serve) = &r.sections.serve {
-        s += &serving(serve);
+        s += &serving(serve, "Serving");
     }
     if let Some(pipeline) = &r.sections.pipeline {
         s += &end_to_end(pipeline);
+    }
+    if let Some(student) = &r.student {
+        s += &format!(
+            "## The distilled model: `{}` ({} network, {})\n\nThe same comparisons for the student of `cargo xtask pipeline --profile serve` (README, \"Which model\").\n\n",
+            student.run.display(),
+            student.arch,
+            student.precision
+        );
+        s += &comparison_table(&student.comparisons);
+        if let Some(serve) = &student.sections.serve {
+            s += &serving(serve, "Serving the distilled model");
+        }
     }
     s.push_str("Raw figures: `benches/results/latest.json`. Reproduce with the command above (the reference venv is set up on first use).\n");
     if root().join(GPU_REPORT).exists() {
@@ -46,6 +52,20 @@ pub fn markdown(r: &Report) -> String {
             "\nOn a GPU (training step, embedding, the data-parallel path against PyTorch on the same device): [{GPU_REPORT}]({GPU_REPORT}), from `cargo xtask gpu-kit` (README, `mlops-train`, Devices).\n"
         ));
     }
+    s
+}
+
+fn comparison_table(comparisons: &[Comparison]) -> String {
+    if comparisons.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "| measurement | ours | reference | ours / reference | notes |\n|---|---|---|---|---|\n",
+    );
+    for c in comparisons {
+        s += &comparison_row(c);
+    }
+    s.push('\n');
     s
 }
 
@@ -89,9 +109,9 @@ fn comparison_row(c: &Comparison) -> String {
     )
 }
 
-fn serving(serve: &Serving) -> String {
+fn serving(serve: &Serving, title: &str) -> String {
     let mut s = format!(
-        "## Serving: `mlops-deploy serve` vs TorchServe (our `.mar`, 2 workers, 1 OpenMP thread each, batch 32, 2 ms delay), fp32, wrk on loopback\n\nAccuracy over the test images: ours {:.4}, TorchServe {:.4}. Peak RSS: ours {:.0} MB, TorchServe {:.0} MB (frontend and workers) -> {:.2}.\n\n| clients | ours req/s | p50 / p99 ms | TorchServe req/s | p50 / p99 ms | ratio | errors (ours / TorchServe) |\n|---|---|---|---|---|---|---|\n",
+        "## {title}: `mlops-deploy serve` vs TorchServe (our `.mar`, 2 workers, 1 OpenMP thread each, batch 32, 2 ms delay), fp32, wrk on loopback\n\nAccuracy over the test images: ours {:.4}, TorchServe {:.4}. Peak RSS: ours {:.0} MB, TorchServe {:.0} MB (frontend and workers) -> {:.2}.\n\n| clients | ours req/s | p50 / p99 ms | TorchServe req/s | p50 / p99 ms | ratio | errors (ours / TorchServe) |\n|---|---|---|---|---|---|---|\n",
         serve.accuracy.ours,
         serve.accuracy.reference,
         serve.peak_rss_mb.ours,
@@ -150,5 +170,45 @@ fn finite_or(x: f64, fallback: f64) -> f64 {
         x
     } else {
         fallback
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::{ModelReport, Sections};
+    use super::*;
+
+    fn committed() -> Report {
+        let path = root().join("benches/results/latest.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_student_gets_its_own_section_after_the_default_model() {
+        let mut r = committed();
+        r.student = None;
+        let plain = markdown(&r);
+        assert!(!plain.contains("distilled model"));
+        let main = committed();
+        r.student = Some(ModelReport {
+            arch: "slim".into(),
+            comparisons: main.comparisons,
+            precision: "bf16".into(),
+            run: "runs/serve".into(),
+            sections: Sections {
+                serve: main.sections.serve,
+                pipeline: None,
+            },
+        });
+        let md = markdown(&r);
+        let student = md
+            .find("## The distilled model: `runs/serve` (slim network, bf16)")
+            .expect(&md);
+        assert!(md[..student].starts_with(&plain[..plain.find("Raw figures").unwrap()]));
+        assert!(md[student..].contains("## Serving the distilled model: `mlops-deploy serve`"));
+        assert!(md[student..].contains("| measurement | ours | reference"));
+        // The student section round-trips through latest.json.
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.student.unwrap().arch, "slim");
     }
 }

@@ -17,6 +17,10 @@
 //! 5. **pipeline** ([`e2e`]): wall time and peak RSS of every stage, from the run's `run.json`
 //!    when all its stages ran, else from the pipeline run again on its parameters, forced.
 //!
+//! With `--student RUN` (the distilled model's run, `cargo xtask pipeline --profile serve`),
+//! its train-step, embed and serve comparisons follow the same way, TorchServe serving its
+//! `.mar`, in a section of their own beside the default model's.
+//!
 //! Writes `BENCHMARKS.md` ([`markdown`]) and `benches/results/latest.json` ([`report`]). A
 //! missing input is an error.
 
@@ -54,6 +58,10 @@ pub struct BenchArgs {
     /// The pipeline run whose model, data and embeddings are measured.
     #[arg(long, default_value = "runs/default")]
     run: PathBuf,
+    /// A second run, the distilled model's (e.g. `runs/serve`): its train step, embedding and
+    /// serving are measured against the Python stack too, beside the main run's.
+    #[arg(long)]
+    student: Option<PathBuf>,
     /// Measurements per side and setting (at least 5 for the report's medians).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -85,6 +93,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let python = setup::reference_venv()?;
     let run_dir = root().join(&args.run);
     bench_serve::check_run(&run_dir)?;
+    let student_dir = args.student.as_ref().map(|s| root().join(s));
+    if let Some(dir) = &student_dir {
+        bench_serve::check_run(dir)?;
+    }
     run_cmd(
         cargo().args([
             "build",
@@ -101,8 +113,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         args.threads
     };
-    let arch = ModelDir::open(&run_dir.join("train"))?.summary.arch;
-    let precision = bench_serve::run_precision(&run_dir)?;
     let work = std::env::temp_dir().join(format!("mlops-bench-compare-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let sides = Sides {
@@ -113,15 +123,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         repeats: args.repeats,
         work: work.clone(),
     };
+    let main = measure(args, &sides, &run_dir, true)?;
+    let student = match (&student_dir, &args.student) {
+        (Some(dir), Some(run)) => Some(report::ModelReport {
+            run: run.clone(),
+            ..measure(args, &sides, dir, false)?
+        }),
+        _ => None,
+    };
     let report = Report {
         versions: sides.versions()?,
-        comparisons: comparisons(args, &sides, &run_dir, &arch, &precision)?,
-        sections: sections(args, &sides, &run_dir)?,
-        arch,
+        comparisons: main.comparisons,
+        sections: main.sections,
+        arch: main.arch,
+        student,
         command: command_line(args),
         date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         machine: bench_serve::machine(),
-        precision,
+        precision: main.precision,
         repeats: args.repeats,
         run: args.run.clone(),
         threads,
@@ -134,10 +153,36 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The train, embed and search comparisons `--parts` asks for, in fp32 and in the run's own
+/// Everything `--parts` asks for about one run's model. The search and end-to-end parts
+/// belong to the main run (`whole`): a student's embeddings search as fast as any others of
+/// their size, and its pipeline is the default's stages again.
+fn measure(
+    args: &BenchArgs,
+    sides: &Sides,
+    run_dir: &Path,
+    whole: bool,
+) -> Result<report::ModelReport> {
+    let arch = ModelDir::open(&run_dir.join("train"))?.summary.arch;
+    let precision = bench_serve::run_precision(run_dir)?;
+    let parts: Vec<Part> = args
+        .parts
+        .iter()
+        .copied()
+        .filter(|p| whole || !matches!(p, Part::Search | Part::Pipeline))
+        .collect();
+    Ok(report::ModelReport {
+        comparisons: comparisons(&parts, sides, run_dir, &arch, &precision)?,
+        sections: sections(&parts, sides, run_dir, args.seconds)?,
+        arch,
+        precision,
+        run: run_dir.to_path_buf(),
+    })
+}
+
+/// The train, embed and search comparisons in `parts`, in fp32 and in the run's own
 /// precision when that is another.
 fn comparisons(
-    args: &BenchArgs,
+    parts: &[Part],
     sides: &Sides,
     run_dir: &Path,
     arch: &str,
@@ -148,25 +193,25 @@ fn comparisons(
         precisions.push(precision);
     }
     let mut out = Vec::new();
-    if args.parts.contains(&Part::Train) {
+    if parts.contains(&Part::Train) {
         out.extend(sides.train(arch, &precisions)?);
     }
-    if args.parts.contains(&Part::Embed) {
+    if parts.contains(&Part::Embed) {
         out.extend(sides.embed(run_dir, arch, &precisions)?);
     }
-    if args.parts.contains(&Part::Search) {
+    if parts.contains(&Part::Search) {
         out.extend(sides.search(run_dir)?);
     }
     Ok(out)
 }
 
-/// The serving and end-to-end sections `--parts` asks for.
-fn sections(args: &BenchArgs, sides: &Sides, run_dir: &Path) -> Result<Sections> {
+/// The serving and end-to-end sections in `parts`.
+fn sections(parts: &[Part], sides: &Sides, run_dir: &Path, seconds: u32) -> Result<Sections> {
     let mut sections = Sections::default();
-    if args.parts.contains(&Part::Serve) {
-        sections.serve = Some(torchserve::serve(sides, run_dir, args.seconds)?);
+    if parts.contains(&Part::Serve) {
+        sections.serve = Some(torchserve::serve(sides, run_dir, seconds)?);
     }
-    if args.parts.contains(&Part::Pipeline) {
+    if parts.contains(&Part::Pipeline) {
         sections.pipeline = Some(e2e::pipeline(run_dir)?);
     }
     Ok(sections)
@@ -179,8 +224,12 @@ fn command_line(args: &BenchArgs) -> String {
         .filter_map(|p| p.to_possible_value())
         .map(|v| v.get_name().to_string())
         .collect();
+    let student = args
+        .student
+        .as_ref()
+        .map_or(String::new(), |s| format!(" --student {}", s.display()));
     format!(
-        "cargo xtask bench --compare --run {} --repeats {} --threads {} --seconds {} --parts {}",
+        "cargo xtask bench --compare --run {}{student} --repeats {} --threads {} --seconds {} --parts {}",
         args.run.display(),
         args.repeats,
         args.threads,

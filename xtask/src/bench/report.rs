@@ -25,8 +25,21 @@ pub struct Report {
     pub repeats: usize,
     pub run: PathBuf,
     pub sections: Sections,
+    /// The distilled model's figures (`--student`), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<ModelReport>,
     pub threads: usize,
     pub versions: Versions,
+}
+
+/// What was measured about one run's model.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub arch: String,
+    pub comparisons: Vec<Comparison>,
+    pub precision: String,
+    pub run: PathBuf,
+    pub sections: Sections,
 }
 
 /// The versions of the reference stack (and of our libtorch).
