@@ -128,11 +128,11 @@ pub struct AugmentConfig {
     /// sets: see `flip_check_budget`.
     pub hflip: bool,
     /// A run that trains on at most this many images in all (training images times epochs)
-    /// first checks that mirroring keeps labels: two probes of half the epochs, with and
+    /// first checks that mirroring keeps labels: two probes of the whole schedule, with and
     /// without the flip, and the flip (with flip averaging at export) stays only if its probe
     /// scores better on validation. On digits or arrows the mirror image is another class,
     /// and the flip cost 1-25 points of test accuracy (docs/stages.md); on small data the
-    /// probes cost about one more run. Default 0 (off) for now; 300,000 covers data sets of a
+    /// probes cost about two more runs. Default 0 (off) for now; 300,000 covers data sets of a
     /// few thousand images at 40 epochs and leaves Fashion-MNIST's 1.7 M alone.
     pub flip_check_budget: usize,
     /// Random erasing: the probability that a training image gets one rectangle of random
