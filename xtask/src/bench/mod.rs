@@ -91,11 +91,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ensure!(args.repeats >= 1, "--repeats must be at least 1");
     setup::run(&setup::SetupArgs::default())?;
     let python = setup::reference_venv()?;
-    let run_dir = root().join(&args.run);
-    bench_serve::check_run(&run_dir)?;
-    let student_dir = args.student.as_ref().map(|s| root().join(s));
-    if let Some(dir) = &student_dir {
-        bench_serve::check_run(dir)?;
+    // Both runs are checked before anything is built or measured.
+    for run in std::iter::once(&args.run).chain(&args.student) {
+        bench_serve::check_run(&root().join(run))?;
     }
     run_cmd(
         cargo().args([
@@ -123,13 +121,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         repeats: args.repeats,
         work: work.clone(),
     };
-    let main = measure(args, &sides, &run_dir, true)?;
-    let student = match (&student_dir, &args.student) {
-        (Some(dir), Some(run)) => Some(report::ModelReport {
-            run: run.clone(),
-            ..measure(args, &sides, dir, false)?
-        }),
-        _ => None,
+    let main = measure(args, &sides, &args.run, true)?;
+    let student = match &args.student {
+        Some(run) => Some(measure(args, &sides, run, false)?),
+        None => None,
     };
     let report = Report {
         versions: sides.versions()?,
@@ -142,7 +137,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         machine: bench_serve::machine(),
         precision: main.precision,
         repeats: args.repeats,
-        run: args.run.clone(),
+        run: main.run,
         threads,
     };
     crate::write_json(&root().join("benches/results/latest.json"), &report)?;
@@ -153,15 +148,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Everything `--parts` asks for about one run's model. The search and end-to-end parts
+/// Everything `--parts` asks for about the model of `run` (relative to the workspace root,
+/// as the report names it). The search and end-to-end parts
 /// belong to the main run (`whole`): a student's embeddings search as fast as any others of
 /// their size, and its pipeline is the default's stages again.
 fn measure(
     args: &BenchArgs,
     sides: &Sides,
-    run_dir: &Path,
+    run: &Path,
     whole: bool,
 ) -> Result<report::ModelReport> {
+    let run_dir = &root().join(run);
     let arch = ModelDir::open(&run_dir.join("train"))?.summary.arch;
     let precision = bench_serve::run_precision(run_dir)?;
     let parts: Vec<Part> = args
@@ -175,7 +172,7 @@ fn measure(
         sections: sections(&parts, sides, run_dir, args.seconds)?,
         arch,
         precision,
-        run: run_dir.to_path_buf(),
+        run: run.to_path_buf(),
     })
 }
 
