@@ -42,7 +42,9 @@ def train(arch, batch, steps, precision, device="cpu", channels_last=False, warm
         torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     nets = {"wide": Wide, "slim": Slim, "res": lambda: Res(dropout=0.0), "seed": Seed}
-    net = nets[arch]()
+    # model.json names a width other than the architecture's own as `slim-w15`.
+    name, _, width = arch.partition("-w")
+    net = Wide(width=int(width)) if width else nets[name]()
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -52,8 +52,10 @@ class Wide(nn.Module):
     """mlops-train's `wide` (the default): thin at 28x28, wide at 7x7 and 4x4, each block's
     last batch-norm scale starting at zero."""
 
-    def __init__(self, dim=128, dropout=0.0, stem=24, widths=((48, 1), (96, 2), (192, 2))):
+    def __init__(self, dim=128, dropout=0.0, stem=24, widths=((48, 1), (96, 2), (192, 2)), width=None):
         super().__init__()
+        if width is not None:  # mlops-train's `width`: the stem's channels, doubled per stage
+            stem, widths = width, ((2 * width, 1), (4 * width, 2), (8 * width, 2))
         self.stem = ConvBn(1, stem, 3, 1, 1)
         blocks, cin = [], stem
         for cout, stride in widths:

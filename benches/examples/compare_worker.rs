@@ -40,10 +40,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Training steps of the stage's default recipe on a fixed random batch (see
 /// [`mlops_train::timing::step_throughput`]).
 fn train(arch: &str, batch: i64, steps: usize, precision: &str) -> Result<serde_json::Value> {
-    let arch: Arch = serde_json::from_value(json!(arch))?;
+    // `model.json` names a width other than the architecture's own as `slim-w15`.
+    let (name, width) = match arch.split_once("-w") {
+        Some((name, w)) => (name, Some(w.parse()?)),
+        None => (arch, None),
+    };
+    let arch: Arch = serde_json::from_value(json!(name))?;
     let precision: Precision = precision.parse().map_err(anyhow::Error::msg)?;
     let config = TrainConfig {
         arch,
+        width,
         ..Default::default()
     };
     let t = mlops_train::timing::step_throughput(&config, Device::Cpu, batch, 3, steps, precision)?;

@@ -135,6 +135,9 @@ fn fingerprint(config: &TrainConfig) -> serde_json::Value {
     // Export-only: flip averaging is built into model.pt after training, so a finished run can
     // be resumed to export again with or without it.
     c.test_time_flip = true;
+    // Decides whether to check the flip, not how to train: the check's winning probe hands its
+    // checkpoints to the run it decided (see trainer::flip_check).
+    c.augment.flip_check_budget = 0;
     serde_json::to_value(c).expect("plain data")
 }
 
@@ -293,6 +296,9 @@ mod tests {
             ..base.clone()
         };
         assert_eq!(fingerprint(&base), fingerprint(&no_flip));
+        let mut checked = base.clone();
+        checked.augment.flip_check_budget = 300_000;
+        assert_eq!(fingerprint(&base), fingerprint(&checked));
         let other = TrainConfig {
             epochs: base.epochs + 1,
             ..base.clone()

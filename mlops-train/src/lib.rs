@@ -131,9 +131,10 @@ pub struct AugmentConfig {
     /// first checks that mirroring keeps labels: two probes of the whole schedule, with and
     /// without the flip, and the flip (with flip averaging at export) stays only if its probe
     /// scores better on validation. On digits or arrows the mirror image is another class,
-    /// and the flip cost 1-25 points of test accuracy (docs/stages.md); on small data the
-    /// probes cost about two more runs. Default 0 (off) for now; 300,000 covers data sets of a
-    /// few thousand images at 40 epochs and leaves Fashion-MNIST's 1.7 M alone.
+    /// and the flip cost 1-25 points of test accuracy (docs/stages.md). The winning probe is
+    /// the run (its checkpoints are exported), so the check costs one more training. The
+    /// default, 300,000, covers data sets of a few thousand images at 40 epochs and leaves
+    /// Fashion-MNIST's 1.7 M alone; 0 turns the check off.
     pub flip_check_budget: usize,
     /// Random erasing: the probability that a training image gets one rectangle of random
     /// values (after the shift and flip), a share of the image drawn from `erase_area` with
@@ -149,7 +150,7 @@ impl Default for AugmentConfig {
             max_shift: 1,
             shift_min_side: 16,
             hflip: true,
-            flip_check_budget: 0,
+            flip_check_budget: 300_000,
             erase: 0.0,
             erase_area: [0.02, 0.4],
         }
@@ -176,6 +177,10 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// The embedding network's architecture.
     pub arch: Arch,
+    /// Channels of the stem of `wide` and `slim`, doubled by each of their three stages
+    /// (multiply-adds grow about as its square). Absent: the architecture's own, 24 and 12.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
     /// Length of the L2-normalised embedding the model returns.
     pub embedding_dim: usize,
     /// Dropout before the embedding layer (`res` only). Off by default: with weight decay 0.2
@@ -266,6 +271,7 @@ impl Default for TrainConfig {
             train_roles: vec![Role::Train],
             out: PathBuf::from("train"),
             arch: Arch::Wide,
+            width: None,
             embedding_dim: 128,
             dropout: 0.0,
             arcface: ArcFaceConfig::default(),
@@ -339,6 +345,11 @@ impl TrainConfig {
                 "augment.erase must lie in [0, 1] and augment.erase_area be 0 < lo <= hi <= 1",
             );
         }
+        if let Some(w) = self.width {
+            if self.arch.default_width().is_none() || !(4..=256).contains(&w) {
+                return bad("width applies to wide and slim only and must lie in 4..=256");
+            }
+        }
         if let Some(t) = &self.teacher {
             if t.model.as_os_str().is_empty() || !(t.weight >= 0.0 && t.weight.is_finite()) {
                 return bad("teacher.model must name a directory and teacher.weight be >= 0");
@@ -366,6 +377,15 @@ mod tests {
             assert!(err.contains("train_roles"), "{err}");
         }
         assert!(with(&|c| c.augment.erase = 0.5).is_ok());
+        assert!(with(&|c| c.width = Some(15)).is_ok());
+        for (arch, width) in [(Arch::Res, 15), (Arch::Slim, 2), (Arch::Wide, 1000)] {
+            let err = with(&|c| {
+                c.arch = arch;
+                c.width = Some(width);
+            })
+            .unwrap_err();
+            assert!(err.contains("width"), "{err}");
+        }
         for (p, area) in [(1.5, [0.02, 0.4]), (0.5, [0.0, 0.4]), (0.5, [0.5, 0.2])] {
             let err = with(&|c| {
                 c.augment.erase = p;

@@ -30,10 +30,14 @@ struct Flags {
     /// Network architecture [default: wide].
     #[arg(long, value_enum)]
     arch: Option<Arch>,
+    /// Stem channels of wide or slim, doubled by each of their three stages [default: 24 for
+    /// wide, 12 for slim].
+    #[arg(long)]
+    width: Option<usize>,
     /// Embedding dimension [default: 128].
     #[arg(long)]
     embedding_dim: Option<usize>,
-    /// Training epochs [default: 30].
+    /// Training epochs [default: 40].
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (split across devices) [default: 128].

@@ -31,6 +31,24 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The stem's channels of the architectures that take a width (`wide` 24, `slim` 12).
+    pub fn default_width(self) -> Option<i64> {
+        match self {
+            Arch::Wide => Some(24),
+            Arch::Slim => Some(12),
+            Arch::Seed | Arch::Res => None,
+        }
+    }
+
+    /// The name `model.json` records: `slim`, or `slim-w15` when the width is not the
+    /// architecture's own.
+    pub fn name_with_width(self, width: Option<usize>) -> String {
+        match (width, self.default_width()) {
+            (Some(w), Some(d)) if w as i64 != d => format!("{self}-w{w}"),
+            _ => self.to_string(),
+        }
+    }
+
     /// Smallest input side the architecture accepts.
     pub fn min_side(self) -> i64 {
         match self {
@@ -68,11 +86,27 @@ enum Body {
 impl EmbeddingNet {
     /// Builds `arch` under `vs` for inputs of `input = [c, h, w]`.
     pub fn new(vs: &nn::Path, arch: Arch, input: [i64; 3], dim: i64, dropout: f64) -> Self {
+        Self::with_width(vs, arch, None, input, dim, dropout)
+    }
+
+    /// [`EmbeddingNet::new`] with the stem's channels of `wide` or `slim` set to `width` (the
+    /// stages double it three times); `None` keeps the architecture's own (24, 12). The other
+    /// architectures have no width and ignore it.
+    pub fn with_width(
+        vs: &nn::Path,
+        arch: Arch,
+        width: Option<i64>,
+        input: [i64; 3],
+        dim: i64,
+        dropout: f64,
+    ) -> Self {
         let body = match arch {
             Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
             Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
-            Arch::Wide => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, 24))),
-            Arch::Slim => Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, 12))),
+            Arch::Wide | Arch::Slim => {
+                let w = width.or(arch.default_width()).unwrap_or(24);
+                Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, w)))
+            }
         };
         EmbeddingNet { body }
     }

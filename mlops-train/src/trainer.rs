@@ -11,6 +11,7 @@ use mlops_core::{Manifest, OutputDir};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -36,7 +37,14 @@ impl TrainNet {
     pub fn new(vs: &nn::Path, config: &TrainConfig, input: [i64; 3], classes: i64) -> Self {
         let dim = config.embedding_dim as i64;
         TrainNet {
-            net: EmbeddingNet::new(&(vs / "net"), config.arch, input, dim, config.dropout),
+            net: EmbeddingNet::with_width(
+                &(vs / "net"),
+                config.arch,
+                config.width.map(|w| w as i64),
+                input,
+                dim,
+                config.dropout,
+            ),
             head: ArcFace::new(vs / "head", dim, classes, config.arcface),
         }
     }
@@ -106,7 +114,12 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome> {
     config.check()?;
-    let config = &flip_check(config, progress)?.unwrap_or_else(|| config.clone());
+    let checked = match flip_check(config, progress)? {
+        FlipCheck::Stopped(outcome) => return Ok(outcome),
+        FlipCheck::Decided(config) => Some(config),
+        FlipCheck::Off => None,
+    };
+    let config = checked.as_ref().unwrap_or(config);
     // Record (and fingerprint for --resume) the learning rate and weight decay in force, not
     // "the optimizer's default", which a later version may change.
     let first_device = config.device.resolve()?[0];
@@ -118,7 +131,17 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     };
     let mut manifest = Manifest::begin(STAGE, env!("CARGO_PKG_VERSION"), config);
     let prepared = prepare(config, &mut manifest)?;
-    let mut session = Session::start(config, &prepared)?;
+    let mut session = if checked.is_some() {
+        // The winning probe trained this very run: continue from its checkpoints, which
+        // leaves only the export.
+        let resume = TrainConfig {
+            resume: true,
+            ..config.clone()
+        };
+        Session::start(&resume, &prepared)?
+    } else {
+        Session::start(config, &prepared)?
+    };
     let last_epoch = config
         .stop_after_epochs
         .map_or(config.epochs, |s| s.min(config.epochs));
@@ -137,15 +160,39 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     Ok(outcome(true, &session.state))
 }
 
+/// What the flip check made of a run.
+enum FlipCheck {
+    /// Not checked: train as configured.
+    Off,
+    /// A probe stopped early (`stop_after_epochs`): the run stops too; its resume resumes
+    /// the probes.
+    Stopped(Outcome),
+    /// Decided: the config to run (the flip and flip averaging off unless the flip's probe
+    /// won), whose training the winning probe's checkpoints in `out/checkpoints` hold.
+    Decided(TrainConfig),
+}
+
+/// The flip check's decision, kept beside the checkpoints it moved so a resume (of an export
+/// cut short) knows it without training the probes again.
+#[derive(Debug, Serialize, Deserialize)]
+struct FlipDecision {
+    keep: bool,
+    with_flip: f64,
+    without_flip: f64,
+}
+
+const FLIP_DECISION: &str = "flip-check.json";
+
 /// On a small data set with the flip on, decides whether mirroring keeps labels (see
-/// [`crate::AugmentConfig::flip_check_budget`]): `Some(config)` with the flip and flip
-/// averaging off unless the probe with it scored better on validation, `None` to train as
-/// configured. The probes train in `out/flip-check/` (removed afterwards) and are as
-/// deterministic as the run itself, so a resumed run decides the same.
-fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<TrainConfig>> {
+/// [`crate::AugmentConfig::flip_check_budget`]). The probes train in `out/flip-check/` and are
+/// as deterministic as the run itself (a resumed run resumes them), so an interrupted run
+/// decides as an uninterrupted one. The winning probe is the decided run's training (only
+/// export settings and the budget differ, which the checkpoint fingerprint ignores): its
+/// checkpoints move to `out/checkpoints`, for the run to resume and export.
+fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck> {
     let budget = config.augment.flip_check_budget;
     if !config.augment.hflip || budget == 0 {
-        return Ok(None);
+        return Ok(FlipCheck::Off);
     }
     let data = DataDir::open(&config.data)?;
     let n_train: usize = config
@@ -154,12 +201,50 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<Tr
         .map(|&r| data.summary.role(r).map_or(0, |r| r.rows))
         .sum();
     if n_train * config.epochs > budget {
-        return Ok(None);
+        return Ok(FlipCheck::Off);
+    }
+    let decided = |keep: bool| {
+        FlipCheck::Decided(if keep {
+            config.clone()
+        } else {
+            TrainConfig {
+                augment: crate::AugmentConfig {
+                    hflip: false,
+                    ..config.augment
+                },
+                test_time_flip: false,
+                ..config.clone()
+            }
+        })
+    };
+    let ckpt = config.out.join(checkpoint::DIR);
+    let decision_path = ckpt.join(FLIP_DECISION);
+    if config.resume && decision_path.is_file() {
+        let text =
+            std::fs::read(&decision_path).map_err(|e| mlops_core::Error::io(&decision_path, e))?;
+        let d: FlipDecision = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+            path: decision_path.clone(),
+            message: e.to_string(),
+        })?;
+        return Ok(decided(d.keep));
+    }
+    // As Session::start does: while the probes train, an earlier run in `out` must neither
+    // look finished nor lend its checkpoints (or decision) to this one.
+    let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
+    if old_manifest.exists() {
+        std::fs::remove_file(&old_manifest).map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
+    }
+    if !config.resume {
+        checkpoint::clear(&ckpt)?;
     }
     let dir = config.out.join("flip-check");
-    let probe = |hflip: bool| -> Result<f64> {
+    let probe_dir = |hflip: bool| dir.join(if hflip { "flip" } else { "no-flip" });
+    let probe = |hflip: bool| -> Result<Outcome> {
+        let out = probe_dir(hflip);
         let probe = TrainConfig {
-            out: dir.join(if hflip { "flip" } else { "no-flip" }),
+            // A resumed run resumes its probes where the interruption left them.
+            resume: config.resume && out.join(checkpoint::DIR).join(checkpoint::STATE).is_file(),
+            out,
             // The whole schedule: half of it (25 steps on shapes32) left both probes near
             // chance in fp32, and the flip survived on mirrored classes by the noise.
             epochs: config.epochs,
@@ -169,14 +254,19 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<Tr
                 ..config.augment
             },
             test_time_flip: false,
-            resume: false,
-            stop_after_epochs: None,
             ..config.clone()
         };
-        Ok(run_with(&probe, progress)?.best_val_accuracy)
+        run_with(&probe, progress)
     };
-    let (with, without) = (probe(true)?, probe(false)?);
-    std::fs::remove_dir_all(&dir).map_err(|e| mlops_core::Error::io(&dir, e))?;
+    let mut best = [0.0; 2];
+    for (i, hflip) in [true, false].into_iter().enumerate() {
+        let outcome = probe(hflip)?;
+        if !outcome.finished {
+            return Ok(FlipCheck::Stopped(outcome));
+        }
+        best[i] = outcome.best_val_accuracy;
+    }
+    let [with, without] = best;
     // The flip has to earn its place: on a tie (small validation sets score 1.0 both ways on
     // easy data) the cheaper model, without flip averaging, wins.
     let keep = with > without;
@@ -186,14 +276,18 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<Option<Tr
         keep,
         "flip check: validation accuracy of the probes"
     );
-    Ok((!keep).then(|| TrainConfig {
-        augment: crate::AugmentConfig {
-            hflip: false,
-            ..config.augment
-        },
-        test_time_flip: false,
-        ..config.clone()
-    }))
+    checkpoint::clear(&ckpt)?;
+    let won = probe_dir(keep).join(checkpoint::DIR);
+    std::fs::rename(&won, &ckpt).map_err(|e| mlops_core::Error::io(&won, e))?;
+    let decision = FlipDecision {
+        keep,
+        with_flip: with,
+        without_flip: without,
+    };
+    let text = serde_json::to_vec_pretty(&decision).expect("plain data");
+    mlops_core::write_atomic(&decision_path, &text)?;
+    std::fs::remove_dir_all(&dir).map_err(|e| mlops_core::Error::io(&dir, e))?;
+    Ok(decided(keep))
 }
 
 /// The data, devices and threads a run uses, read and checked before anything trains.
@@ -277,7 +371,7 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
         input[2],
     ])?;
     tracing::info!(
-        arch = %config.arch, devices = ?devices, threads, train = train_y.len(),
+        arch = %config.arch.name_with_width(config.width), devices = ?devices, threads, train = train_y.len(),
         val = val_y.len(), classes, "training"
     );
     let train_pixels = train_x.into_raw_vec_and_offset().0;
@@ -563,7 +657,7 @@ fn export_model(
     })??;
     let [c, h, w] = p.data.summary.image_shape;
     let description = ModelDescription {
-        arch: config.arch.to_string(),
+        arch: config.arch.name_with_width(config.width),
         input_shape: [c, h, w],
         embedding_dim: config.embedding_dim,
         normalization: p.data.summary.normalization,
@@ -600,7 +694,7 @@ fn export_model(
         manifest.outputs.push(out.keep_in_place(&name)?);
     }
     let summary = TrainSummary {
-        arch: config.arch.to_string(),
+        arch: config.arch.name_with_width(config.width),
         epochs: state.epochs_done,
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,

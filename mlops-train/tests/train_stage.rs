@@ -47,6 +47,13 @@ fn tiny(data: &Path, out: &Path, arch: Arch, epochs: usize) -> TrainConfig {
         batch_size: 16,
         threads: 1,
         device: "cpu".parse().unwrap(),
+        // These tests are about other things, and the check would train everything twice:
+        // `an_interrupted_flip_check_resumes_to_the_same_model` and real_world_folders.rs
+        // test it.
+        augment: mlops_train::AugmentConfig {
+            flip_check_budget: 0,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -212,6 +219,79 @@ fn resume_after_interruption_matches_an_uninterrupted_run() -> Result<()> {
     Ok(())
 }
 
+/// With the flip check on (the default for data this small), a run stopped while its probes
+/// train resumes them and ends with the uninterrupted run's model; the decided run's
+/// checkpoints are the winning probe's, and the probes are cleared away.
+#[test]
+fn an_interrupted_flip_check_resumes_to_the_same_model() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    let checked = |out: &Path| TrainConfig {
+        augment: mlops_train::AugmentConfig::default(),
+        ..tiny(&data, out, Arch::Res, 3)
+    };
+    let straight = tmp.path().join("straight");
+    assert!(mlops_train::run(&checked(&straight))?.finished);
+    assert!(!straight.join("flip-check").exists());
+    assert!(straight.join("checkpoints/flip-check.json").is_file());
+
+    let resumed = tmp.path().join("resumed");
+    let stopped = mlops_train::run(&TrainConfig {
+        stop_after_epochs: Some(2),
+        ..checked(&resumed)
+    })?;
+    assert!(!stopped.finished);
+    assert!(!resumed.join("manifest.json").exists());
+    assert!(resumed
+        .join("flip-check/flip/checkpoints/state.json")
+        .is_file());
+    let outcome = mlops_train::run(&TrainConfig {
+        resume: true,
+        ..checked(&resumed)
+    })?;
+    assert!(outcome.finished);
+    for file in [
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+        "checkpoints/flip-check.json",
+    ] {
+        assert_eq!(
+            std::fs::read(straight.join(file))?,
+            std::fs::read(resumed.join(file))?,
+            "{file}"
+        );
+    }
+    let saved = |dir: &Path| -> Result<TrainConfig> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            dir.join("train_config.json"),
+        )?)?)
+    };
+    assert_eq!(
+        saved(&straight)?.augment.hflip,
+        saved(&resumed)?.augment.hflip
+    );
+    // A finished run resumed again (to export anew) trains nothing, probes included.
+    let epochs = std::sync::atomic::AtomicUsize::new(0);
+    let count_epochs = |event: mlops_core::progress::Event<'_>| {
+        if matches!(event, mlops_core::progress::Event::Start { what, .. } if what.starts_with("epoch "))
+        {
+            epochs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let again = mlops_train::run_with(
+        &TrainConfig {
+            resume: true,
+            ..checked(&resumed)
+        },
+        &count_epochs,
+    )?;
+    assert!(again.finished);
+    assert_eq!(epochs.into_inner(), 0);
+    assert!(!resumed.join("flip-check").exists());
+    Ok(())
+}
+
 fn assert_fails(data: &Path, out: &Path, extra: &[&str], expect: &str) {
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "--data".as_ref(),
@@ -220,9 +300,16 @@ fn assert_fails(data: &Path, out: &Path, extra: &[&str], expect: &str) {
         out.as_os_str(),
     ];
     args.extend(
-        ["--batch-size", "16", "--threads", "1"]
-            .iter()
-            .map(std::ffi::OsStr::new),
+        [
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--set",
+            "augment.flip_check_budget=0",
+        ]
+        .iter()
+        .map(std::ffi::OsStr::new),
     );
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     let result = mlops_core::testing::run_stage(env!("CARGO_BIN_EXE_mlops-train"), &args);
@@ -416,6 +503,7 @@ fn precision_is_recorded_and_auto_without_bf16_is_fp32() -> Result<()> {
         .args(["--batch-size", "16", "--threads", "1", "--device", "cpu"])
         // A negative switch must reach the config (it once did not: `false` read as unset).
         .arg("--no-test-time-flip")
+        .args(["--set", "augment.flip_check_budget=0"])
         .env("MLOPS_NO_BF16", "1")
         .env("RUST_LOG", "off")
         .output()?;
