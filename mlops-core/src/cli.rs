@@ -39,6 +39,23 @@ where
     F: Serialize,
     E: std::error::Error + 'static,
 {
+    main_with_defaults(args, flags, |_| None, run)
+}
+
+/// [`main`] for a stage whose defaults depend on what was asked: when `defaults` returns
+/// another base for the config merged onto the usual defaults, the same settings are merged
+/// again onto it, so everything the user set still wins.
+pub fn main_with_defaults<C, F, E>(
+    args: &ConfigArgs,
+    flags: &F,
+    defaults: impl Fn(&C) -> Option<C>,
+    run: impl FnOnce(C) -> Result<ExitCode, E>,
+) -> ExitCode
+where
+    C: Serialize + DeserializeOwned + Default,
+    F: Serialize,
+    E: std::error::Error + 'static,
+{
     init_logging();
     let sets = match &args.settings {
         None => Ok(args.set.clone()),
@@ -47,7 +64,15 @@ where
             sets
         }),
     };
-    match sets.and_then(|sets| crate::config::merge(args.config.as_deref(), &sets, flags)) {
+    let file = args.config.as_deref();
+    let merged = sets.and_then(|sets| {
+        let config = crate::config::merge(file, &sets, flags)?;
+        match defaults(&config) {
+            Some(base) => crate::config::merge_onto(base, file, &sets, flags),
+            None => Ok(config),
+        }
+    });
+    match merged {
         Ok(config) => run(config).unwrap_or_else(|e| report_error(&e)),
         Err(e) => report_error(&e),
     }

@@ -46,11 +46,21 @@ where
     C: Serialize + DeserializeOwned + Default,
     F: Serialize,
 {
+    merge_onto(C::default(), file, sets, flags)
+}
+
+/// [`merge`] onto `base` instead of the config's defaults: what a stage whose defaults depend
+/// on a setting (the train stage's student recipe, once a teacher is named) merges onto.
+pub fn merge_onto<C, F>(base: C, file: Option<&Path>, sets: &[String], flags: &F) -> Result<C>
+where
+    C: Serialize + DeserializeOwned,
+    F: Serialize,
+{
     let bad = |message: String| Error::Config {
         path: origin(file),
         message,
     };
-    let mut value = serde_json::to_value(C::default()).map_err(|e| bad(e.to_string()))?;
+    let mut value = serde_json::to_value(base).map_err(|e| bad(e.to_string()))?;
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Config {

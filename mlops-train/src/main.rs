@@ -104,7 +104,8 @@ struct Flags {
     #[arg(long)]
     stop_after_epochs: Option<usize>,
     /// Distil from this trained model (a train-stage or registry version directory): the
-    /// student also learns the teacher's embeddings (teacher.weight, default 10).
+    /// student also learns the teacher's embeddings (teacher.weight, default 10). A teacher
+    /// makes the student recipe the defaults: slim, no flip averaging, 80 epochs.
     #[arg(long, value_name = "DIR")]
     #[serde(serialize_with = "teacher_dir")]
     teacher: Option<PathBuf>,
@@ -137,18 +138,29 @@ fn negate<S: serde::Serializer>(off: &bool, s: S) -> Result<S::Ok, S::Error> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    mlops_core::cli::main(&args.config, &args.flags, |c: mlops_train::TrainConfig| {
-        let o = mlops_train::run_with(&c, &mlops_core::telemetry::Bars::default())?;
-        if o.finished {
-            let (acc, epoch) = (o.best_val_accuracy, o.best_epoch);
-            eprintln!(
-                "best val accuracy {acc:.4} (epoch {epoch}), model in {}",
-                c.out.display()
-            );
-        } else {
-            let done = o.epochs_done;
-            eprintln!("stopped after epoch {done}; continue with --resume");
-        }
-        Ok::<_, mlops_train::Error>(ExitCode::SUCCESS)
-    })
+    // A teacher named anywhere (flag, file, --set) makes the student recipe the defaults.
+    let student = |c: &mlops_train::TrainConfig| {
+        c.teacher
+            .as_ref()
+            .map(|_| mlops_train::TrainConfig::student())
+    };
+    mlops_core::cli::main_with_defaults(
+        &args.config,
+        &args.flags,
+        student,
+        |c: mlops_train::TrainConfig| {
+            let o = mlops_train::run_with(&c, &mlops_core::telemetry::Bars::default())?;
+            if o.finished {
+                let (acc, epoch) = (o.best_val_accuracy, o.best_epoch);
+                eprintln!(
+                    "best val accuracy {acc:.4} (epoch {epoch}), model in {}",
+                    c.out.display()
+                );
+            } else {
+                let done = o.epochs_done;
+                eprintln!("stopped after epoch {done}; continue with --resume");
+            }
+            Ok::<_, mlops_train::Error>(ExitCode::SUCCESS)
+        },
+    )
 }

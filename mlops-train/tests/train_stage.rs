@@ -7,6 +7,7 @@ use mlops_core::Manifest;
 use mlops_data::fixtures::{self, IdxFixture};
 use mlops_data::DataConfig;
 use mlops_train::{Arch, ModelDescription, TrainConfig};
+use serde_json::json;
 use tch::{CModule, Tensor};
 
 /// libtorch's random generator is process-wide, so training runs in one test process must not
@@ -599,5 +600,53 @@ fn a_student_distils_its_teacher_and_records_it() -> Result<()> {
         "{err}"
     );
     assert!(!wide_dim.join("model.pt").exists());
+
+    // Through the binary, a teacher makes the student recipe the defaults, and what the user
+    // sets still wins: `--teacher` alone trains `slim` without flip averaging for 80 epochs
+    // (stopped after one here; the checkpoint's fingerprint is the run's config).
+    let cli = |out: &Path, extra: &[&str]| -> Result<serde_json::Value> {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_mlops-train"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .arg("--teacher")
+            .arg(&teacher)
+            .args([
+                "--embedding-dim",
+                "16",
+                "--batch-size",
+                "16",
+                "--threads",
+                "1",
+            ])
+            .args([
+                "--stop-after-epochs",
+                "1",
+                "--set",
+                "augment.flip_check_budget=0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "off")
+            .status()?;
+        anyhow::ensure!(status.success(), "mlops-train {extra:?} failed");
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("checkpoints/state.json"))?)?;
+        Ok(state["fingerprint"].clone())
+    };
+    let alone = cli(&tmp.path().join("cli-student"), &[])?;
+    assert_eq!(
+        (
+            &alone["arch"],
+            &alone["epochs"],
+            &alone["teacher"]["weight"]
+        ),
+        (&json!("slim"), &json!(80), &json!(10.0))
+    );
+    let told = cli(
+        &tmp.path().join("cli-told"),
+        &["--arch", "res", "--set", "epochs=3"],
+    )?;
+    assert_eq!((&told["arch"], &told["epochs"]), (&json!("res"), &json!(3)));
     Ok(())
 }
