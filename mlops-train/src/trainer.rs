@@ -116,7 +116,7 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     config.check()?;
     let checked = match flip_check(config, progress)? {
         FlipCheck::Stopped(outcome) => return Ok(outcome),
-        FlipCheck::Decided(config) => Some(config),
+        FlipCheck::Decided(config) => Some(*config),
         FlipCheck::Off => None,
     };
     let config = checked.as_ref().unwrap_or(config);
@@ -169,7 +169,7 @@ enum FlipCheck {
     Stopped(Outcome),
     /// Decided: the config to run (the flip and flip averaging off unless the flip's probe
     /// won), whose training the winning probe's checkpoints in `out/checkpoints` hold.
-    Decided(TrainConfig),
+    Decided(Box<TrainConfig>),
 }
 
 /// The flip check's decision, kept beside the checkpoints it moved so a resume (of an export
@@ -204,7 +204,7 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
         return Ok(FlipCheck::Off);
     }
     let decided = |keep: bool| {
-        FlipCheck::Decided(if keep {
+        FlipCheck::Decided(Box::new(if keep {
             config.clone()
         } else {
             TrainConfig {
@@ -215,7 +215,7 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
                 test_time_flip: false,
                 ..config.clone()
             }
-        })
+        }))
     };
     let ckpt = config.out.join(checkpoint::DIR);
     let decision_path = ckpt.join(FLIP_DECISION);
