@@ -228,12 +228,9 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
         })?;
         return Ok(decided(d.keep));
     }
-    // As Session::start does: while the probes train, an earlier run in `out` must neither
-    // look finished nor lend its checkpoints (or decision) to this one.
-    let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
-    if old_manifest.exists() {
-        std::fs::remove_file(&old_manifest).map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
-    }
+    // While the probes train, an earlier run in `out` must neither look finished nor lend its
+    // checkpoints (or decision) to this one.
+    unfinish(&config.out)?;
     if !config.resume {
         checkpoint::clear(&ckpt)?;
     }
@@ -288,6 +285,16 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
     mlops_core::write_atomic(&decision_path, &text)?;
     std::fs::remove_dir_all(&dir).map_err(|e| mlops_core::Error::io(&dir, e))?;
     Ok(decided(keep))
+}
+
+/// Removes an earlier run's manifest from `out`, so that a run rewriting the directory never
+/// leaves it looking finished if interrupted (OutputDir::create does the same).
+fn unfinish(out: &Path) -> Result<()> {
+    let old_manifest = out.join(mlops_core::MANIFEST_FILE);
+    if old_manifest.exists() {
+        std::fs::remove_file(&old_manifest).map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
+    }
+    Ok(())
 }
 
 /// The data, devices and threads a run uses, read and checked before anything trains.
@@ -432,13 +439,8 @@ impl Session {
             None
         };
         std::fs::create_dir_all(&config.out).map_err(|e| mlops_core::Error::io(&config.out, e))?;
-        // From here on the directory is being rewritten: drop an earlier run's manifest so that
-        // an interruption never leaves it looking finished (OutputDir::create does the same).
-        let old_manifest = config.out.join(mlops_core::MANIFEST_FILE);
-        if old_manifest.exists() {
-            std::fs::remove_file(&old_manifest)
-                .map_err(|e| mlops_core::Error::io(&old_manifest, e))?;
-        }
+        // From here on the directory is being rewritten.
+        unfinish(&config.out)?;
         let ckpt_dir = config.out.join(checkpoint::DIR);
         let state = if config.resume {
             let state = checkpoint::load_last(
