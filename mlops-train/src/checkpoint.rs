@@ -138,6 +138,8 @@ fn fingerprint(config: &TrainConfig) -> serde_json::Value {
     // Decides whether to check the flip, not how to train: the check's winning probe hands its
     // checkpoints to the run it decided (see trainer::flip_check).
     c.augment.flip_check_budget = 0;
+    // Only chooses `epochs`, which the run resolved before this is computed.
+    c.min_steps = 0;
     serde_json::to_value(c).expect("plain data")
 }
 
@@ -218,6 +220,25 @@ fn load_vars(
     Ok(())
 }
 
+/// Reads a JSON file the checkpoint directory keeps (the training state, the flip check's
+/// decision): a missing file says there is nothing to resume from, a malformed one names itself.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Checkpoint {
+                path: path.to_path_buf(),
+                message: "no checkpoint to resume from".into(),
+            }
+        } else {
+            mlops_core::Error::io(path, e).into()
+        }
+    })?;
+    serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 /// Restores weights (and their moving average, `ema`) and optimizer state of the last
 /// checkpoint in `dir` for `config`.
 pub fn load_last(
@@ -228,20 +249,7 @@ pub fn load_last(
     opt: &mut Optimizer,
 ) -> Result<TrainState> {
     let state_path = dir.join(STATE);
-    let text = std::fs::read(&state_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Checkpoint {
-                path: state_path.clone(),
-                message: "no checkpoint to resume from".into(),
-            }
-        } else {
-            mlops_core::Error::io(&state_path, e).into()
-        }
-    })?;
-    let state: TrainState = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
-        path: state_path.clone(),
-        message: e.to_string(),
-    })?;
+    let state: TrainState = read_json(&state_path)?;
     if state.fingerprint != fingerprint(config) {
         return Err(Error::Checkpoint {
             path: state_path,
@@ -299,11 +307,20 @@ mod tests {
         let mut checked = base.clone();
         checked.augment.flip_check_budget = 300_000;
         assert_eq!(fingerprint(&base), fingerprint(&checked));
-        let other = TrainConfig {
-            epochs: base.epochs + 1,
+        let resolved = TrainConfig {
+            epochs: Some(40),
             ..base.clone()
         };
-        assert_ne!(fingerprint(&base), fingerprint(&other));
+        let stepped = TrainConfig {
+            min_steps: 5,
+            ..resolved.clone()
+        };
+        assert_eq!(fingerprint(&resolved), fingerprint(&stepped));
+        let other = TrainConfig {
+            epochs: Some(41),
+            ..base.clone()
+        };
+        assert_ne!(fingerprint(&resolved), fingerprint(&other));
     }
 
     #[test]

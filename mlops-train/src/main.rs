@@ -37,7 +37,7 @@ struct Flags {
     /// Embedding dimension [default: 128].
     #[arg(long)]
     embedding_dim: Option<usize>,
-    /// Training epochs [default: 40].
+    /// Training epochs [default: 40, or as many as `--set min_steps=N` optimizer steps need].
     #[arg(long)]
     epochs: Option<usize>,
     /// Batch size (split across devices) [default: 128].
@@ -105,7 +105,7 @@ struct Flags {
     stop_after_epochs: Option<usize>,
     /// Distil from this trained model (a train-stage or registry version directory): the
     /// student also learns the teacher's embeddings (teacher.weight, default 10). A teacher
-    /// makes the student recipe the defaults: slim, no flip averaging, 80 epochs.
+    /// makes the student recipe the defaults: slim, no flip averaging, 120 epochs.
     #[arg(long, value_name = "DIR")]
     #[serde(serialize_with = "teacher_dir")]
     teacher: Option<PathBuf>,

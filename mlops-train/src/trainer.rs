@@ -114,6 +114,12 @@ pub fn run(config: &TrainConfig) -> Result<Outcome> {
 /// is process-wide: two runs overlapping in one process disturb each other's draws.
 pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome> {
     config.check()?;
+    // The schedule in steps becomes a number of epochs once, here: the check, the probes, the
+    // checkpoint fingerprint and the saved config all see the number trained.
+    let config = &TrainConfig {
+        epochs: Some(config.epochs_for(train_rows(config)?)),
+        ..config.clone()
+    };
     let checked = match flip_check(config, progress)? {
         FlipCheck::Stopped(outcome) => return Ok(outcome),
         FlipCheck::Decided(config) => Some(*config),
@@ -144,12 +150,12 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     };
     let last_epoch = config
         .stop_after_epochs
-        .map_or(config.epochs, |s| s.min(config.epochs));
+        .map_or(config.epochs(), |s| s.min(config.epochs()));
     for epoch in session.state.epochs_done..last_epoch {
         let metrics = session.train_epoch(config, &prepared, epoch, progress)?;
         session.end_epoch(metrics)?;
     }
-    if session.state.epochs_done < config.epochs {
+    if session.state.epochs_done < config.epochs() {
         tracing::info!(
             epochs = session.state.epochs_done,
             "stopped before the last epoch; resume with --resume"
@@ -158,6 +164,16 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     }
     export_model(config, &prepared, &session.state, manifest)?;
     Ok(outcome(true, &session.state))
+}
+
+/// Training images of `config`'s train roles, as the data manifest counts them.
+fn train_rows(config: &TrainConfig) -> Result<usize> {
+    let data = DataDir::open(&config.data)?;
+    Ok(config
+        .train_roles
+        .iter()
+        .map(|&r| data.summary.role(r).map_or(0, |r| r.rows))
+        .sum())
 }
 
 /// What the flip check made of a run.
@@ -194,13 +210,7 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
     if !config.augment.hflip || budget == 0 {
         return Ok(FlipCheck::Off);
     }
-    let data = DataDir::open(&config.data)?;
-    let n_train: usize = config
-        .train_roles
-        .iter()
-        .map(|&r| data.summary.role(r).map_or(0, |r| r.rows))
-        .sum();
-    if n_train * config.epochs > budget {
+    if train_rows(config)? * config.epochs() > budget {
         return Ok(FlipCheck::Off);
     }
     let decided = |keep: bool| {
@@ -220,12 +230,7 @@ fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck
     let ckpt = config.out.join(checkpoint::DIR);
     let decision_path = ckpt.join(FLIP_DECISION);
     if config.resume && decision_path.is_file() {
-        let text =
-            std::fs::read(&decision_path).map_err(|e| mlops_core::Error::io(&decision_path, e))?;
-        let d: FlipDecision = serde_json::from_slice(&text).map_err(|e| Error::Checkpoint {
-            path: decision_path.clone(),
-            message: e.to_string(),
-        })?;
+        let d: FlipDecision = checkpoint::read_json(&decision_path)?;
         return Ok(decided(d.keep));
     }
     // While the probes train, an earlier run in `out` must neither look finished nor lend its
@@ -480,7 +485,7 @@ impl Session {
         let started = Instant::now();
         let n_train = p.train_labels.len();
         let steps_per_epoch = n_train / config.batch_size;
-        let total_steps = steps_per_epoch * config.epochs;
+        let total_steps = steps_per_epoch * config.epochs();
         let warmup = (total_steps as f64 * config.warmup_fraction) as usize;
         let mut rng = ChaCha8Rng::seed_from_u64(
             config.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(epoch as u64 + 1)),
@@ -490,7 +495,7 @@ impl Session {
         let mut order: Vec<usize> = (0..n_train).collect();
         order.shuffle(&mut rng);
         // Counted in images, so a bar's rate reads as img/s.
-        let label = format!("epoch {}/{}", epoch + 1, config.epochs);
+        let label = format!("epoch {}/{}", epoch + 1, config.epochs());
         let task = progress::start(
             progress,
             &label,

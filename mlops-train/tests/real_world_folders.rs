@@ -50,7 +50,7 @@ fn the_flip_check_turns_the_flip_off_where_the_mirror_is_another_class() -> Resu
         &TrainConfig {
             data,
             out: out.clone(),
-            epochs: 10,
+            epochs: Some(10),
             ..Default::default()
         },
         &count_epochs,

@@ -44,7 +44,7 @@ fn tiny(data: &Path, out: &Path, arch: Arch, epochs: usize) -> TrainConfig {
         out: out.to_path_buf(),
         arch,
         embedding_dim: 16,
-        epochs,
+        epochs: Some(epochs),
         batch_size: 16,
         threads: 1,
         device: "cpu".parse().unwrap(),
@@ -154,6 +154,33 @@ fn two_replicas_on_one_device_learn_too() -> Result<()> {
 }
 
 /// Every tensor of a safetensors file, by name.
+#[test]
+fn without_epochs_a_small_data_set_trains_its_steps_and_records_them() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 10, 28)?;
+    let rows = mlops_core::artifact::DataDir::open(&data)?
+        .role(mlops_core::artifact::Role::Train)?
+        .rows;
+    let out = tmp.path().join("train");
+    let steps_per_epoch = rows / 16;
+    let outcome = mlops_train::run(&TrainConfig {
+        epochs: None,
+        // Two epochs beyond the default's 40.
+        min_steps: steps_per_epoch * 42,
+        ..tiny(&data, &out, Arch::Res, 1)
+    })?;
+    assert_eq!(outcome.epochs_done, 42);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("train_config.json"))?)?;
+    assert_eq!(
+        saved["epochs"],
+        json!(42),
+        "the saved config says what was trained"
+    );
+    Ok(())
+}
+
 fn tensors(path: &Path) -> Vec<(String, Tensor)> {
     let mut t = Tensor::read_safetensors(path).unwrap();
     t.sort_by(|a, b| a.0.cmp(&b.0));
@@ -172,7 +199,7 @@ fn resume_after_interruption_matches_an_uninterrupted_run() -> Result<()> {
     let mut config = tiny(&data, &resumed, Arch::Res, 3);
     // A finished earlier run in the same directory must not look finished while this one runs.
     mlops_train::run(&TrainConfig {
-        epochs: 1,
+        epochs: Some(1),
         ..config.clone()
     })?;
     assert!(resumed.join("manifest.json").exists());
@@ -602,7 +629,7 @@ fn a_student_distils_its_teacher_and_records_it() -> Result<()> {
     assert!(!wide_dim.join("model.pt").exists());
 
     // Through the binary, a teacher makes the student recipe the defaults, and what the user
-    // sets still wins: `--teacher` alone trains `slim` without flip averaging for 80 epochs
+    // sets still wins: `--teacher` alone trains `slim` without flip averaging for 120 epochs
     // (stopped after one here; the checkpoint's fingerprint is the run's config).
     let cli = |out: &Path, extra: &[&str]| -> Result<serde_json::Value> {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_mlops-train"))
@@ -641,7 +668,7 @@ fn a_student_distils_its_teacher_and_records_it() -> Result<()> {
             &alone["epochs"],
             &alone["teacher"]["weight"]
         ),
-        (&json!("slim"), &json!(80), &json!(10.0))
+        (&json!("slim"), &json!(120), &json!(10.0))
     );
     let told = cli(
         &tmp.path().join("cli-told"),

@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         validated: Some(dir("validate")),
         out: dir("train"),
         arch: Arch::Res,
-        epochs: 4,
+        epochs: Some(4),
         batch_size: 32,
         ..Default::default()
     })?;

@@ -50,7 +50,7 @@
 //!     data: dir("data"),
 //!     out: dir("train"),
 //!     arch: Arch::Seed,
-//!     epochs: 2,
+//!     epochs: Some(2),
 //!     batch_size: 32,
 //!     test_time_flip: false,
 //!     ..Default::default()

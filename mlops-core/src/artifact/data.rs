@@ -224,14 +224,15 @@ impl StageDir<DataSummary> {
     /// as one array each (every shard verified, as [`DataDir::read_shard`]).
     pub fn read_roles(&self, roles: &[Role]) -> Result<(Array4<f32>, Array1<i64>)> {
         let [c, h, w] = self.summary.image_shape;
-        let mut rows = 0;
-        for &role in roles {
-            rows += self.role(role)?.rows;
-        }
+        let found = roles
+            .iter()
+            .map(|&role| self.role(role))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: usize = found.iter().map(|r| r.rows).sum();
         let mut images = Vec::with_capacity(rows * c * h * w);
         let mut labels = Vec::with_capacity(rows);
-        for &role in roles {
-            for pair in &self.role(role)?.shards {
+        for role in found {
+            for pair in &role.shards {
                 let (x, y) = self.read_shard(pair)?;
                 images.extend(x.iter().copied());
                 labels.extend(y.iter().copied());

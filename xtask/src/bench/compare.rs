@@ -160,10 +160,20 @@ impl Sides {
         })
     }
 
-    /// One training step of the run's architecture and of `seed`, in each precision.
-    pub fn train(&self, arch: &str, precisions: &[&str]) -> Result<Vec<Comparison>> {
+    /// One training step of the run's architecture, and of `seed` when `with_seed` (the main
+    /// run's report has that row; the student's would repeat it), in each precision.
+    pub fn train(
+        &self,
+        arch: &str,
+        precisions: &[&str],
+        with_seed: bool,
+    ) -> Result<Vec<Comparison>> {
+        let mut archs = vec![arch];
+        if with_seed && arch != "seed" {
+            archs.push("seed");
+        }
         let mut out = Vec::new();
-        for a in [arch, "seed"] {
+        for a in archs {
             for &p in precisions {
                 let argv = ["train", a, "128", "20", p].map(String::from);
                 let name = format!("train step {a} {p} batch 128");

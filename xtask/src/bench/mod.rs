@@ -168,7 +168,7 @@ fn measure(
         .filter(|p| whole || !matches!(p, Part::Search | Part::Pipeline))
         .collect();
     Ok(report::ModelReport {
-        comparisons: comparisons(&parts, sides, run_dir, &arch, &precision)?,
+        comparisons: comparisons(&parts, sides, run_dir, &arch, &precision, whole)?,
         sections: sections(&parts, sides, run_dir, args.seconds)?,
         arch,
         precision,
@@ -177,13 +177,15 @@ fn measure(
 }
 
 /// The train, embed and search comparisons in `parts`, in fp32 and in the run's own
-/// precision when that is another.
+/// precision when that is another; the `seed` network's train row only for the main run
+/// (`whole`).
 fn comparisons(
     parts: &[Part],
     sides: &Sides,
     run_dir: &Path,
     arch: &str,
     precision: &str,
+    whole: bool,
 ) -> Result<Vec<report::Comparison>> {
     let mut precisions = vec!["fp32"];
     if precision != "fp32" {
@@ -191,7 +193,7 @@ fn comparisons(
     }
     let mut out = Vec::new();
     if parts.contains(&Part::Train) {
-        out.extend(sides.train(arch, &precisions)?);
+        out.extend(sides.train(arch, &precisions, whole)?);
     }
     if parts.contains(&Part::Embed) {
         out.extend(sides.embed(run_dir, arch, &precisions)?);
