@@ -116,11 +116,12 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
     config.check()?;
     // The schedule in steps becomes a number of epochs once, here: the check, the probes, the
     // checkpoint fingerprint and the saved config all see the number trained.
+    let rows = train_rows(config)?;
     let config = &TrainConfig {
-        epochs: Some(config.epochs_for(train_rows(config)?)),
+        epochs: Some(config.epochs_for(rows)),
         ..config.clone()
     };
-    let checked = match flip_check(config, progress)? {
+    let checked = match flip_check(config, rows, progress)? {
         FlipCheck::Stopped(outcome) => return Ok(outcome),
         FlipCheck::Decided(config) => Some(*config),
         FlipCheck::Off => None,
@@ -199,18 +200,19 @@ struct FlipDecision {
 
 const FLIP_DECISION: &str = "flip-check.json";
 
-/// On a small data set with the flip on, decides whether mirroring keeps labels (see
+/// On a small data set (`rows` training images, as [`run_with`] counted them) with the flip
+/// on, decides whether mirroring keeps labels (see
 /// [`crate::AugmentConfig::flip_check_budget`]). The probes train in `out/flip-check/` and are
 /// as deterministic as the run itself (a resumed run resumes them), so an interrupted run
 /// decides as an uninterrupted one. The winning probe is the decided run's training (only
 /// export settings and the budget differ, which the checkpoint fingerprint ignores): its
 /// checkpoints move to `out/checkpoints`, for the run to resume and export.
-fn flip_check(config: &TrainConfig, progress: &dyn Progress) -> Result<FlipCheck> {
+fn flip_check(config: &TrainConfig, rows: usize, progress: &dyn Progress) -> Result<FlipCheck> {
     let budget = config.augment.flip_check_budget;
     if !config.augment.hflip || budget == 0 {
         return Ok(FlipCheck::Off);
     }
-    if train_rows(config)? * config.epochs() > budget {
+    if rows * config.epochs() > budget {
         return Ok(FlipCheck::Off);
     }
     let decided = |keep: bool| {
