@@ -153,7 +153,6 @@ fn two_replicas_on_one_device_learn_too() -> Result<()> {
     Ok(())
 }
 
-/// Every tensor of a safetensors file, by name.
 #[test]
 fn without_epochs_a_small_data_set_trains_its_steps_and_records_them() -> Result<()> {
     let _serial = serial();
@@ -181,6 +180,7 @@ fn without_epochs_a_small_data_set_trains_its_steps_and_records_them() -> Result
     Ok(())
 }
 
+/// Every tensor of a safetensors file, by name.
 fn tensors(path: &Path) -> Vec<(String, Tensor)> {
     let mut t = Tensor::read_safetensors(path).unwrap();
     t.sort_by(|a, b| a.0.cmp(&b.0));
