@@ -1,13 +1,15 @@
-//! ArcFace: additive angular margin loss (Deng et al., 2019).
+//! ArcFace: additive angular margin loss (Deng et al., 2019), optionally with sub-centres
+//! (Deng et al., 2020).
 
 use mlops_core::artifact::model::ArcFaceConfig;
 use tch::{nn, Tensor};
 
-/// The ArcFace head: one learnable centre per class on the unit sphere.
+/// The ArcFace head: learnable centres on the unit sphere, `sub_centres` per class.
 #[derive(Debug)]
 pub struct ArcFace {
-    /// The class centres, `[classes, dim]`, one row per class (unnormalised; rows are
-    /// L2-normalised wherever they are used).
+    /// The centres, `[classes * sub_centres, dim]`, class `c`'s in rows
+    /// `c * sub_centres..(c + 1) * sub_centres` (unnormalised; rows are L2-normalised wherever
+    /// they are used).
     pub weight: Tensor,
     config: ArcFaceConfig,
     cos_m: f64,
@@ -23,11 +25,13 @@ impl ArcFace {
     /// A head for `classes` classes of `dim`-dimensional embeddings, its centres created as
     /// variable `weight` under `vs` (Kaiming-uniform initialisation).
     pub fn new(vs: nn::Path, dim: i64, classes: i64, config: ArcFaceConfig) -> Self {
-        let weight = vs.var("weight", &[classes, dim], nn::init::DEFAULT_KAIMING_UNIFORM);
+        let rows = classes * config.sub_centres.max(1) as i64;
+        let weight = vs.var("weight", &[rows, dim], nn::init::DEFAULT_KAIMING_UNIFORM);
         Self::with_weight(weight, config)
     }
 
-    /// A head over existing centres `weight` (`[classes, dim]`), e.g. loaded ones.
+    /// A head over existing centres `weight` (`[classes * sub_centres, dim]`), e.g. loaded
+    /// ones.
     pub fn with_weight(weight: Tensor, config: ArcFaceConfig) -> Self {
         let m = config.margin;
         ArcFace {
@@ -40,12 +44,58 @@ impl ArcFace {
         }
     }
 
-    /// Cosine similarity of each (already L2-normalised) embedding to each class centre.
+    /// Cosine similarity of each (already L2-normalised) embedding to each class: `[n,
+    /// classes]`, the nearest of the class's sub-centres.
     pub fn cosine(&self, embeddings: &Tensor) -> Tensor {
+        let k = self.sub_centres();
+        let cos = self.sub_centre_cosines(embeddings);
+        if k == 1 {
+            return cos;
+        }
+        let n = cos.size()[0];
+        cos.reshape([n, -1, k]).amax([2i64].as_slice(), false)
+    }
+
+    /// Centres per class.
+    pub fn sub_centres(&self) -> i64 {
+        self.config.sub_centres.max(1) as i64
+    }
+
+    /// Cosine of each embedding to every centre: `[n, classes * sub_centres]`.
+    fn sub_centre_cosines(&self, embeddings: &Tensor) -> Tensor {
         let centres = normalize(&self.weight);
         embeddings
             .matmul(&centres.transpose(0, 1))
             .clamp(-1.0 + EPS, 1.0 - EPS)
+    }
+
+    /// One L2-normalised centre per class, `[classes, dim]`: with sub-centres, each class's
+    /// dominant one, the centre most of the class's `embeddings` (labelled `labels`) are
+    /// nearest to (the first on a tie or when the class has none).
+    pub fn class_centres(&self, embeddings: &Tensor, labels: &Tensor) -> Tensor {
+        let k = self.sub_centres();
+        let centres = normalize(&self.weight);
+        if k == 1 {
+            return centres;
+        }
+        let classes = centres.size()[0] / k;
+        let cos = self
+            .sub_centre_cosines(&embeddings.to_device(centres.device()))
+            .reshape([-1, classes, k]);
+        let labels = labels.to_device(centres.device()).to_kind(tch::Kind::Int64);
+        // Each embedding's own class's row of sub-centre cosines, then which is nearest.
+        let own = cos
+            .gather(1, &labels.view([-1, 1, 1]).expand([-1, 1, k], false), false)
+            .squeeze_dim(1);
+        let nearest = own.argmax(1, false);
+        let counts = Tensor::zeros([classes * k], (tch::Kind::Int64, centres.device())).index_add(
+            0,
+            &(&labels * k + nearest),
+            &labels.ones_like(),
+        );
+        let dominant = counts.reshape([classes, k]).argmax(1, false);
+        let rows = Tensor::arange(classes, (tch::Kind::Int64, centres.device())) * k + dominant;
+        centres.index_select(0, &rows)
     }
 
     /// Scaled logits with the margin added to each sample's target class: `s*cos(theta+m)`
@@ -157,6 +207,36 @@ mod tests {
         let got = target_logit(45.0, c);
         let expected = 32.0 * (45f64.to_radians() + 0.5).cos();
         assert!((got - expected).abs() < 1e-3);
+    }
+
+    #[test]
+    fn sub_centres_score_a_class_by_its_nearest_centre_and_export_the_dominant_one() {
+        let config = ArcFaceConfig {
+            sub_centres: 2,
+            ..Default::default()
+        };
+        // Class 0 has centres at 0 and 90 degrees, class 1 at 180 and 270 degrees.
+        let w = f32_tensor(&[1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0], &[4, 2]);
+        let head = ArcFace::with_weight(w, config);
+        // At 80 degrees: nearest class-0 centre is 10 degrees away, nearest class-1 100.
+        let t = 80f64.to_radians();
+        let emb = f32_tensor(&[t.cos() as f32, t.sin() as f32], &[1, 2]);
+        let cos = head.cosine(&emb);
+        assert_eq!(cos.size(), [1, 2]);
+        assert!((cos.double_value(&[0, 0]) - 10f64.to_radians().cos()).abs() < 1e-5);
+        assert!((cos.double_value(&[0, 1]) - 100f64.to_radians().cos()).abs() < 1e-5);
+        // The margin goes on the nearest sub-centre's angle.
+        let logit = head
+            .logits(&emb, &Tensor::from_slice(&[0i64]))
+            .double_value(&[0, 0]);
+        assert!((logit - 32.0 * (10f64.to_radians() + 0.5).cos()).abs() < 1e-3);
+        // Two class-0 images near 90 degrees, one near 0; one class-1 image near 180: class 0
+        // exports its 90-degree centre, class 1 its 180-degree one.
+        let emb = f32_tensor(&[0.1, 1.0, 0.0, 1.0, 1.0, 0.1, -1.0, 0.1], &[4, 2]);
+        let emb = normalize(&emb);
+        let centres = head.class_centres(&emb, &Tensor::from_slice(&[0i64, 0, 0, 1]));
+        let got: Vec<f32> = centres.flatten(0, -1).try_into().unwrap();
+        assert_eq!(got, [0.0, 1.0, -1.0, 0.0]);
     }
 
     #[test]

@@ -189,6 +189,9 @@ pub struct TrainConfig {
     /// (multiply-adds grow about as its square). Absent: the architecture's own, 24 and 12.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<usize>,
+    /// Squeeze-and-excitation in each residual block of `wide` and `slim` (off by default).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub squeeze_excite: bool,
     /// Length of the L2-normalised embedding the model returns.
     pub embedding_dim: usize,
     /// Dropout before the embedding layer (`res` only). Off by default: with weight decay 0.2
@@ -287,6 +290,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("train"),
             arch: Arch::Wide,
             width: None,
+            squeeze_excite: false,
             embedding_dim: 128,
             dropout: 0.0,
             arcface: ArcFaceConfig::default(),
@@ -315,6 +319,17 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The architecture's name as `model.json` records it: `wide`, `slim-w15`, `wide-se` (with
+    /// squeeze-and-excitation).
+    pub fn arch_name(&self) -> String {
+        let name = self.arch.name_with_width(self.width);
+        if self.squeeze_excite {
+            format!("{name}-se")
+        } else {
+            name
+        }
+    }
+
     /// The defaults of a distilled student (`mlops-train --teacher DIR` with nothing else, the
     /// pipeline's `serve` profile): the `slim` network without flip averaging (an eighth of
     /// the default's multiply-adds) for 120 epochs, which its cheaper epochs pay for (about
@@ -370,9 +385,10 @@ impl TrainConfig {
         if lr.is_nan()
             || lr <= 0.0
             || self.arcface.scale <= 0.0
+            || self.arcface.sub_centres == 0
             || !(0.0..std::f64::consts::FRAC_PI_2).contains(&self.arcface.margin)
         {
-            return bad("lr and the ArcFace scale must be positive, the margin in [0, pi/2)");
+            return bad("lr, the ArcFace scale and its sub-centres must be positive, the margin in [0, pi/2)");
         }
         if self.train_roles.is_empty()
             || self
@@ -388,6 +404,9 @@ impl TrainConfig {
             return bad(
                 "augment.erase must lie in [0, 1] and augment.erase_area be 0 < lo <= hi <= 1",
             );
+        }
+        if self.squeeze_excite && self.arch.default_width().is_none() {
+            return bad("squeeze_excite applies to wide and slim only");
         }
         if let Some(w) = self.width {
             if self.arch.default_width().is_none() || !(4..=256).contains(&w) {
@@ -442,6 +461,29 @@ mod tests {
         }
         assert!(with(&|c| c.augment.erase = 0.5).is_ok());
         assert!(with(&|c| c.width = Some(15)).is_ok());
+        assert!(with(&|c| c.squeeze_excite = true).is_ok());
+        let err = with(&|c| {
+            c.arch = Arch::Res;
+            c.squeeze_excite = true;
+        })
+        .unwrap_err();
+        assert!(err.contains("squeeze_excite"), "{err}");
+        let err = with(&|c| c.arcface.sub_centres = 0).unwrap_err();
+        assert!(err.contains("sub-centres"), "{err}");
+        // Off, neither option appears in the saved config (older files and fingerprints stay
+        // as they were); on, both do.
+        let plain = serde_json::to_string(&TrainConfig::default()).unwrap();
+        assert!(!plain.contains("squeeze_excite") && !plain.contains("sub_centres"));
+        let on = TrainConfig {
+            squeeze_excite: true,
+            arcface: ArcFaceConfig {
+                sub_centres: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let on = serde_json::to_string(&on).unwrap();
+        assert!(on.contains("\"squeeze_excite\":true") && on.contains("\"sub_centres\":3"));
         for (arch, width) in [(Arch::Res, 15), (Arch::Slim, 2), (Arch::Wide, 1000)] {
             let err = with(&|c| {
                 c.arch = arch;

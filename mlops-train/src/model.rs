@@ -1,7 +1,7 @@
 //! Embedding networks for small grayscale images.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use crate::arcface::normalize;
@@ -100,12 +100,34 @@ impl EmbeddingNet {
         dim: i64,
         dropout: f64,
     ) -> Self {
+        Self::with_options(vs, arch, width, false, input, dim, dropout)
+    }
+
+    /// [`EmbeddingNet::with_width`], and with `squeeze_excite` each residual block of `wide`
+    /// and `slim` rescales its channels by a squeeze-and-excitation gate (Hu et al., 2018)
+    /// before adding its shortcut. The other architectures ignore it.
+    pub fn with_options(
+        vs: &nn::Path,
+        arch: Arch,
+        width: Option<i64>,
+        squeeze_excite: bool,
+        input: [i64; 3],
+        dim: i64,
+        dropout: f64,
+    ) -> Self {
         let body = match arch {
             Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
             Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
             Arch::Wide | Arch::Slim => {
                 let w = width.or(arch.default_width()).unwrap_or(24);
-                Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, w)))
+                Body::Res(Box::new(ResNet::wide(
+                    vs,
+                    input,
+                    dim,
+                    dropout,
+                    w,
+                    squeeze_excite,
+                )))
             }
         };
         EmbeddingNet { body }
@@ -378,23 +400,65 @@ impl ModuleT for SeedNet {
     }
 }
 
-/// conv-BN-ReLU-conv-BN plus a (projected when the shape changes) shortcut, then ReLU.
+/// Squeeze-and-excitation: each channel scaled by a gate in (0, 1) computed from the
+/// channels' global averages (FC to a quarter of the channels, ReLU, FC back, sigmoid).
+#[derive(Debug)]
+struct SqueezeExcite {
+    reduce: nn::Linear,
+    expand: nn::Linear,
+}
+
+impl SqueezeExcite {
+    fn new(vs: nn::Path, channels: i64) -> Self {
+        let hidden = (channels / 4).max(1);
+        SqueezeExcite {
+            reduce: nn::linear(&vs / "reduce", channels, hidden, Default::default()),
+            expand: nn::linear(&vs / "expand", hidden, channels, Default::default()),
+        }
+    }
+}
+
+impl Module for SqueezeExcite {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let n = xs.size()[0];
+        let gate = xs
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.reduce)
+            .relu()
+            .apply(&self.expand)
+            .sigmoid();
+        xs * gate.view([n, -1, 1, 1])
+    }
+}
+
+/// conv-BN-ReLU-conv-BN (optionally squeeze-and-excitation) plus a (projected when the shape
+/// changes) shortcut, then ReLU.
 #[derive(Debug)]
 struct Block {
     a: ConvBn,
     b: ConvBn,
+    se: Option<SqueezeExcite>,
     shortcut: Option<ConvBn>,
 }
 
 impl Block {
     fn new(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        Self::with_gamma(vs, c_in, c_out, stride, None)
+        Self::with_gamma(vs, c_in, c_out, stride, None, false)
     }
 
-    fn with_gamma(vs: nn::Path, c_in: i64, c_out: i64, stride: i64, gamma: Option<f64>) -> Self {
+    fn with_gamma(
+        vs: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        stride: i64,
+        gamma: Option<f64>,
+        se: bool,
+    ) -> Self {
         Block {
             a: ConvBn::new(&vs / "a", c_in, c_out, 3, stride, 1),
             b: ConvBn::with_gamma(&vs / "b", c_out, c_out, 3, 1, 1, gamma),
+            se: se.then(|| SqueezeExcite::new(&vs / "se", c_out)),
             shortcut: (stride != 1 || c_in != c_out)
                 .then(|| ConvBn::new(&vs / "proj", c_in, c_out, 1, stride, 0)),
         }
@@ -411,7 +475,10 @@ impl Block {
 
 impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let y = xs.apply_t(&self.a, train).relu().apply_t(&self.b, train);
+        let mut y = xs.apply_t(&self.a, train).relu().apply_t(&self.b, train);
+        if let Some(se) = &self.se {
+            y = y.apply(se);
+        }
         let skip = match &self.shortcut {
             Some(proj) => xs.apply_t(proj, train),
             None => xs.shallow_clone(),
@@ -443,15 +510,22 @@ impl ResNet {
 
     /// [`Arch::Wide`] (`width` 24) and [`Arch::Slim`] (12): a stem of `width` channels, then
     /// stages of 2x, 4x and 8x `width`.
-    fn wide(vs: &nn::Path, [c, h, w]: [i64; 3], dim: i64, dropout: f64, width: i64) -> Self {
+    fn wide(
+        vs: &nn::Path,
+        [c, h, w]: [i64; 3],
+        dim: i64,
+        dropout: f64,
+        width: i64,
+        se: bool,
+    ) -> Self {
         let pool = stem_pools(h, w);
         let w = width;
         ResNet {
             stem: ConvPoolBn::new(vs / "stem", c, w, pool),
             stages: vec![
-                Block::with_gamma(vs / "stage1", w, 2 * w, 1, Some(0.0)),
-                Block::with_gamma(vs / "stage2", 2 * w, 4 * w, 2, Some(0.0)),
-                Block::with_gamma(vs / "stage3", 4 * w, 8 * w, 2, Some(0.0)),
+                Block::with_gamma(vs / "stage1", w, 2 * w, 1, Some(0.0), se),
+                Block::with_gamma(vs / "stage2", 2 * w, 4 * w, 2, Some(0.0), se),
+                Block::with_gamma(vs / "stage3", 4 * w, 8 * w, 2, Some(0.0), se),
             ],
             dropout,
             head: LinearBn::new(vs / "head", 8 * w * 2, dim),
@@ -586,14 +660,17 @@ mod tests {
 
     #[test]
     fn fused_batch_norm_gives_the_same_embeddings() {
-        for (arch, side) in [
-            (Arch::Seed, 28),
-            (Arch::Res, 28),
-            (Arch::Wide, 28),
-            (Arch::Wide, 8),
+        for (arch, side, se) in [
+            (Arch::Seed, 28, false),
+            (Arch::Res, 28, false),
+            (Arch::Wide, 28, false),
+            (Arch::Wide, 8, false),
+            (Arch::Wide, 28, true),
+            (Arch::Slim, 8, true),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let mut net = EmbeddingNet::new(&vs.root(), arch, [1, side, side], 32, 0.0);
+            let mut net =
+                EmbeddingNet::with_options(&vs.root(), arch, None, se, [1, side, side], 32, 0.0);
             // A few training passes give the batch-norms non-trivial running statistics.
             for _ in 0..3 {
                 let _ = net.forward_t(
@@ -615,7 +692,30 @@ mod tests {
             net.fuse_batch_norm();
             let after = tch::no_grad(|| net.forward_t(&x, false));
             let diff = (&before - &after).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "{arch} on {side}x{side}: {diff}");
+            assert!(diff < 1e-5, "{arch} (se {se}) on {side}x{side}: {diff}");
         }
+    }
+
+    #[test]
+    fn squeeze_excite_adds_a_gate_per_block_and_nothing_else() {
+        let names = |se: bool| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ =
+                EmbeddingNet::with_options(&vs.root(), Arch::Wide, None, se, [1, 28, 28], 16, 0.0);
+            let mut v: Vec<(String, Vec<i64>)> = vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (n, t.size()))
+                .collect();
+            v.sort();
+            v
+        };
+        let (plain, se) = (names(false), names(true));
+        let added: Vec<_> = se.iter().filter(|v| !plain.contains(v)).collect();
+        // Three blocks of 48, 96 and 192 channels, each reduce (c -> c/4) and expand (c/4 -> c).
+        assert_eq!(added.len(), 3 * 4, "{added:?}");
+        assert!(added.iter().all(|(n, _)| n.contains(".se.")), "{added:?}");
+        assert!(se.contains(&("stage3.se.reduce.weight".to_string(), vec![48, 192])));
+        assert_eq!(plain.len() + added.len(), se.len());
     }
 }

@@ -37,10 +37,11 @@ impl TrainNet {
     pub fn new(vs: &nn::Path, config: &TrainConfig, input: [i64; 3], classes: i64) -> Self {
         let dim = config.embedding_dim as i64;
         TrainNet {
-            net: EmbeddingNet::with_width(
+            net: EmbeddingNet::with_options(
                 &(vs / "net"),
                 config.arch,
                 config.width.map(|w| w as i64),
+                config.squeeze_excite,
                 input,
                 dim,
                 config.dropout,
@@ -385,7 +386,7 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
         input[2],
     ])?;
     tracing::info!(
-        arch = %config.arch.name_with_width(config.width), devices = ?devices, threads, train = train_y.len(),
+        arch = %config.arch_name(), devices = ?devices, threads, train = train_y.len(),
         val = val_y.len(), classes, "training"
     );
     let train_pixels = train_x.into_raw_vec_and_offset().0;
@@ -666,7 +667,7 @@ fn export_model(
     })??;
     let [c, h, w] = p.data.summary.image_shape;
     let description = ModelDescription {
-        arch: config.arch.name_with_width(config.width),
+        arch: config.arch_name(),
         input_shape: [c, h, w],
         embedding_dim: config.embedding_dim,
         normalization: p.data.summary.normalization,
@@ -687,7 +688,7 @@ fn export_model(
         .push(out.write_json(MODEL_DESCRIPTION_FILE, &description)?);
     manifest
         .outputs
-        .push(out.write_npy(CENTRES_FILE, &class_centres(&export_net.head)?)?);
+        .push(out.write_npy(CENTRES_FILE, &class_centres(&export_net, p)?)?);
     manifest
         .outputs
         .push(out.write_json(TRAIN_CONFIG_FILE, config)?);
@@ -703,7 +704,7 @@ fn export_model(
         manifest.outputs.push(out.keep_in_place(&name)?);
     }
     let summary = TrainSummary {
-        arch: config.arch.name_with_width(config.width),
+        arch: config.arch_name(),
         epochs: state.epochs_done,
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,
@@ -718,11 +719,19 @@ fn export_model(
     Ok(())
 }
 
-/// The ArcFace head's class centres, L2-normalised, as `[classes, dim]`.
-fn class_centres(head: &ArcFace) -> Result<ndarray::Array2<f32>> {
-    let centres = tch::no_grad(|| crate::arcface::normalize(&head.weight))
-        .f_to_kind(Kind::Float)?
-        .f_to_device(Device::Cpu)?;
+/// The ArcFace head's class centres, L2-normalised, as `[classes, dim]` (with sub-centres,
+/// each class's dominant one on the validation images).
+fn class_centres(model: &TrainNet, p: &Prepared) -> Result<ndarray::Array2<f32>> {
+    let head = &model.head;
+    let centres = tch::no_grad(|| {
+        if head.sub_centres() == 1 {
+            return crate::arcface::normalize(&head.weight);
+        }
+        let emb = embed(&model.net, Device::Cpu, &p.val_images).to_kind(Kind::Float);
+        head.class_centres(&emb, &p.val_labels)
+    })
+    .f_to_kind(Kind::Float)?
+    .f_to_device(Device::Cpu)?;
     let [rows, cols] = <[i64; 2]>::try_from(centres.size())
         .map_err(|_| Error::Config("the ArcFace head is not a matrix".into()))?;
     let values = Vec::<f32>::try_from(centres.f_flatten(0, -1)?)?;

@@ -27,6 +27,17 @@ pub struct ArcFaceConfig {
     pub margin: f64,
     /// Apply the margin only where `cos(theta) > 0` instead of the `th`/`mm` fallback.
     pub easy_margin: bool,
+    /// Centres per class (sub-centre ArcFace, Deng et al., 2020): an embedding's cosine to a
+    /// class is its cosine to the nearest of the class's centres, so a class may keep several
+    /// modes. The exported `centres.npy` holds each class's dominant centre (the one most of
+    /// the class's validation images are nearest to). 1 is plain ArcFace, and is left out
+    /// of the JSON, so files of plain ArcFace runs read the same as before the option.
+    #[serde(skip_serializing_if = "is_one")]
+    pub sub_centres: usize,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for ArcFaceConfig {
@@ -35,6 +46,7 @@ impl Default for ArcFaceConfig {
             scale: 32.0,
             margin: 0.5,
             easy_margin: false,
+            sub_centres: 1,
         }
     }
 }
