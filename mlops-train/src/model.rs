@@ -420,7 +420,6 @@ impl SqueezeExcite {
 
 impl Module for SqueezeExcite {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let n = xs.size()[0];
         let gate = xs
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
@@ -428,7 +427,8 @@ impl Module for SqueezeExcite {
             .relu()
             .apply(&self.expand)
             .sigmoid();
-        xs * gate.view([n, -1, 1, 1])
+        // Not `view([n, c, 1, 1])`: tracing would bake the batch size into model.pt.
+        xs * gate.unsqueeze(-1).unsqueeze(-1)
     }
 }
 

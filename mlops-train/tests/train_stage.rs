@@ -115,6 +115,35 @@ fn trains_exports_and_records_every_architecture() -> Result<()> {
 }
 
 #[test]
+fn sub_centres_and_squeeze_excite_train_and_export_one_centre_per_class() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 40, 28)?;
+    let out = tmp.path().join("train");
+    let mut config = tiny(&data, &out, Arch::Wide, 2);
+    config.squeeze_excite = true;
+    config.arcface.sub_centres = 3;
+    mlops_train::run(&config)?;
+    Manifest::load_stage(&out, "train")?.verify_outputs(&out)?;
+    let description: ModelDescription =
+        serde_json::from_slice(&std::fs::read(out.join("model.json"))?)?;
+    assert_eq!(description.arch, "wide-se");
+    assert_eq!(description.arcface.sub_centres, 3);
+    // The index and the servers take one centre per class: the dominant sub-centre.
+    let centres: ndarray::Array2<f32> = ndarray_npy::read_npy(out.join("centres.npy"))?;
+    assert_eq!(centres.shape(), [3, 16]);
+    for row in centres.rows() {
+        let norm = row.dot(&row).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    let module = CModule::load(out.join("model.pt"))?;
+    let e =
+        tch::no_grad(|| module.forward_ts(&[Tensor::rand([4, 1, 28, 28], tch::kind::FLOAT_CPU)]))?;
+    assert_eq!(e.size(), vec![4, 16]);
+    Ok(())
+}
+
+#[test]
 fn learns_the_synthetic_classes() -> Result<()> {
     let _serial = serial();
     let tmp = tempfile::tempdir()?;
