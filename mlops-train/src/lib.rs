@@ -254,6 +254,39 @@ pub struct TrainConfig {
     /// so the pipeline) merges the settings onto [`TrainConfig::student`] when one is named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teacher: Option<TeacherConfig>,
+    /// Progressive resizing: the first epochs train on smaller images, which cost less per
+    /// step (multiply-adds scale with the pixels), so a budget buys more epochs. Absent (the
+    /// default): every epoch at the data's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_res: Option<LowResConfig>,
+}
+
+/// Progressive resizing (`low_res`): the first `epochs` epochs see each augmented training
+/// batch reduced by area averaging until its shorter side is `side` pixels; the later
+/// epochs, validation and the exported model see the data's own size. A 20-pixel side costs
+/// about half a 28-pixel step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowResConfig {
+    /// The shorter side of the reduced images; must be smaller than the data's.
+    pub side: usize,
+    /// How many of the first epochs train on reduced images; fewer than all, so the last
+    /// epochs (and the batch-norm statistics) see the size the model serves.
+    pub epochs: usize,
+}
+
+impl LowResConfig {
+    /// The `[height, width]` a batch of `[height, width]` images trains at in 0-based `epoch`:
+    /// `None` at the data's own size (after the low-resolution epochs, or when `side` is not
+    /// smaller than the images).
+    pub fn shape_at(&self, epoch: usize, [h, w]: [usize; 2]) -> Option<[usize; 2]> {
+        let short = h.min(w);
+        if epoch >= self.epochs || self.side >= short {
+            return None;
+        }
+        let scale = |x: usize| ((x * self.side) as f64 / short as f64).round() as usize;
+        Some([scale(h), scale(w)])
+    }
 }
 
 /// Knowledge distillation from a trained model (`--teacher DIR`).
@@ -314,6 +347,7 @@ impl Default for TrainConfig {
             resume: false,
             stop_after_epochs: None,
             teacher: None,
+            low_res: None,
         }
     }
 }
@@ -413,6 +447,13 @@ impl TrainConfig {
                 return bad("width applies to wide and slim only and must lie in 4..=256");
             }
         }
+        if let Some(l) = &self.low_res {
+            if l.side < 4 || l.epochs == 0 || self.epochs.is_some_and(|e| l.epochs >= e) {
+                return bad(
+                    "low_res.side must be at least 4 and low_res.epochs between 1 and epochs - 1",
+                );
+            }
+        }
         if let Some(t) = &self.teacher {
             if t.model.as_os_str().is_empty() || !(t.weight >= 0.0 && t.weight.is_finite()) {
                 return bad("teacher.model must name a directory and teacher.weight be >= 0");
@@ -447,6 +488,23 @@ mod tests {
     }
 
     #[test]
+    fn low_resolution_epochs_scale_the_shorter_side_then_stop() {
+        let l = LowResConfig {
+            side: 20,
+            epochs: 2,
+        };
+        assert_eq!(l.shape_at(0, [28, 28]), Some([20, 20]));
+        assert_eq!(l.shape_at(1, [28, 56]), Some([20, 40]));
+        assert_eq!(l.shape_at(1, [42, 28]), Some([30, 20]));
+        assert_eq!(
+            l.shape_at(2, [28, 28]),
+            None,
+            "the last epochs see the data's size"
+        );
+        assert_eq!(l.shape_at(0, [16, 16]), None, "never enlarged");
+    }
+
+    #[test]
     fn validation_and_test_images_never_train_and_erasing_stays_in_range() {
         let with = |f: &dyn Fn(&mut TrainConfig)| {
             let mut c = TrainConfig::default();
@@ -468,12 +526,23 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("squeeze_excite"), "{err}");
+        let low = |side, epochs| Some(LowResConfig { side, epochs });
+        assert!(with(&|c| c.low_res = low(20, 10)).is_ok());
+        for (side, epochs, total) in [(3, 10, None), (20, 0, None), (20, 40, Some(40))] {
+            let err = with(&|c| {
+                c.low_res = low(side, epochs);
+                c.epochs = total;
+            })
+            .unwrap_err();
+            assert!(err.contains("low_res"), "{err}");
+        }
         let err = with(&|c| c.arcface.sub_centres = 0).unwrap_err();
         assert!(err.contains("sub-centres"), "{err}");
         // Off, neither option appears in the saved config (older files and fingerprints stay
         // as they were); on, both do.
         let plain = serde_json::to_string(&TrainConfig::default()).unwrap();
         assert!(!plain.contains("squeeze_excite") && !plain.contains("sub_centres"));
+        assert!(!plain.contains("low_res"));
         let on = TrainConfig {
             squeeze_excite: true,
             arcface: ArcFaceConfig {
@@ -484,6 +553,13 @@ mod tests {
         };
         let on = serde_json::to_string(&on).unwrap();
         assert!(on.contains("\"squeeze_excite\":true") && on.contains("\"sub_centres\":3"));
+        // As the command line sets it.
+        let sets = [
+            "low_res.side=20".to_string(),
+            "low_res.epochs=12".to_string(),
+        ];
+        let parsed: TrainConfig = mlops_core::config::merge(None, &sets, &()).unwrap();
+        assert_eq!(parsed.low_res, low(20, 12));
         for (arch, width) in [(Arch::Res, 15), (Arch::Slim, 2), (Arch::Wide, 1000)] {
             let err = with(&|c| {
                 c.arch = arch;

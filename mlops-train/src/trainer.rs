@@ -122,6 +122,7 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
         epochs: Some(config.epochs_for(rows)),
         ..config.clone()
     };
+    config.check()?;
     let checked = match flip_check(config, rows, progress)? {
         FlipCheck::Stopped(outcome) => return Ok(outcome),
         FlipCheck::Decided(config) => Some(*config),
@@ -365,6 +366,14 @@ fn prepare(config: &TrainConfig, manifest: &mut Manifest) -> Result<Prepared> {
             config.data.display()
         )));
     }
+    if let Some(l) = config.low_res.filter(|l| l.side >= h.min(w)) {
+        return Err(Error::Config(format!(
+            "low_res.side {} is not smaller than the images' shorter side {} ({})",
+            l.side,
+            h.min(w),
+            config.data.display()
+        )));
+    }
     let classes = data.summary.classes.len();
     let (train_x, train_y) = data.read_roles(&config.train_roles)?;
     let (val_x, val_y) = data.read_role(Role::Val)?;
@@ -507,6 +516,9 @@ impl Session {
         let (mut loss_sum, mut lr) = (0.0, 0.0);
         let augmenter = Augmenter::new(p, config);
         let batch_size = config.batch_size;
+        let low_res = config
+            .low_res
+            .and_then(|l| l.shape_at(epoch, [p.input[1] as usize, p.input[2] as usize]));
         // Batches are assembled and augmented on another thread, two steps ahead of the one
         // training, so the step never waits for them. That thread owns the epoch's generator
         // and draws in the same order as before, so the batches, and the model, are the same.
@@ -527,6 +539,10 @@ impl Session {
                     .recv()
                     .expect("the batch thread makes one batch per step");
                 let (xs, ys) = batch_tensors(p, idx, &pixels, &labels)?;
+                let xs = match low_res {
+                    Some([h, w]) => xs.f_adaptive_avg_pool2d([h as i64, w as i64])?,
+                    None => xs,
+                };
                 let global_step = epoch * steps_per_epoch + step;
                 lr = lr_at(
                     config.schedule,

@@ -143,6 +143,75 @@ fn sub_centres_and_squeeze_excite_train_and_export_one_centre_per_class() -> Res
     Ok(())
 }
 
+/// Progressive resizing: the first epoch trains on 14x14 reductions (another loss than at
+/// 28x28), the second at full size; the run resumes exactly and exports a 28x28 model.
+#[test]
+fn low_resolution_epochs_train_then_the_full_size_exports_and_resumes() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 20, 28)?;
+    let low = mlops_train::LowResConfig {
+        side: 14,
+        epochs: 1,
+    };
+    let config = |out: &Path, low_res| TrainConfig {
+        low_res,
+        ..tiny(&data, out, Arch::Wide, 2)
+    };
+    let (full, reduced, resumed) = (
+        tmp.path().join("full"),
+        tmp.path().join("reduced"),
+        tmp.path().join("resumed"),
+    );
+    let plain = mlops_train::run(&config(&full, None))?;
+    let straight = mlops_train::run(&config(&reduced, Some(low)))?;
+    assert_ne!(
+        plain.metrics[0].train_loss, straight.metrics[0].train_loss,
+        "the first epoch must train on other (reduced) images"
+    );
+    let saved: TrainConfig =
+        serde_json::from_slice(&std::fs::read(reduced.join("train_config.json"))?)?;
+    assert_eq!(saved.low_res, Some(low));
+    let module = CModule::load(reduced.join("model.pt"))?;
+    let e =
+        tch::no_grad(|| module.forward_ts(&[Tensor::rand([3, 1, 28, 28], tch::kind::FLOAT_CPU)]))?;
+    assert_eq!(e.size(), vec![3, 16]);
+
+    let stopped = mlops_train::run(&TrainConfig {
+        stop_after_epochs: Some(1),
+        ..config(&resumed, Some(low))
+    })?;
+    assert!(!stopped.finished);
+    let outcome = mlops_train::run(&TrainConfig {
+        resume: true,
+        ..config(&resumed, Some(low))
+    })?;
+    // (The first epoch's figures come back from JSON, so only the last one is compared.)
+    assert_eq!(
+        outcome.metrics[1].train_loss,
+        straight.metrics[1].train_loss
+    );
+    assert_eq!(
+        std::fs::read(resumed.join("checkpoints/last.safetensors"))?,
+        std::fs::read(reduced.join("checkpoints/last.safetensors"))?
+    );
+
+    let err = mlops_train::run(&TrainConfig {
+        low_res: Some(mlops_train::LowResConfig {
+            side: 28,
+            epochs: 1,
+        }),
+        ..tiny(&data, &tmp.path().join("bad"), Arch::Wide, 2)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("low_res.side 28") && err.contains("data"),
+        "{err}"
+    );
+    Ok(())
+}
+
 #[test]
 fn learns_the_synthetic_classes() -> Result<()> {
     let _serial = serial();
