@@ -122,6 +122,7 @@ pub fn run_with(config: &TrainConfig, progress: &dyn Progress) -> Result<Outcome
         epochs: Some(config.epochs_for(rows)),
         ..config.clone()
     };
+    // Again, now that the epochs are known: `low_res.epochs` must leave some at full size.
     config.check()?;
     let checked = match flip_check(config, rows, progress)? {
         FlipCheck::Stopped(outcome) => return Ok(outcome),
