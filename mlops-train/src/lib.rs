@@ -263,8 +263,8 @@ pub struct TrainConfig {
 
 /// Progressive resizing (`low_res`): the first `epochs` epochs see each augmented training
 /// batch reduced by area averaging until its shorter side is `side` pixels; the later
-/// epochs, validation and the exported model see the data's own size. A 20-pixel side costs
-/// about half a 28-pixel step.
+/// epochs, validation and the exported model see the data's own size. A 20-pixel step of
+/// `wide` took 0.55-0.61x the time of a 28-pixel one on two CPU cores (docs/stages.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LowResConfig {
