@@ -128,6 +128,13 @@ impl ArcFace {
         self.logits(embeddings, labels)
             .cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, smoothing)
     }
+
+    /// Each sample's cross-entropy of [`ArcFace::logits`] (`[n]`), targets smoothed as in
+    /// [`ArcFace::smoothed_loss`].
+    pub fn sample_losses(&self, embeddings: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor {
+        self.logits(embeddings, labels)
+            .cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::None, -100, smoothing)
+    }
 }
 
 /// Rows scaled to unit L2 norm.

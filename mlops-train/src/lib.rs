@@ -142,6 +142,19 @@ pub struct AugmentConfig {
     pub erase: f64,
     /// Smallest and largest share of the image one erased rectangle covers.
     pub erase_area: [f64; 2],
+    /// CutMix (Yun et al., 2019) under the ArcFace loss: the probability that a training
+    /// image gets a rectangle pasted from another training image (drawn from the whole
+    /// training set and augmented as its own image is), the rectangle's share of the image
+    /// drawn uniformly (the paper's Beta(1, 1)) at a uniform centre and clipped to the image.
+    /// Such an image's loss weighs ArcFace on its own label and on the other image's by the
+    /// share of pixels each keeps. 0 (the default) disables it; it does not combine with a
+    /// teacher, whose targets are embeddings of the unmixed images.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cutmix: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Default for AugmentConfig {
@@ -153,6 +166,7 @@ impl Default for AugmentConfig {
             flip_check_budget: 300_000,
             erase: 0.0,
             erase_area: [0.02, 0.4],
+            cutmix: 0.0,
         }
     }
 }
@@ -439,6 +453,12 @@ impl TrainConfig {
                 "augment.erase must lie in [0, 1] and augment.erase_area be 0 < lo <= hi <= 1",
             );
         }
+        if !(0.0..=1.0).contains(&self.augment.cutmix) {
+            return bad("augment.cutmix must lie in [0, 1]");
+        }
+        if self.augment.cutmix > 0.0 && self.teacher.is_some() {
+            return bad("augment.cutmix does not combine with a teacher (its targets are embeddings of unmixed images)");
+        }
         if self.squeeze_excite && self.arch.default_width().is_none() {
             return bad("squeeze_excite applies to wide and slim only");
         }
@@ -576,5 +596,29 @@ mod tests {
             .unwrap_err();
             assert!(err.contains("augment.erase"), "{err}");
         }
+        assert!(with(&|c| c.augment.cutmix = 0.5).is_ok());
+        let err = with(&|c| c.augment.cutmix = 1.5).unwrap_err();
+        assert!(err.contains("augment.cutmix must lie in [0, 1]"), "{err}");
+        let err = with(&|c| {
+            c.augment.cutmix = 0.5;
+            c.teacher = Some(TeacherConfig {
+                model: "teacher".into(),
+                ..Default::default()
+            });
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("cutmix does not combine with a teacher"),
+            "{err}"
+        );
+        assert!(!serde_json::to_string(&TrainConfig::default())
+            .unwrap()
+            .contains("cutmix"));
+        let sets = ["augment.cutmix=0.5".to_string()];
+        let parsed: TrainConfig = mlops_core::config::merge(None, &sets, &()).unwrap();
+        assert_eq!(parsed.augment.cutmix, 0.5);
+        assert!(serde_json::to_string(&parsed)
+            .unwrap()
+            .contains("\"cutmix\":0.5"));
     }
 }

@@ -82,6 +82,38 @@ impl TrainNet {
         let distance: Tensor = cos.neg() + 1.0;
         arcface + distance.mean(Kind::Float) * weight
     }
+
+    /// The CutMix loss: `targets` is `[n, 3]` float, each image's own label, the label of the
+    /// image a rectangle of it came from, and the share of pixels it kept (1 and its own
+    /// label twice when nothing was pasted); the ArcFace losses on both labels are weighed by
+    /// the shares.
+    pub fn mixed_loss(
+        &self,
+        xs: &Tensor,
+        targets: &Tensor,
+        precision: Precision,
+        smoothing: f64,
+    ) -> Tensor {
+        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true))
+            .to_kind(Kind::Float);
+        let label = |column: i64| targets.select(1, column).to_kind(Kind::Int64);
+        let kept = targets.select(1, 2);
+        let own = self.head.sample_losses(&emb, &label(0), smoothing);
+        let pasted = self.head.sample_losses(&emb, &label(1), smoothing);
+        let rest: Tensor = 1.0 - &kept;
+        (own * &kept + pasted * rest).mean(Kind::Float)
+    }
+}
+
+/// Which loss a training step computes, from what its targets hold.
+#[derive(Debug, Clone, Copy)]
+enum Objective {
+    /// ArcFace on the labels.
+    Plain,
+    /// ArcFace plus the distance to the teacher's embeddings, weighed so.
+    Distill(f64),
+    /// ArcFace on both labels of CutMix images.
+    CutMix,
 }
 
 /// How a run ended.
@@ -536,10 +568,10 @@ impl Session {
             });
             for step in 0..steps_per_epoch {
                 let idx = &order[step * batch_size..(step + 1) * batch_size];
-                let (pixels, labels) = rx
+                let batch = rx
                     .recv()
                     .expect("the batch thread makes one batch per step");
-                let (xs, ys) = batch_tensors(p, idx, &pixels, &labels)?;
+                let (xs, ys) = batch_tensors(p, idx, &batch)?;
                 let xs = match low_res {
                     Some([h, w]) => xs.f_adaptive_avg_pool2d([h as i64, w as i64])?,
                     None => xs,
@@ -552,8 +584,12 @@ impl Session {
                     total_steps,
                     warmup,
                 );
-                let weight = p.teacher.as_ref().map(|t| t.weight);
-                let loss = self.step(config, &xs, &ys, lr, weight)?;
+                let objective = match &p.teacher {
+                    Some(t) => Objective::Distill(t.weight),
+                    None if batch.pasted.is_some() => Objective::CutMix,
+                    None => Objective::Plain,
+                };
+                let loss = self.step(config, &xs, &ys, lr, objective)?;
                 if !loss.is_finite() {
                     return Err(Error::Config(format!(
                         "training diverged at epoch {} step {step} (loss {loss}); lower the learning rate",
@@ -592,15 +628,15 @@ impl Session {
     }
 
     /// One optimizer step on every replica (and the moving average after it); the loss.
-    /// With a distillation `weight`, `ys` holds labels and teacher embeddings (see
-    /// [`TrainNet::distill_loss`]).
+    /// `ys` holds what `objective` needs: labels, or labels and teacher embeddings (see
+    /// [`TrainNet::distill_loss`]), or CutMix targets ([`TrainNet::mixed_loss`]).
     fn step(
         &mut self,
         config: &TrainConfig,
         xs: &Tensor,
         ys: &Tensor,
         lr: f64,
-        weight: Option<f64>,
+        objective: Objective,
     ) -> Result<f64> {
         let (dp, opt) = (&mut self.dp, &mut self.opt);
         let (precision, smoothing) = (config.precision, config.label_smoothing);
@@ -609,9 +645,10 @@ impl Session {
             let loss = dp.step(
                 xs,
                 ys,
-                |m: &TrainNet, x, y| match weight {
-                    Some(w) => m.distill_loss(x, y, precision, smoothing, w),
-                    None => m.loss(x, y, precision, smoothing),
+                |m: &TrainNet, x, y| match objective {
+                    Objective::Distill(w) => m.distill_loss(x, y, precision, smoothing, w),
+                    Objective::CutMix => m.mixed_loss(x, y, precision, smoothing),
+                    Objective::Plain => m.loss(x, y, precision, smoothing),
                 },
                 opt,
                 lr,
@@ -768,21 +805,36 @@ fn with_teacher_targets(ys: &Tensor, teacher: &Tensor, idx: &[usize]) -> Result<
 
 /// A batch from the batch thread as tensors: images `[n, c, h, w]`, and labels (with the
 /// teacher's embeddings of images `idx` beside them when distilling, see
-/// [`with_teacher_targets`]).
-fn batch_tensors(
-    p: &Prepared,
-    idx: &[usize],
-    pixels: &[f32],
-    labels: &[i64],
-) -> Result<(Tensor, Tensor)> {
+/// [`with_teacher_targets`]; or the CutMix targets of [`TrainNet::mixed_loss`]).
+fn batch_tensors(p: &Prepared, idx: &[usize], batch: &Batch) -> Result<(Tensor, Tensor)> {
     let [c, h, w] = p.input;
-    let xs = Tensor::f_from_slice(pixels)?.f_reshape([idx.len() as i64, c, h, w])?;
-    let ys = Tensor::f_from_slice(labels)?;
-    let ys = match &p.teacher {
-        Some(t) => with_teacher_targets(&ys, &t.embeddings, idx)?,
-        None => ys,
+    let xs = Tensor::f_from_slice(&batch.pixels)?.f_reshape([idx.len() as i64, c, h, w])?;
+    let ys = Tensor::f_from_slice(&batch.labels)?;
+    let ys = match (&p.teacher, &batch.pasted) {
+        (Some(t), _) => with_teacher_targets(&ys, &t.embeddings, idx)?,
+        (None, Some(pasted)) => {
+            let rows: Vec<f32> = batch
+                .labels
+                .iter()
+                .zip(pasted)
+                .flat_map(|(&own, &(other, kept))| [own as f32, other as f32, kept])
+                .collect();
+            Tensor::f_from_slice(&rows)?.f_reshape([idx.len() as i64, 3])?
+        }
+        (None, None) => ys,
     };
     Ok((xs, ys))
+}
+
+/// Training images as the batch thread hands them over.
+struct Batch {
+    /// The augmented images, row after row.
+    pixels: Vec<f32>,
+    /// Their labels.
+    labels: Vec<i64>,
+    /// With CutMix on, for each image the label of the image a rectangle was pasted from and
+    /// the share of its own pixels kept (its own label and 1 when nothing was pasted).
+    pasted: Option<Vec<(i64, f32)>>,
 }
 
 /// What a training batch is made from: the training set's pixels and labels, and the
@@ -812,24 +864,64 @@ impl<'a> Augmenter<'a> {
         }
     }
 
-    /// The augmented images `idx` of the training set, row after row, and their labels.
-    /// Draws from `rng` in row order (the order a resumed run repeats).
-    fn batch(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<i64>) {
+    /// The augmented images `idx` of the training set and their labels. Draws from `rng` in
+    /// row order (the order a resumed run repeats).
+    fn batch(&self, idx: &[usize], rng: &mut ChaCha8Rng) -> Batch {
         let frame = self.frame;
-        let mut batch = vec![0f32; idx.len() * frame];
+        let mut pixels = vec![0f32; idx.len() * frame];
+        let cutmix = self.config.augment.cutmix;
+        let mut pasted = (cutmix > 0.0).then(|| Vec::with_capacity(idx.len()));
+        let mut other = vec![0f32; frame];
         for (row, &i) in idx.iter().enumerate() {
-            augment(
-                &self.pixels[i * frame..(i + 1) * frame],
-                &mut batch[row * frame..(row + 1) * frame],
-                self.height,
-                self.width,
-                self.config,
-                self.range,
-                rng,
-            );
+            let dst = &mut pixels[row * frame..(row + 1) * frame];
+            self.augment(i, dst, rng);
+            if let Some(pasted) = &mut pasted {
+                let mut mix = (self.labels[i], 1.0);
+                if rng.random_bool(cutmix) {
+                    let j = rng.random_range(0..self.labels.len());
+                    self.augment(j, &mut other, rng);
+                    let kept = paste(dst, &other, self.height, self.width, rng);
+                    mix = (self.labels[j], kept);
+                }
+                pasted.push(mix);
+            }
         }
-        (batch, idx.iter().map(|&i| self.labels[i]).collect())
+        Batch {
+            pixels,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            pasted,
+        }
     }
+
+    /// Training image `i`, augmented, into `dst`.
+    fn augment(&self, i: usize, dst: &mut [f32], rng: &mut ChaCha8Rng) {
+        let frame = self.frame;
+        augment(
+            &self.pixels[i * frame..(i + 1) * frame],
+            dst,
+            self.height,
+            self.width,
+            self.config,
+            self.range,
+            rng,
+        );
+    }
+}
+
+/// CutMix's rectangle: a share of the image drawn uniformly, the rectangle's sides that
+/// share's square root of the image's, centred on a uniform pixel and clipped to the image
+/// (Yun et al.'s sampler); copies it from `src` into `dst` and returns the share of `dst`'s
+/// own pixels left.
+fn paste(dst: &mut [f32], src: &[f32], h: usize, w: usize, rng: &mut ChaCha8Rng) -> f32 {
+    let side = rng.random::<f64>().sqrt();
+    let (ph, pw) = ((h as f64 * side) as usize, (w as f64 * side) as usize);
+    let (cy, cx) = (rng.random_range(0..h), rng.random_range(0..w));
+    let (top, bottom) = (cy.saturating_sub(ph / 2), (cy + ph / 2).min(h));
+    let (left, right) = (cx.saturating_sub(pw / 2), (cx + pw / 2).min(w));
+    for y in top..bottom {
+        dst[y * w + left..y * w + right].copy_from_slice(&src[y * w + left..y * w + right]);
+    }
+    1.0 - ((bottom - top) * (right - left)) as f32 / (h * w) as f32
 }
 
 /// Loads the teacher, checks it takes this data, and embeds every training image with it (in
@@ -1165,5 +1257,126 @@ mod tests {
             b.random_bool(0.5),
         );
         assert_eq!(a.random::<u64>(), b.random::<u64>());
+    }
+
+    #[test]
+    fn cutmix_pastes_one_rectangle_of_another_image_and_says_how_much_is_left() {
+        // Image k is all k (labelled k), so a pasted pixel tells where it came from.
+        let (h, w, n) = (12, 10, 50);
+        let pixels: Vec<f32> = (0..n * h * w).map(|i| (i / (h * w)) as f32).collect();
+        let labels: Vec<i64> = (0..n as i64).collect();
+        let mut config = TrainConfig::default();
+        config.augment.max_shift = 0;
+        config.augment.hflip = false;
+        fn augmenter<'a>(
+            pixels: &'a [f32],
+            labels: &'a [i64],
+            config: &'a TrainConfig,
+            [h, w]: [usize; 2],
+        ) -> Augmenter<'a> {
+            Augmenter {
+                pixels,
+                labels,
+                frame: h * w,
+                height: h,
+                width: w,
+                range: [0.0, 50.0],
+                config,
+            }
+        }
+        let with_cutmix = |p| {
+            let mut c = config.clone();
+            c.augment.cutmix = p;
+            c
+        };
+        let idx: Vec<usize> = (0..n).collect();
+        let off = augmenter(&pixels, &labels, &config, [h, w])
+            .batch(&idx, &mut ChaCha8Rng::seed_from_u64(3));
+        assert!(off.pasted.is_none());
+        assert_eq!(off.pixels, pixels);
+
+        let always = with_cutmix(1.0);
+        let always = augmenter(&pixels, &labels, &always, [h, w]);
+        let (mut pasted, mut shares) = (0, 0.0);
+        for seed in 0..20 {
+            let batch = always.batch(&idx, &mut ChaCha8Rng::seed_from_u64(seed));
+            let again = always.batch(&idx, &mut ChaCha8Rng::seed_from_u64(seed));
+            assert_eq!(
+                (&batch.pixels, &batch.pasted),
+                (&again.pixels, &again.pasted)
+            );
+            assert_eq!(batch.labels, labels);
+            for (row, &(other, kept)) in batch.pasted.as_ref().unwrap().iter().enumerate() {
+                let image = &batch.pixels[row * h * w..(row + 1) * h * w];
+                let foreign: Vec<usize> = (0..h * w).filter(|&i| image[i] != row as f32).collect();
+                if other == row as i64 {
+                    // From itself: nothing shows, and both labels are its own.
+                    assert!(foreign.is_empty());
+                    continue;
+                }
+                assert!(foreign.iter().all(|&i| image[i] == other as f32));
+                let expected = 1.0 - foreign.len() as f32 / (h * w) as f32;
+                assert!((kept - expected).abs() < 1e-6, "{kept} {expected}");
+                if foreign.is_empty() {
+                    continue;
+                }
+                // One solid rectangle.
+                let (ys, xs): (Vec<usize>, Vec<usize>) =
+                    foreign.iter().map(|&i| (i / w, i % w)).unzip();
+                let height = ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1;
+                let width = xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1;
+                assert_eq!(foreign.len(), height * width);
+                pasted += 1;
+                shares += 1.0 - kept as f64;
+            }
+        }
+        // Nearly every image gets a rectangle (only a tiny one or one from itself shows
+        // none), covering on average a share below the drawn 1/2 (clipping at the edges).
+        assert!(pasted > 900, "{pasted}");
+        let mean = shares / pasted as f64;
+        assert!((0.15..0.5).contains(&mean), "{mean}");
+
+        let sometimes = with_cutmix(0.3);
+        let batch = augmenter(&pixels, &labels, &sometimes, [h, w])
+            .batch(&idx, &mut ChaCha8Rng::seed_from_u64(1));
+        let mixed = batch.pasted.unwrap().iter().filter(|m| m.1 < 1.0).count();
+        assert!((5..=30).contains(&mixed), "{mixed} of 50 at p 0.3");
+    }
+
+    #[test]
+    fn the_cutmix_loss_weighs_both_labels_by_the_pixels_kept() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = TrainConfig {
+            arch: crate::Arch::Res,
+            embedding_dim: 16,
+            ..Default::default()
+        };
+        let net = TrainNet::new(&vs.root(), &config, [1, 28, 28], 10);
+        let xs = Tensor::rand([6, 1, 28, 28], tch::kind::FLOAT_CPU);
+        let own = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]);
+        let other = Tensor::from_slice(&[9i64, 8, 7, 6, 5, 4]);
+        let targets = |kept: f64| {
+            Tensor::stack(
+                &[
+                    own.to_kind(Kind::Float),
+                    other.to_kind(Kind::Float),
+                    Tensor::full([6], kept, tch::kind::FLOAT_CPU),
+                ],
+                1,
+            )
+        };
+        let value = |t: Tensor| t.double_value(&[]);
+        let plain = |ys: &Tensor| value(net.loss(&xs, ys, Precision::Fp32, 0.1));
+        let mixed = |kept| value(net.mixed_loss(&xs, &targets(kept), Precision::Fp32, 0.1));
+        let (a, b) = (plain(&own), plain(&other));
+        assert!((a - b).abs() > 1e-3, "{a} {b}");
+        for (kept, expected) in [(1.0, a), (0.0, b), (0.25, 0.25 * a + 0.75 * b)] {
+            assert!(
+                (mixed(kept) - expected).abs() < 1e-5,
+                "{kept}: {} {expected}",
+                mixed(kept)
+            );
+        }
     }
 }

@@ -212,6 +212,49 @@ fn low_resolution_epochs_train_then_the_full_size_exports_and_resumes() -> Resul
     Ok(())
 }
 
+/// CutMix: the mixed batches train on (another loss than plain ones), the setting is saved,
+/// and an interrupted run resumes to the same weights (the batch thread's draws repeat).
+#[test]
+fn cutmix_trains_on_mixed_images_and_resumes_exactly() -> Result<()> {
+    let _serial = serial();
+    let tmp = tempfile::tempdir()?;
+    let data = data_dir(tmp.path(), 20, 28)?;
+    let config = |out: &Path, cutmix| {
+        let mut c = tiny(&data, out, Arch::Res, 2);
+        c.augment.cutmix = cutmix;
+        c
+    };
+    let (plain_dir, mixed_dir, resumed_dir) = (
+        tmp.path().join("plain"),
+        tmp.path().join("mixed"),
+        tmp.path().join("resumed"),
+    );
+    let plain = mlops_train::run(&config(&plain_dir, 0.0))?;
+    let mixed = mlops_train::run(&config(&mixed_dir, 0.5))?;
+    assert_ne!(
+        plain.metrics[0].train_loss, mixed.metrics[0].train_loss,
+        "the first epoch must train on mixed images"
+    );
+    let saved: TrainConfig =
+        serde_json::from_slice(&std::fs::read(mixed_dir.join("train_config.json"))?)?;
+    assert_eq!(saved.augment.cutmix, 0.5);
+    let stopped = mlops_train::run(&TrainConfig {
+        stop_after_epochs: Some(1),
+        ..config(&resumed_dir, 0.5)
+    })?;
+    assert!(!stopped.finished);
+    let outcome = mlops_train::run(&TrainConfig {
+        resume: true,
+        ..config(&resumed_dir, 0.5)
+    })?;
+    assert_eq!(outcome.metrics[1].train_loss, mixed.metrics[1].train_loss);
+    assert_eq!(
+        std::fs::read(resumed_dir.join("checkpoints/last.safetensors"))?,
+        std::fs::read(mixed_dir.join("checkpoints/last.safetensors"))?
+    );
+    Ok(())
+}
+
 #[test]
 fn learns_the_synthetic_classes() -> Result<()> {
     let _serial = serial();
