@@ -54,9 +54,14 @@ impl TrainNet {
     /// (bf16 convolutions and matmuls, fp32 master weights); the head and the loss always run
     /// in fp32, where the margin arithmetic needs the precision.
     pub fn loss(&self, xs: &Tensor, ys: &Tensor, precision: Precision, smoothing: f64) -> Tensor {
-        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true));
-        self.head
-            .smoothed_loss(&emb.to_kind(Kind::Float), ys, smoothing)
+        let emb = self.train_embeddings(xs, precision);
+        self.head.smoothed_loss(&emb, ys, smoothing)
+    }
+
+    /// The training-mode embeddings of a batch, in fp32 for the head (see [`Self::loss`]).
+    fn train_embeddings(&self, xs: &Tensor, precision: Precision) -> Tensor {
+        mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true))
+            .to_kind(Kind::Float)
     }
 
     /// [`Self::loss`] plus `weight * mean(1 - cos)` between the student's embeddings and the
@@ -70,8 +75,7 @@ impl TrainNet {
         smoothing: f64,
         weight: f64,
     ) -> Tensor {
-        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true))
-            .to_kind(Kind::Float);
+        let emb = self.train_embeddings(xs, precision);
         let labels = targets.select(1, 0).to_kind(Kind::Int64);
         let teacher = targets.narrow(1, 1, targets.size()[1] - 1);
         let arcface = self.head.smoothed_loss(&emb, &labels, smoothing);
@@ -94,8 +98,7 @@ impl TrainNet {
         precision: Precision,
         smoothing: f64,
     ) -> Tensor {
-        let emb = mlops_torch::autocast(precision, xs.device(), || self.net.forward_t(xs, true))
-            .to_kind(Kind::Float);
+        let emb = self.train_embeddings(xs, precision);
         let label = |column: i64| targets.select(1, column).to_kind(Kind::Int64);
         let kept = targets.select(1, 2);
         let own = self.head.sample_losses(&emb, &label(0), smoothing);
