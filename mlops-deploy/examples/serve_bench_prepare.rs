@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         tch::Device::Cpu,
     )?
     .with_precision(precision);
-    let mut classifier = mlops_index::Classifier::new(
+    let classifier = mlops_index::Classifier::new(
         mlops_index::load_dir(version.index_dir())?,
         version.summary.classifier,
     );

@@ -154,7 +154,12 @@ struct ServeFlags {
     /// Longest wait for a batch to fill, from the first request's arrival [default: 2].
     #[arg(long, env = "MLOPS_MAX_BATCH_DELAY_MS")]
     max_batch_delay_ms: Option<f64>,
-    /// libtorch threads, 0 = one per core [default: 0].
+    /// Inference threads per model version, 0 = one per core on a CPU, one on a GPU
+    /// [default: 0].
+    #[arg(long, env = "MLOPS_WORKERS")]
+    workers: Option<usize>,
+    /// libtorch threads of each inference thread, 0 = the cores shared out among them
+    /// [default: 0].
     #[arg(long, env = "MLOPS_THREADS")]
     threads: Option<usize>,
     /// HTTP threads, 0 = one per core [default: 0].

@@ -2,7 +2,6 @@
 //! threads run, and what [`RegisteredModel`] offers a program that classifies in process.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use mlops_core::artifact::registry::{self as layout, read_pointer};
 use mlops_core::artifact::{ModelDescription, VersionDir, Vote};
@@ -16,7 +15,8 @@ use crate::{Error, Result};
 
 /// A version's embedding model and its index with the vote: preprocessed images in,
 /// predictions out. The server's inference threads and [`RegisteredModel`] both predict with
-/// it, so an in-process answer is the served one.
+/// it, so an in-process answer is the served one. Several threads may predict at once: the
+/// TorchScript module and the FAISS index are both safe to run concurrently.
 pub(crate) struct Predictor {
     embedder: Embedder,
     classifier: Classifier,
@@ -60,7 +60,7 @@ impl Predictor {
     }
 
     /// Predicts `n` preprocessed images (`n * c * h * w` values) in one batch.
-    pub(crate) fn predict(&mut self, pixels: &[f32], n: usize) -> Result<Vec<Prediction>> {
+    pub(crate) fn predict(&self, pixels: &[f32], n: usize) -> Result<Vec<Prediction>> {
         let embeddings = self.embedder.embed(pixels, n, n)?;
         let flat = embeddings
             .as_slice()
@@ -75,7 +75,7 @@ impl Predictor {
 /// manifest, on the server's default device and precision, the vote the eval stage chose) and
 /// predicts with the same code: the same preprocessing ([`mlops_core::preprocess`]), model,
 /// index and k-NN vote, in batches of the server's default size. Safe to share between
-/// threads; they take turns.
+/// threads, which classify at once (each with the libtorch thread count it set).
 ///
 /// ```
 /// # use mlops_data::fixtures::{self, IdxFixture};
@@ -141,7 +141,7 @@ pub struct RegisteredModel {
     classes: Vec<String>,
     vote: Vote,
     preprocess: Preprocess,
-    predictor: Mutex<Predictor>,
+    predictor: Predictor,
 }
 
 impl RegisteredModel {
@@ -158,7 +158,7 @@ impl RegisteredModel {
             classes: predictor.description().classes.clone(),
             vote: dir.summary.classifier.vote,
             preprocess: predictor.preprocess(),
-            predictor: Mutex::new(predictor),
+            predictor,
         })
     }
 
@@ -207,8 +207,7 @@ impl RegisteredModel {
                     })?;
                 pixels.extend(input);
             }
-            let mut predictor = self.predictor.lock().unwrap_or_else(|p| p.into_inner());
-            predictions.extend(predictor.predict(&pixels, chunk.len())?);
+            predictions.extend(self.predictor.predict(&pixels, chunk.len())?);
         }
         Ok(predictions)
     }

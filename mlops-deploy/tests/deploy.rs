@@ -346,7 +346,15 @@ fn serves_predictions_equal_to_eval_on_every_api() -> Result<()> {
     let (s, desc) = get(&format!("{m}/models/fashion"))?;
     assert_eq!(s, 200);
     assert_eq!(desc[0]["modelVersion"], "1");
-    assert_eq!(desc[0]["workers"][0]["status"], "READY");
+    // One worker per inference thread: by default one per core, each of one libtorch thread.
+    let cores = std::thread::available_parallelism()?.get();
+    let workers = desc[0]["workers"].as_array().unwrap();
+    assert_eq!(
+        (workers.len(), desc[0]["maxWorkers"].as_u64()),
+        (cores, Some(cores as u64)),
+        "{desc}"
+    );
+    assert!(workers.iter().all(|w| w["status"] == "READY"), "{desc}");
     assert_eq!(
         get(&format!("{m}/models/fashion/all"))?
             .1
@@ -1088,9 +1096,15 @@ fn sigterm_under_load_or_just_after_it_exits_zero_every_time() -> Result<()> {
     let (pngs, _, _, _) = test_images()?;
     for round in 0..20 {
         for during in [true, false] {
-            // libtorch's own thread pool at work (one thread per core, the default), as in
-            // production: with one thread the crash did not show.
-            let server = Server::start(&reg, &["--threads", "0"], None)?;
+            // Alternately libtorch's own thread pool at work (one inference thread of one
+            // libtorch thread per core: with one thread alone the crash did not show) and the
+            // default's inference thread per core, several of them computing at the signal.
+            let threads: &[&str] = if round % 2 == 0 {
+                &["--workers", "1", "--threads", "0"]
+            } else {
+                &["--threads", "0"]
+            };
+            let server = Server::start(&reg, threads, None)?;
             server.wait_healthy()?;
             let url = format!("{}/predictions/fashion", server.inference);
             let clients = load(
@@ -1290,7 +1304,8 @@ fn registered_model_classifies_as_the_server_does() -> Result<()> {
     let reg = tmp.path().join("registry");
     assert_eq!(register(&reg, true)?, 1);
     assert_eq!(register_candidate(&reg)?, 2);
-    let server = Server::start(&reg, &[], None)?;
+    // Three inference threads per version, whatever the cores: batches computed at once.
+    let server = Server::start(&reg, &["--workers", "3"], None)?;
     server.wait_healthy()?;
     let (pngs, labels, _, _) = test_images()?;
     let eval = EvalDir::open(&run().eval)?;
@@ -1340,6 +1355,45 @@ fn registered_model_classifies_as_the_server_does() -> Result<()> {
             "{ours:?} {e}"
         );
     }
+
+    // Eight clients at once get the answers one client gets, over all three threads; and
+    // threads sharing one RegisteredModel classify at once as one thread alone does.
+    std::thread::scope(|scope| -> Result<()> {
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let (model, pngs, predictions) = (&model, &pngs, &predictions);
+                scope.spawn(move || -> Result<()> {
+                    for i in (c..pngs.len()).step_by(8) {
+                        let url = format!("{inf}/predictions/fashion");
+                        let (s, served) = post(&url, "image/png", &pngs[i])?;
+                        assert_eq!(s, 200, "{served}");
+                        same_prediction(model, &predictions[i], &served)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let callers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| model.classify(&twice[..pngs.len()])))
+            .collect();
+        for c in clients {
+            c.join().expect("a client panicked")?;
+        }
+        for c in callers {
+            let theirs = c.join().expect("a caller panicked")?;
+            for (a, b) in theirs.iter().zip(&predictions) {
+                assert_eq!(a.class, b.class);
+                assert!((a.score - b.score).abs() < 1e-6, "{a:?} {b:?}");
+            }
+        }
+        Ok(())
+    })?;
+    let (_, desc) = get(&format!("{}/models/fashion", server.management))?;
+    assert_eq!(
+        desc[0]["workers"].as_array().map(Vec::len),
+        Some(3),
+        "{desc}"
+    );
 
     // A named version is that version, as the server's pinned route answers it.
     let candidate = RegisteredModel::open(&reg, "fashion", Some(2))?;

@@ -610,7 +610,7 @@ fn baseline(dir: &Path, classes: &[String], inputs: &Inputs) -> Result<gate::Bas
         if inputs.emb.has_role(BASELINE_ROLE) && dir.join(mlops_core::MANIFEST_FILE).is_file() {
             let version = mlops_core::artifact::VersionDir::open(dir)?;
             let spec = version.summary.classifier;
-            let mut classifier = Classifier::new(mlops_index::load_dir(version.index_dir())?, spec);
+            let classifier = Classifier::new(mlops_index::load_dir(version.index_dir())?, spec);
             let (queries, labels) = inputs.emb.read_role(BASELINE_ROLE)?;
             let truth = class_ids(&labels, classes.len(), &inputs.emb.dir, BASELINE_ROLE)?;
             if truth != inputs.truth {

@@ -2,7 +2,6 @@
 //! vectors vote. The eval stage measures with this type and a server predicts with it, so a
 //! served prediction is exactly the one eval counted.
 
-use faiss::Index;
 use mlops_core::artifact::{ClassifierSpec, Scoring, Vote};
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -103,14 +102,10 @@ impl Classifier {
     }
 
     /// The `k_max` nearest neighbours of each query (`queries` is `[m, dim]` row-major).
-    pub fn neighbours(&mut self, queries: &[f32], k_max: usize) -> Result<Neighbours> {
+    pub fn neighbours(&self, queries: &[f32], k_max: usize) -> Result<Neighbours> {
         let classes = self.classes().len();
         let metric = self.index.summary().metric;
-        let result = self
-            .index
-            .index
-            .search(queries, k_max)
-            .map_err(crate::faiss_err("search"))?;
+        let result = self.index.search(queries, k_max)?;
         let labels = &self.index.labels;
         let ids: Vec<Option<u64>> = result.labels.iter().map(|id| id.get()).collect();
         let class_of = |id: &Option<u64>| {
@@ -152,7 +147,7 @@ impl Classifier {
     }
 
     /// Predicts each query's class with this classifier's spec.
-    pub fn classify(&mut self, queries: &[f32]) -> Result<Vec<Prediction>> {
+    pub fn classify(&self, queries: &[f32]) -> Result<Vec<Prediction>> {
         let spec = self.spec;
         let (k, how) = (spec.k, spec.vote);
         let nb = self.neighbours(queries, k)?;

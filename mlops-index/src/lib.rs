@@ -67,6 +67,9 @@ pub enum Error {
         #[source]
         source: faiss::error::Error,
     },
+    /// A search through FAISS's C API failed (its exception's message).
+    #[error("faiss: search: {0}")]
+    Search(String),
     /// `recall_k` or `train_size` is 0.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -138,6 +141,10 @@ impl Default for IndexConfig {
 
 /// Builds an index over `vectors` (`n x dim`, row-major): trains it on a seeded sample of at
 /// most `train_size` rows when the type needs it, then adds the rows in order.
+///
+/// Graph indexes (HNSW, NSG) are built on one thread: FAISS links their vertices in parallel in
+/// whatever order the threads reach them, which gave a different graph, and different
+/// neighbours for some queries, on every run.
 pub fn build(
     dim: usize,
     vectors: &[f32],
@@ -166,8 +173,38 @@ pub fn build(
         )))?;
         trained_on = take;
     }
+    let graph = ["HNSW", "NSG"]
+        .iter()
+        .any(|g| factory.to_ascii_uppercase().contains(g));
+    let _one_thread = graph.then(OneOmpThread::new);
     index.add(vectors).map_err(faiss_err("adding vectors"))?;
     Ok((index, trained_on))
+}
+
+// FAISS's OpenMP runtime, which the static `faiss-sys` build already links (libgomp).
+extern "C" {
+    fn omp_get_max_threads() -> std::os::raw::c_int;
+    fn omp_set_num_threads(n: std::os::raw::c_int);
+}
+
+/// Runs FAISS's OpenMP loops on the calling thread alone until dropped (OpenMP's thread count
+/// is a per-thread setting, so other threads are unaffected).
+struct OneOmpThread(std::os::raw::c_int);
+
+impl OneOmpThread {
+    fn new() -> Self {
+        // SAFETY: plain OpenMP runtime calls without pointers.
+        let before = unsafe { omp_get_max_threads() };
+        unsafe { omp_set_num_threads(1) };
+        OneOmpThread(before)
+    }
+}
+
+impl Drop for OneOmpThread {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { omp_set_num_threads(self.0) };
+    }
 }
 
 /// Applies search-time parameters (`nprobe`, `efSearch`) that the index type understands.
@@ -403,6 +440,56 @@ impl LoadedIndex {
     /// What the index stage recorded about the index.
     pub fn summary(&self) -> &IndexSummary {
         &self.dir.summary
+    }
+
+    /// The `k` nearest indexed vectors of each query (`queries` is `[m, dim]` row-major):
+    /// `m * k` distances and ids, padded with -1 ids where the index holds fewer than `k`.
+    ///
+    /// Takes `&self`, so several threads may search one index at once (the server's inference
+    /// workers share their version's index rather than hold a copy each). FAISS documents its
+    /// CPU indexes as safe for concurrent searches, which do not change the index; the `faiss`
+    /// crate offers that (`ConcurrentIndex`) for a few concrete index types only, not for the
+    /// [`IndexImpl`] that `read_index` returns, hence the call through the C API here.
+    pub fn search(&self, queries: &[f32], k: usize) -> Result<faiss::index::SearchResult> {
+        let dim = self.summary().dim;
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
+            return Err(Error::Search(format!(
+                "{} query values are not whole vectors of dimension {dim}",
+                queries.len()
+            )));
+        }
+        let m = queries.len() / dim;
+        let mut distances = vec![0f32; m * k];
+        let mut labels = vec![faiss::Idx::none(); m * k];
+        // SAFETY: the pointer is the live index `self` owns and the shared borrow keeps it from
+        // being changed meanwhile; the buffers hold `m * dim` queries and `m * k` results, and
+        // `Idx` is a transparent `i64` (FAISS's `idx_t`).
+        let code = unsafe {
+            faiss_sys::faiss_Index_search(
+                self.index.inner_ptr(),
+                m as faiss_sys::idx_t,
+                queries.as_ptr(),
+                k as faiss_sys::idx_t,
+                distances.as_mut_ptr(),
+                labels.as_mut_ptr().cast(),
+            )
+        };
+        if code != 0 {
+            // SAFETY: after a failed call FAISS's C API keeps the exception's message for the
+            // calling thread until its next call.
+            let message = unsafe {
+                let text = faiss_sys::faiss_get_last_error();
+                if text.is_null() {
+                    format!("error code {code}")
+                } else {
+                    std::ffi::CStr::from_ptr(text)
+                        .to_string_lossy()
+                        .into_owned()
+                }
+            };
+            return Err(Error::Search(message));
+        }
+        Ok(faiss::index::SearchResult { distances, labels })
     }
 }
 

@@ -76,6 +76,54 @@ fn flat_and_ivf_indexes_are_written_and_reloaded() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn hnsw_builds_the_same_index_every_run_and_serves_concurrent_searches() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let emb = embed_dir(tmp.path(), 32, 600, 5)?;
+    let build = |name: &str| -> Result<PathBuf> {
+        let out = tmp.path().join(name);
+        mlops_index::run(&IndexConfig {
+            embeddings: emb.clone(),
+            out: out.clone(),
+            factory: "HNSW16".into(),
+            ef_search: Some(32),
+            ..Default::default()
+        })?;
+        Ok(out)
+    };
+    // FAISS links HNSW vertices from every OpenMP thread at once; the stage must not let the
+    // threads' order shape the graph.
+    let (one, two) = (build("one")?, build("two")?);
+    assert_eq!(
+        mlops_core::sha256_file(&one.join("index.faiss"))?,
+        mlops_core::sha256_file(&two.join("index.faiss"))?,
+        "two HNSW builds of one gallery differ"
+    );
+
+    // Four threads searching one loaded index at once get what one search at a time gets.
+    let index = mlops_index::load(&one)?;
+    let (gallery, _) = mlops_core::artifact::EmbeddingsDir::open(&emb)?.read_role("gallery")?;
+    let queries = gallery.as_slice().unwrap();
+    let alone = index.search(queries, 5)?;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| index.search(queries, 5)))
+            .collect();
+        for t in threads {
+            let r = t.join().expect("a search thread panicked").expect("search");
+            assert_eq!(r.distances, alone.distances);
+            assert_eq!(
+                r.labels.iter().map(|l| l.get()).collect::<Vec<_>>(),
+                alone.labels.iter().map(|l| l.get()).collect::<Vec<_>>()
+            );
+        }
+    });
+    // Queries that are not whole vectors are refused, not read past.
+    let err = index.search(&queries[..31], 5).unwrap_err().to_string();
+    assert!(err.contains("not whole vectors of dimension 32"), "{err}");
+    Ok(())
+}
+
 /// Python's faiss (from the set-up venv) reads our index file.
 fn python_faiss_reads(dir: &Path, ntotal: usize) -> Result<()> {
     let Some(python) = mlops_core::testing::python() else {

@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let pixels = preprocess.image_bytes(&std::fs::read(&image)?)?;
     let embedding = embedder.embed(&pixels, 1, 1)?;
     let spec = ClassifierSpec::knn(5, Vote::Weighted);
-    let mut classifier = Classifier::new(mlops::index::load(&dir("index"))?, spec);
+    let classifier = Classifier::new(mlops::index::load(&dir("index"))?, spec);
     let prediction = &classifier.classify(embedding.as_slice().expect("one row"))?[0];
     let class = &classifier.classes()[prediction.class];
     let share = 100.0 * prediction.score;

@@ -76,7 +76,11 @@ pub struct ServeConfig {
     pub max_batch_delay_ms: f64,
     /// Requests waiting per model version before the server answers 503.
     pub queue_capacity: usize,
-    /// libtorch intra-op threads for inference; 0 means one per core.
+    /// Inference threads per model version, each computing whole batches; 0 means one per core
+    /// on a CPU and one on a GPU.
+    pub workers: usize,
+    /// libtorch intra-op threads of each inference thread; 0 shares the cores out among the
+    /// inference threads (at least one each).
     pub threads: usize,
     /// Threads serving HTTP; 0 means one per core.
     pub io_threads: usize,
@@ -108,6 +112,7 @@ impl Default for ServeConfig {
             batch_size: 32,
             max_batch_delay_ms: 2.0,
             queue_capacity: 1024,
+            workers: 0,
             threads: 0,
             io_threads: 0,
             k: None,
@@ -122,6 +127,26 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// Inference threads per version and libtorch threads of each, on `device`.
+    ///
+    /// On a CPU the default is a thread per core of one libtorch thread each: measured on two
+    /// cores (docs/stages.md), whole batches on each core served more requests at every client
+    /// count than one inference thread splitting each batch across the cores, which pays for
+    /// handing work between its threads on every layer.
+    pub fn inference_threads(&self, device: tch::Device) -> (usize, usize) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match (self.workers, device) {
+            (0, tch::Device::Cpu) => cores,
+            (0, _) => 1,
+            (n, _) => n,
+        };
+        let threads = match self.threads {
+            0 => (cores / workers).max(1),
+            n => n,
+        };
+        (workers, threads)
+    }
+
     fn check(&self) -> Result<[SocketAddr; 3]> {
         let parse = |what: &str, addr: &str| -> Result<SocketAddr> {
             addr.parse()
@@ -178,7 +203,9 @@ pub fn run(config: ServeConfig) -> Result<()> {
 pub fn run_with(config: ServeConfig, on_bound: impl FnOnce(Bound)) -> Result<()> {
     let addrs = config.check()?;
     let device = config.device.resolve()?[0];
-    let threads = mlops_torch::set_threads(config.threads);
+    let (workers, threads) = config.inference_threads(device);
+    // Also the count that threads libtorch has not seen yet start with.
+    mlops_torch::set_threads(threads);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.io_threads > 0 {
         runtime.worker_threads(config.io_threads);
@@ -211,7 +238,7 @@ pub fn run_with(config: ServeConfig, on_bound: impl FnOnce(Bound)) -> Result<()>
             metrics: local(&metrics)?,
         };
         let precision = config.precision.resolve(device);
-        tracing::info!(?bound, ?device, %precision, threads, registry = %config.registry.display(), "listening");
+        tracing::info!(?bound, ?device, %precision, workers, threads, registry = %config.registry.display(), "listening");
         on_bound(bound);
         let state = Arc::new(State::new(config, device));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -137,6 +137,7 @@ impl State {
     /// A server for `config.registry` with nothing loaded yet ([`State::sync`] loads).
     pub fn new(config: ServeConfig, device: tch::Device) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let (workers, threads_per_worker) = config.inference_threads(device);
         let settings = Settings {
             device,
             precision: config.precision,
@@ -148,6 +149,8 @@ impl State {
                 ),
                 queue: config.queue_capacity,
             },
+            workers,
+            threads_per_worker,
             metrics: metrics.clone(),
             drift: config.drift.clone(),
             notifier: Arc::new(Notifier::from_env()),

@@ -1,15 +1,18 @@
-//! One loaded model version: its model and index owned by an inference thread that takes
-//! requests from a queue in dynamic batches.
+//! One loaded model version: its model and index shared by a pool of inference threads that
+//! take requests from one queue in dynamic batches.
 //!
-//! A batch closes when it holds `batch_size` images or when `max_batch_delay` has passed since
-//! the first queued request arrived, whichever comes first (TorchServe users report that its
-//! delay is counted from the wrong moment, serve#2478); and at once when every image in flight
-//! is already in it, so a lone client never waits for a batch that cannot fill. Inference runs
-//! on this thread, never on the async executor's.
+//! A batch closes when it holds `batch_size` images or when `max_delay` has passed since the
+//! first queued request arrived, whichever comes first (TorchServe users report that its delay
+//! is counted from the wrong moment, serve#2478); and at once when every image in flight that
+//! no other thread is computing is already in it, so a lone client never waits for a batch that
+//! cannot fill. One thread collects at a time while the others compute: on a CPU, several
+//! threads of one libtorch thread each keep every core busy on whole batches, where one thread
+//! split across the cores spends its time handing work between them. Inference never runs on
+//! the async executor's threads.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlops_core::artifact::{ModelDescription, VersionDir, VersionSummary};
@@ -66,6 +69,10 @@ pub struct Settings {
     pub k: Option<usize>,
     /// How jobs are batched.
     pub batching: Batching,
+    /// Inference threads per version, each taking whole batches.
+    pub workers: usize,
+    /// libtorch intra-op threads of each inference thread.
+    pub threads_per_worker: usize,
     /// Where the inference threads record batches, latencies and similarities.
     pub metrics: Arc<Metrics>,
     /// Drift watching.
@@ -93,24 +100,26 @@ pub struct LoadedVersion {
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     sender: SyncSender<Job>,
     warmed: AtomicBool,
-    /// Images admitted and not yet answered: when a batch holds all of them, nobody else is
-    /// coming and waiting out the delay would only add latency.
+    /// Images admitted and not yet answered: when a batch holds all of them (but those other
+    /// threads are computing), nobody else is coming and waiting out the delay would only add
+    /// latency.
     in_flight: Arc<AtomicUsize>,
-    /// The inference thread, joined when the version is dropped.
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The inference threads, joined when the version is dropped.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for LoadedVersion {
-    /// Stops the inference thread and waits for it: the queue's sender goes first, so the thread
-    /// answers what is queued, finishes its batch and returns, and the model is freed on it. A
-    /// process must never exit (running libtorch's static destructors) while an inference thread
-    /// still computes: that crashed with SIGSEGV or SIGABRT at shutdown under load.
+    /// Stops the inference threads and waits for them: the queue's sender goes first, so the
+    /// threads answer what is queued, finish their batches and return, and the model is freed
+    /// on the last. A process must never exit (running libtorch's static destructors) while an
+    /// inference thread still computes: that crashed with SIGSEGV or SIGABRT at shutdown under
+    /// load.
     fn drop(&mut self) {
         let (closed, _) = sync_channel(0);
         drop(std::mem::replace(&mut self.sender, closed));
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             if thread.join().is_err() {
-                tracing::error!(model = %self.name, version = self.version, "the inference thread panicked");
+                tracing::error!(model = %self.name, version = self.version, "an inference thread panicked");
             }
         }
     }
@@ -129,8 +138,9 @@ impl Drop for InFlight {
 }
 
 impl LoadedVersion {
-    /// Loads a registered version (every file verified against its manifest), starts its
-    /// inference thread and runs one warm-up prediction through it.
+    /// Loads a registered version (every file verified against its manifest) and starts its
+    /// inference threads, each of which answers one warm-up prediction before the version is
+    /// returned.
     pub fn load(dir: VersionDir, settings: &Settings) -> Result<Arc<Self>> {
         let predictor = Predictor::load(&dir, settings.device, settings.precision, settings.k)?;
         let description = predictor.description().clone();
@@ -150,26 +160,19 @@ impl LoadedVersion {
         let gallery = Gallery::load(&dir)?;
         let (sender, receiver) = sync_channel(batching.queue.max(1));
         let summary = dir.summary.clone();
-        let labels = (summary.name.clone(), summary.version.to_string());
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
-            jobs: receiver,
+        let pool = Arc::new(Pool {
+            jobs: Mutex::new(receiver),
             predictor,
             batching,
             metrics: settings.metrics.clone(),
             in_flight: in_flight.clone(),
-            labels,
-            drift,
+            computing: AtomicUsize::new(0),
+            labels: (summary.name.clone(), summary.version.to_string()),
+            drift: Mutex::new(drift),
             notifier: settings.notifier.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("infer-{}-{}", summary.name, summary.version))
-            .spawn(move || worker.run())
-            .map_err(|source| crate::Error::Io {
-                what: "starting an inference thread".into(),
-                source,
-            })?;
-        let loaded = Arc::new(LoadedVersion {
+        });
+        let mut loaded = LoadedVersion {
             name: summary.name.clone(),
             version: summary.version,
             preprocess,
@@ -180,30 +183,41 @@ impl LoadedVersion {
             sender,
             warmed: AtomicBool::new(false),
             in_flight,
-            thread: Some(thread),
-        });
-        loaded.warm_up()?;
-        Ok(loaded)
+            threads: Vec::new(),
+        };
+        // Each thread warms up on its own (libtorch's set-up is per thread) and says so.
+        let (warmed_tx, warmed_rx) = std::sync::mpsc::channel();
+        for i in 0..settings.workers.max(1) {
+            let (pool, warmed, threads) =
+                (pool.clone(), warmed_tx.clone(), settings.threads_per_worker);
+            let thread = std::thread::Builder::new()
+                .name(format!("infer-{}-{}-{i}", loaded.name, loaded.version))
+                .spawn(move || {
+                    let _ = warmed.send(pool.warm_up(threads));
+                    drop(warmed);
+                    pool.run();
+                })
+                .map_err(|source| crate::Error::Io {
+                    what: "starting an inference thread".into(),
+                    source,
+                })?;
+            // Pushed at once, so an early return joins what was started (through `Drop`).
+            loaded.threads.push(thread);
+        }
+        drop(warmed_tx);
+        for _ in 0..loaded.threads.len() {
+            warmed_rx
+                .recv()
+                .map_err(|_| crate::Error::Config("warm-up: an inference thread stopped".into()))?
+                .map_err(|e| crate::Error::Config(format!("warm-up failed: {e}")))?;
+        }
+        loaded.warmed.store(true, Ordering::Release);
+        Ok(Arc::new(loaded))
     }
 
-    /// One prediction on a blank image, so the first client does not pay for lazy set-up, and
-    /// proof the version answers before it is called ready.
-    fn warm_up(&self) -> Result<()> {
-        let [c, h, w] = self.description.input_shape;
-        let _counted = self.track(1);
-        let (tx, rx) = oneshot::channel();
-        self.submit(Job {
-            pixels: vec![self.description.value_range[0]; c * h * w],
-            arrived: Instant::now(),
-            observed: false,
-            reply: tx,
-        })
-        .map_err(|e| crate::Error::Config(format!("warm-up refused: {e:?}")))?;
-        rx.blocking_recv()
-            .map_err(|_| crate::Error::Config("warm-up: the inference thread stopped".into()))?
-            .map_err(|e| crate::Error::Config(format!("warm-up failed: {e}")))?;
-        self.warmed.store(true, Ordering::Release);
-        Ok(())
+    /// How many inference threads serve the version.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
     }
 
     /// Whether the version has answered its warm-up prediction.
@@ -230,44 +244,70 @@ impl LoadedVersion {
     }
 }
 
-/// The inference thread's state.
-struct Worker {
-    jobs: Receiver<Job>,
+/// What a version's inference threads share.
+struct Pool {
+    /// The queue; whoever holds the lock is collecting the next batch.
+    jobs: Mutex<Receiver<Job>>,
     predictor: Predictor,
     batching: Batching,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
+    /// Images in batches that threads are computing now.
+    computing: AtomicUsize,
     labels: (String, String),
-    drift: Option<DriftMonitor>,
+    drift: Mutex<Option<DriftMonitor>>,
     notifier: Arc<Notifier>,
 }
 
-impl Worker {
-    /// Collect a batch, embed, classify, answer; until every sender is gone.
-    fn run(mut self) {
-        while let Ok(first) = self.jobs.recv() {
-            let batch = self.collect(first);
+impl Pool {
+    /// Sets this thread's libtorch thread count (per thread in libtorch's OpenMP build) and
+    /// predicts one blank image, so the first client does not pay for lazy set-up and the
+    /// version is proven to answer before it is called ready.
+    fn warm_up(&self, threads: usize) -> Result<(), String> {
+        mlops_torch::set_threads(threads);
+        let d = self.predictor.description();
+        let [c, h, w] = d.input_shape;
+        self.predictor
+            .predict(&vec![d.value_range[0]; c * h * w], 1)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Take the queue, collect a batch, let go of the queue, embed, classify, answer; until
+    /// every sender is gone.
+    fn run(&self) {
+        loop {
+            let batch = {
+                let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok(first) = jobs.recv() else { return };
+                let batch = self.collect(&jobs, first);
+                self.computing.fetch_add(batch.len(), Ordering::AcqRel);
+                batch
+            };
+            let n = batch.len();
             self.answer(batch);
+            self.computing.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
     /// Adds jobs to `first` until the batch is full, the delay since the first job's arrival
-    /// has passed, or every image in flight is in the batch.
-    fn collect(&self, first: Job) -> Vec<Job> {
+    /// has passed, or every image in flight is in the batch or being computed.
+    fn collect(&self, jobs: &Receiver<Job>, first: Job) -> Vec<Job> {
         let deadline = first.arrived + self.batching.max_delay;
         let mut batch = vec![first];
         while batch.len() < self.batching.batch_size {
-            if let Ok(job) = self.jobs.try_recv() {
+            if let Ok(job) = jobs.try_recv() {
                 batch.push(job);
                 continue;
             }
             let now = Instant::now();
-            if now >= deadline || batch.len() >= self.in_flight.load(Ordering::Acquire) {
+            let others = self.computing.load(Ordering::Acquire);
+            if now >= deadline || batch.len() + others >= self.in_flight.load(Ordering::Acquire) {
                 break;
             }
             // Wake up now and then to notice that nobody else is coming.
             let wait = (deadline - now).min(Duration::from_micros(200));
-            match self.jobs.recv_timeout(wait) {
+            match jobs.recv_timeout(wait) {
                 Ok(job) => batch.push(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -276,7 +316,7 @@ impl Worker {
         batch
     }
 
-    fn answer(&mut self, batch: Vec<Job>) {
+    fn answer(&self, batch: Vec<Job>) {
         let labels = self.labels.clone();
         let (name, version) = (&labels.0, &labels.1);
         let frame: usize = self.predictor.description().input_shape.iter().product();
@@ -303,7 +343,8 @@ impl Worker {
                     }
                     let _ = job.reply.send(Ok(prediction));
                 }
-                if let (true, Some(drift)) = (observed, &self.drift) {
+                let drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+                if let (true, Some(drift)) = (observed, drift.as_ref()) {
                     let limits = (drift.config(), drift.threshold);
                     self.metrics
                         .set_drift(name, version, &drift.status(), limits);
@@ -319,10 +360,10 @@ impl Worker {
     }
 }
 
-impl Worker {
+impl Pool {
     /// Feeds one answered request's nearest similarity to the metrics and the drift monitor,
     /// and carries out an alert's change of state (log, Slack).
-    fn watch(&mut self, prediction: &Prediction) {
+    fn watch(&self, prediction: &Prediction) {
         let Some(nearest) = prediction
             .neighbours
             .iter()
@@ -333,7 +374,8 @@ impl Worker {
         };
         let (name, version) = (&self.labels.0, &self.labels.1);
         self.metrics.observe_nearest(name, version, nearest);
-        let Some(drift) = &mut self.drift else { return };
+        let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(drift) = drift.as_mut() else { return };
         let Some(transition) = drift.observe(nearest, prediction.class) else {
             return;
         };

@@ -82,24 +82,31 @@ fn describe(
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
     )
     .map_err(|_| ApiError::version_not_found(name, &v.to_string()))?;
-    let workers = match loaded {
-        Some(l) => json!([{
-            "id": format!("infer-{name}-{v}"),
-            "startTime": l.loaded_at.to_rfc3339(),
-            "status": if l.ready() { "READY" } else { "LOADING" },
-            "memoryUsage": 0,
-            "pid": std::process::id(),
-            "gpu": !matches!(state.device, tch::Device::Cpu),
-        }]),
-        None => json!([]),
-    };
+    // TorchServe's workers are our inference threads, one entry each.
+    let (count, _) = state.config.inference_threads(state.device);
+    let workers: Vec<Value> = loaded
+        .map(|l| {
+            (0..l.workers())
+                .map(|i| {
+                    json!({
+                        "id": format!("infer-{name}-{v}-{i}"),
+                        "startTime": l.loaded_at.to_rfc3339(),
+                        "status": if l.ready() { "READY" } else { "LOADING" },
+                        "memoryUsage": 0,
+                        "pid": std::process::id(),
+                        "gpu": !matches!(state.device, tch::Device::Cpu),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(json!({
         "modelName": name,
         "modelVersion": v.to_string(),
         "modelUrl": dir.dir.display().to_string(),
         "runtime": "rust",
-        "minWorkers": 1,
-        "maxWorkers": 1,
+        "minWorkers": count,
+        "maxWorkers": count,
         "batchSize": state.config.batch_size,
         "maxBatchDelay": state.config.max_batch_delay_ms,
         "loadedAtStartup": is_default,
