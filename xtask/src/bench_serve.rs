@@ -31,7 +31,11 @@ pub struct BenchServeArgs {
     /// Server HTTP threads (0: the server's default, one per core).
     #[arg(long, default_value_t = 0)]
     pub(crate) io_threads: usize,
-    /// Server libtorch threads (0: the server's default, one per core).
+    /// Server inference threads per model (0: the server's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) workers: usize,
+    /// Server libtorch threads of each inference thread (0: the server's default, the cores
+    /// shared out among the inference threads).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
     /// Serve this run's model too and compare the two side by side (wrk at 1, 8 and 32
@@ -65,6 +69,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
     let mut server = Server::start(
         &work.join("registry"),
         args.io_threads,
+        args.workers,
         args.threads,
         &precision,
     )?;
@@ -101,6 +106,7 @@ pub fn run(args: &BenchServeArgs) -> Result<()> {
             io_threads: args.io_threads,
             max_batch_delay_ms: 2.0,
             precision,
+            workers: args.workers,
             threads: args.threads,
         },
         swap_under_load: swap,
@@ -146,6 +152,7 @@ struct ServerSettings {
     io_threads: usize,
     max_batch_delay_ms: f64,
     precision: String,
+    workers: usize,
     threads: usize,
 }
 
@@ -220,6 +227,7 @@ impl Server {
     pub fn start(
         registry: &Path,
         io_threads: usize,
+        workers: usize,
         threads: usize,
         precision: &str,
     ) -> Result<Server> {
@@ -234,6 +242,7 @@ impl Server {
             ])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--io-threads", &io_threads.to_string()])
+            .args(["--workers", &workers.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--precision", precision])
             .env("RUST_LOG", "warn")

@@ -77,6 +77,7 @@ impl Contender {
         let mut server = Server::start(
             &w.join("registry"),
             args.io_threads,
+            args.workers,
             args.threads,
             &self.precision,
         )?;

@@ -18,7 +18,7 @@ pub fn serve(sides: &Sides, run_dir: &Path, seconds: u32) -> Result<Serving> {
     std::fs::create_dir_all(&work)?;
     bench_serve::prepare(run_dir, &work, "fp32")?;
     let registry = work.join("registry");
-    let mut ours = Server::start(&registry, 0, 0, "fp32")?;
+    let mut ours = Server::start(&registry, 0, 0, 0, "fp32")?;
     let ours_accuracy = bench_serve::served_accuracy(&ours.inference, &work)?;
     let torchserve = TorchServe::start(sides, &registry, &work)?;
     let ts_accuracy = bench_serve::served_accuracy(&torchserve.inference, &work)?;
