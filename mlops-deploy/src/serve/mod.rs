@@ -316,6 +316,34 @@ mod tests {
         let config: ServeConfig =
             mlops_core::config::merge(Some(&path), &[], &serde_json::json!({})).unwrap();
         assert_eq!(config, ServeConfig::default());
+        // And documents every setting that has a default (only `k` is left unset).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written: toml::Table = text.parse().unwrap();
+        let defaults = serde_json::to_value(ServeConfig::default()).unwrap();
+        for (key, value) in defaults.as_object().unwrap() {
+            assert!(
+                value.is_null() || written.contains_key(key),
+                "serve.toml does not document {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn inference_threads_share_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = |workers, threads, device| {
+            ServeConfig {
+                workers,
+                threads,
+                ..Default::default()
+            }
+            .inference_threads(device)
+        };
+        assert_eq!(threads(0, 0, tch::Device::Cpu), (cores, 1));
+        assert_eq!(threads(0, 0, tch::Device::Cuda(0)), (1, cores));
+        assert_eq!(threads(1, 0, tch::Device::Cpu), (1, cores));
+        assert_eq!(threads(3, 2, tch::Device::Cpu), (3, 2));
+        assert_eq!(threads(2 * cores, 0, tch::Device::Cpu), (2 * cores, 1));
     }
 
     #[test]
