@@ -175,20 +175,21 @@ impl State {
     }
 
     /// Healthy: the registry was read once and every model with a default version serves one
-    /// that has answered its warm-up prediction.
+    /// (loaded, so warmed up: [`LoadedVersion::load`]).
     pub fn ready(&self) -> bool {
         self.synced.load(Ordering::Acquire)
-            && self
-                .read()
-                .values()
-                .all(|slot| slot.default.as_ref().is_some_and(|v| v.ready()))
+            && self.read().values().all(|slot| slot.default.is_some())
     }
 
     /// Whether model `name` serves a warmed-up default.
     pub fn model_ready(&self, name: &str) -> Option<bool> {
-        self.read()
-            .get(name)
-            .map(|slot| slot.default.as_ref().is_some_and(|v| v.ready()))
+        self.read().get(name).map(|slot| slot.default.is_some())
+    }
+
+    /// Inference threads each loaded version runs (`ServeConfig::inference_threads`, settled
+    /// at start).
+    pub fn workers(&self) -> usize {
+        self.settings.workers
     }
 
     /// Model names, sorted.

@@ -10,7 +10,7 @@
 //! split across the cores spends its time handing work between them. Inference never runs on
 //! the async executor's threads.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,8 +33,6 @@ pub struct Job {
     pub pixels: Vec<f32>,
     /// When the request arrived: the batch delay counts from the first job's.
     pub arrived: Instant,
-    /// Whether the prediction counts towards the version's traffic figures (not a warm-up).
-    pub observed: bool,
     /// Where the prediction (or the inference error's message) goes.
     pub reply: oneshot::Sender<Result<Prediction, String>>,
 }
@@ -99,7 +97,6 @@ pub struct LoadedVersion {
     /// When it was loaded.
     pub loaded_at: chrono::DateTime<chrono::Utc>,
     sender: SyncSender<Job>,
-    warmed: AtomicBool,
     /// Images admitted and not yet answered: when a batch holds all of them (but those other
     /// threads are computing), nobody else is coming and waiting out the delay would only add
     /// latency.
@@ -140,7 +137,7 @@ impl Drop for InFlight {
 impl LoadedVersion {
     /// Loads a registered version (every file verified against its manifest) and starts its
     /// inference threads, each of which answers one warm-up prediction before the version is
-    /// returned.
+    /// returned: a `LoadedVersion` that exists is ready to serve.
     pub fn load(dir: VersionDir, settings: &Settings) -> Result<Arc<Self>> {
         let predictor = Predictor::load(&dir, settings.device, settings.precision, settings.k)?;
         let description = predictor.description().clone();
@@ -181,7 +178,6 @@ impl LoadedVersion {
             gallery,
             loaded_at: chrono::Utc::now(),
             sender,
-            warmed: AtomicBool::new(false),
             in_flight,
             threads: Vec::new(),
         };
@@ -211,18 +207,12 @@ impl LoadedVersion {
                 .map_err(|_| crate::Error::Config("warm-up: an inference thread stopped".into()))?
                 .map_err(|e| crate::Error::Config(format!("warm-up failed: {e}")))?;
         }
-        loaded.warmed.store(true, Ordering::Release);
         Ok(Arc::new(loaded))
     }
 
     /// How many inference threads serve the version.
     pub fn workers(&self) -> usize {
         self.threads.len()
-    }
-
-    /// Whether the version has answered its warm-up prediction.
-    pub fn ready(&self) -> bool {
-        self.warmed.load(Ordering::Acquire)
     }
 
     /// Counts `n` images of a request as in flight (from admission to answer) while the guard
@@ -333,18 +323,16 @@ impl Pool {
         self.metrics.observe_batch(name, version, batch.len());
         match result {
             Ok(predictions) => {
-                let mut observed = false;
+                // Warm-ups predict on their own, so every job here is a client's. One lock for
+                // the batch: the other threads wait at most for this loop.
+                let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
                 for (job, prediction) in batch.into_iter().zip(predictions) {
                     self.metrics
                         .observe_job(name, version, job.arrived, started, done);
-                    if job.observed {
-                        observed = true;
-                        self.watch(&prediction);
-                    }
+                    self.watch(&mut drift, &prediction);
                     let _ = job.reply.send(Ok(prediction));
                 }
-                let drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
-                if let (true, Some(drift)) = (observed, drift.as_ref()) {
+                if let Some(drift) = drift.as_ref() {
                     let limits = (drift.config(), drift.threshold);
                     self.metrics
                         .set_drift(name, version, &drift.status(), limits);
@@ -363,7 +351,7 @@ impl Pool {
 impl Pool {
     /// Feeds one answered request's nearest similarity to the metrics and the drift monitor,
     /// and carries out an alert's change of state (log, Slack).
-    fn watch(&self, prediction: &Prediction) {
+    fn watch(&self, drift: &mut Option<DriftMonitor>, prediction: &Prediction) {
         let Some(nearest) = prediction
             .neighbours
             .iter()
@@ -374,7 +362,6 @@ impl Pool {
         };
         let (name, version) = (&self.labels.0, &self.labels.1);
         self.metrics.observe_nearest(name, version, nearest);
-        let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
         let Some(drift) = drift.as_mut() else { return };
         let Some(transition) = drift.observe(nearest, prediction.class) else {
             return;

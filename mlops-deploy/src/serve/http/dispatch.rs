@@ -137,7 +137,6 @@ async fn infer(
         .submit(Job {
             pixels,
             arrived,
-            observed: true,
             reply,
         })
         .map_err(|refused| {

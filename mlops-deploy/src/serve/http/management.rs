@@ -83,7 +83,7 @@ fn describe(
     )
     .map_err(|_| ApiError::version_not_found(name, &v.to_string()))?;
     // TorchServe's workers are our inference threads, one entry each.
-    let (count, _) = state.config.inference_threads(state.device);
+    let count = state.workers();
     let workers: Vec<Value> = loaded
         .map(|l| {
             (0..l.workers())
@@ -91,7 +91,8 @@ fn describe(
                     json!({
                         "id": format!("infer-{name}-{v}-{i}"),
                         "startTime": l.loaded_at.to_rfc3339(),
-                        "status": if l.ready() { "READY" } else { "LOADING" },
+                        // Loading finishes with every thread's warm-up.
+                        "status": "READY",
                         "memoryUsage": 0,
                         "pid": std::process::id(),
                         "gpu": !matches!(state.device, tch::Device::Cpu),
