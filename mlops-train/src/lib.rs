@@ -206,6 +206,11 @@ pub struct TrainConfig {
     /// Squeeze-and-excitation in each residual block of `wide` and `slim` (off by default).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub squeeze_excite: bool,
+    /// The embedding layer of `wide` and `slim` reads the last stage's whole feature map
+    /// (flattened: where a feature lies, not only how strongly) instead of its global average
+    /// and maximum (off by default).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spatial_head: bool,
     /// Length of the L2-normalised embedding the model returns.
     pub embedding_dim: usize,
     /// Dropout before the embedding layer (`res` only). Off by default: with weight decay 0.2
@@ -338,6 +343,7 @@ impl Default for TrainConfig {
             arch: Arch::Wide,
             width: None,
             squeeze_excite: false,
+            spatial_head: false,
             embedding_dim: 128,
             dropout: 0.0,
             arcface: ArcFaceConfig::default(),
@@ -370,12 +376,14 @@ impl TrainConfig {
     /// The architecture's name as `model.json` records it: `wide`, `slim-w15`, `wide-se` (with
     /// squeeze-and-excitation).
     pub fn arch_name(&self) -> String {
-        let name = self.arch.name_with_width(self.width);
+        let mut name = self.arch.name_with_width(self.width);
         if self.squeeze_excite {
-            format!("{name}-se")
-        } else {
-            name
+            name.push_str("-se");
         }
+        if self.spatial_head {
+            name.push_str("-flat");
+        }
+        name
     }
 
     /// The defaults of a distilled student (`mlops-train --teacher DIR` with nothing else, the
@@ -463,6 +471,9 @@ impl TrainConfig {
         if self.squeeze_excite && self.arch.default_width().is_none() {
             return bad("squeeze_excite applies to wide and slim only");
         }
+        if self.spatial_head && self.arch.default_width().is_none() {
+            return bad("spatial_head applies to wide and slim only");
+        }
         if let Some(w) = self.width {
             if self.arch.default_width().is_none() || !(4..=256).contains(&w) {
                 return bad("width applies to wide and slim only and must lie in 4..=256");
@@ -547,6 +558,13 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("squeeze_excite"), "{err}");
+        assert!(with(&|c| c.spatial_head = true).is_ok());
+        let err = with(&|c| {
+            c.arch = Arch::Seed;
+            c.spatial_head = true;
+        })
+        .unwrap_err();
+        assert!(err.contains("spatial_head"), "{err}");
         let low = |side, epochs| Some(LowResConfig { side, epochs });
         assert!(with(&|c| c.low_res = low(20, 10)).is_ok());
         for (side, epochs, total) in [(3, 10, None), (20, 0, None), (20, 40, Some(40))] {
@@ -563,9 +581,10 @@ mod tests {
         // as they were); on, both do.
         let plain = serde_json::to_string(&TrainConfig::default()).unwrap();
         assert!(!plain.contains("squeeze_excite") && !plain.contains("sub_centres"));
-        assert!(!plain.contains("low_res"));
+        assert!(!plain.contains("low_res") && !plain.contains("spatial_head"));
         let on = TrainConfig {
             squeeze_excite: true,
+            spatial_head: true,
             arcface: ArcFaceConfig {
                 sub_centres: 3,
                 ..Default::default()
@@ -574,6 +593,7 @@ mod tests {
         };
         let on = serde_json::to_string(&on).unwrap();
         assert!(on.contains("\"squeeze_excite\":true") && on.contains("\"sub_centres\":3"));
+        assert!(on.contains("\"spatial_head\":true"));
         // As the command line sets it.
         let sets = [
             "low_res.side=20".to_string(),

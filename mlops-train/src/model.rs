@@ -100,17 +100,21 @@ impl EmbeddingNet {
         dim: i64,
         dropout: f64,
     ) -> Self {
-        Self::with_options(vs, arch, width, false, input, dim, dropout)
+        Self::with_options(vs, arch, width, false, false, input, dim, dropout)
     }
 
     /// [`EmbeddingNet::with_width`], and with `squeeze_excite` each residual block of `wide`
     /// and `slim` rescales its channels by a squeeze-and-excitation gate (Hu et al., 2018)
-    /// before adding its shortcut. The other architectures ignore it.
+    /// before adding its shortcut; with `spatial_head` their embedding layer reads the last
+    /// stage's whole feature map (flattened) instead of its global average and maximum. The
+    /// other architectures ignore both.
+    #[allow(clippy::too_many_arguments)]
     pub fn with_options(
         vs: &nn::Path,
         arch: Arch,
         width: Option<i64>,
         squeeze_excite: bool,
+        spatial_head: bool,
         input: [i64; 3],
         dim: i64,
         dropout: f64,
@@ -127,6 +131,7 @@ impl EmbeddingNet {
                     dropout,
                     w,
                     squeeze_excite,
+                    spatial_head,
                 )))
             }
         };
@@ -492,6 +497,8 @@ struct ResNet {
     stem: ConvPoolBn,
     stages: Vec<Block>,
     dropout: f64,
+    /// The embedding layer reads the flattened feature map, not its global pools.
+    flatten: bool,
     head: LinearBn,
 }
 
@@ -504,6 +511,7 @@ impl ResNet {
                 Block::new(vs / "stage2", 48, 48, 1),
             ],
             dropout,
+            flatten: false,
             head: LinearBn::new(vs / "head", 48 * 2, dim),
         }
     }
@@ -517,8 +525,19 @@ impl ResNet {
         dropout: f64,
         width: i64,
         se: bool,
+        flatten: bool,
     ) -> Self {
         let pool = stem_pools(h, w);
+        // A 3x3 convolution of stride 2 and padding 1 maps a side s to ceil(s / 2).
+        let after = |s: i64| {
+            let s = if pool { s / 2 } else { s };
+            (s + 3) / 4
+        };
+        let features = if flatten {
+            8 * width * after(h) * after(w)
+        } else {
+            8 * width * 2
+        };
         let w = width;
         ResNet {
             stem: ConvPoolBn::new(vs / "stem", c, w, pool),
@@ -528,7 +547,8 @@ impl ResNet {
                 Block::with_gamma(vs / "stage3", 4 * w, 8 * w, 2, Some(0.0), se),
             ],
             dropout,
-            head: LinearBn::new(vs / "head", 8 * w * 2, dim),
+            flatten,
+            head: LinearBn::new(vs / "head", features, dim),
         }
     }
 
@@ -548,14 +568,18 @@ impl ModuleT for ResNet {
             x = x.apply_t(stage, train);
         }
         // Average and max pooling together keep both "how much" and "where strongest".
-        let pooled = Tensor::cat(
-            &[
-                x.adaptive_avg_pool2d([1, 1]),
-                x.adaptive_max_pool2d([1, 1]).0,
-            ],
-            1,
-        )
-        .flatten(1, -1);
+        let pooled = if self.flatten {
+            x.flatten(1, -1)
+        } else {
+            Tensor::cat(
+                &[
+                    x.adaptive_avg_pool2d([1, 1]),
+                    x.adaptive_max_pool2d([1, 1]).0,
+                ],
+                1,
+            )
+            .flatten(1, -1)
+        };
         pooled
             .dropout(self.dropout, train)
             .apply_t(&self.head, train)
@@ -659,6 +683,43 @@ mod tests {
     }
 
     #[test]
+    fn spatial_head_reads_the_whole_last_map_of_any_input_shape() {
+        for [h, w] in [[8, 8], [12, 20], [15, 15], [16, 32], [28, 28], [32, 32]] {
+            for arch in [Arch::Wide, Arch::Slim] {
+                let vs = nn::VarStore::new(Device::Cpu);
+                let net = EmbeddingNet::with_options(
+                    &vs.root(),
+                    arch,
+                    None,
+                    false,
+                    true,
+                    [1, h, w],
+                    16,
+                    0.0,
+                );
+                let Body::Res(res) = &net.body else {
+                    panic!("{arch} is a ResNet")
+                };
+                let x = Tensor::rand([3, 1, h, w], (Kind::Float, Device::Cpu));
+                let mut map = res.stem.forward_t(&x, false);
+                for stage in &res.stages {
+                    map = map.apply_t(stage, false);
+                }
+                let [_, c, mh, mw] = map.size()[..] else {
+                    panic!("a feature map has four dimensions")
+                };
+                assert_eq!(
+                    res.head.linear.ws.size(),
+                    [16, c * mh * mw],
+                    "{arch} on {h}x{w}"
+                );
+                let y = net.forward_t(&x, false);
+                assert_eq!(y.size(), [3, 16], "{arch} on {h}x{w}");
+            }
+        }
+    }
+
+    #[test]
     fn fused_batch_norm_gives_the_same_embeddings() {
         for (arch, side, se) in [
             (Arch::Seed, 28, false),
@@ -669,8 +730,16 @@ mod tests {
             (Arch::Slim, 8, true),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let mut net =
-                EmbeddingNet::with_options(&vs.root(), arch, None, se, [1, side, side], 32, 0.0);
+            let mut net = EmbeddingNet::with_options(
+                &vs.root(),
+                arch,
+                None,
+                se,
+                false,
+                [1, side, side],
+                32,
+                0.0,
+            );
             // A few training passes give the batch-norms non-trivial running statistics.
             for _ in 0..3 {
                 let _ = net.forward_t(
@@ -700,8 +769,16 @@ mod tests {
     fn squeeze_excite_adds_a_gate_per_block_and_nothing_else() {
         let names = |se: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
-            let _ =
-                EmbeddingNet::with_options(&vs.root(), Arch::Wide, None, se, [1, 28, 28], 16, 0.0);
+            let _ = EmbeddingNet::with_options(
+                &vs.root(),
+                Arch::Wide,
+                None,
+                se,
+                false,
+                [1, 28, 28],
+                16,
+                0.0,
+            );
             let mut v: Vec<(String, Vec<i64>)> = vs
                 .variables()
                 .into_iter()

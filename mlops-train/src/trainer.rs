@@ -42,6 +42,7 @@ impl TrainNet {
                 config.arch,
                 config.width.map(|w| w as i64),
                 config.squeeze_excite,
+                config.spatial_head,
                 input,
                 dim,
                 config.dropout,
