@@ -528,7 +528,8 @@ impl ResNet {
         flatten: bool,
     ) -> Self {
         let pool = stem_pools(h, w);
-        // A 3x3 convolution of stride 2 and padding 1 maps a side s to ceil(s / 2).
+        // The stem halves a side when it pools; stages 2 and 3 (3x3, stride 2, padding 1) each
+        // halve it rounding up, so the last map has a side of ceil(s / 4).
         let after = |s: i64| {
             let s = if pool { s / 2 } else { s };
             (s + 3) / 4
