@@ -57,7 +57,7 @@ pub use mlops_core::artifact::model::{
 };
 pub use mlops_core::artifact::Role;
 pub use mlops_torch::DeviceSpec;
-pub use model::{Arch, EmbeddingNet};
+pub use model::{Arch, EmbeddingNet, NetOptions};
 pub use optim::{OptimizerConfig, OptimizerKind, Schedule};
 pub use trainer::{run, run_with, Outcome, TrainNet};
 
@@ -468,11 +468,13 @@ impl TrainConfig {
         if self.augment.cutmix > 0.0 && self.teacher.is_some() {
             return bad("augment.cutmix does not combine with a teacher (its targets are embeddings of unmixed images)");
         }
-        if self.squeeze_excite && self.arch.default_width().is_none() {
-            return bad("squeeze_excite applies to wide and slim only");
-        }
-        if self.spatial_head && self.arch.default_width().is_none() {
-            return bad("spatial_head applies to wide and slim only");
+        for (on, option) in [
+            (self.squeeze_excite, "squeeze_excite"),
+            (self.spatial_head, "spatial_head"),
+        ] {
+            if on && self.arch.default_width().is_none() {
+                return bad(&format!("{option} applies to wide and slim only"));
+            }
         }
         if let Some(w) = self.width {
             if self.arch.default_width().is_none() || !(4..=256).contains(&w) {

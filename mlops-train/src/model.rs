@@ -71,6 +71,20 @@ impl std::fmt::Display for Arch {
     }
 }
 
+/// How `wide` and `slim` are built beyond their architecture (all off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetOptions {
+    /// Channels of the stem (the stages double it three times); `None`: the architecture's own
+    /// (24, 12).
+    pub width: Option<i64>,
+    /// Each residual block rescales its channels by a squeeze-and-excitation gate (Hu et al.,
+    /// 2018) before adding its shortcut.
+    pub squeeze_excite: bool,
+    /// The embedding layer reads the last stage's whole feature map (flattened) instead of its
+    /// global average and maximum.
+    pub spatial_head: bool,
+}
+
 /// An embedding network: image batch `[n,1,h,w]` -> L2-normalised embeddings `[n,dim]`.
 #[derive(Debug)]
 pub struct EmbeddingNet {
@@ -100,21 +114,19 @@ impl EmbeddingNet {
         dim: i64,
         dropout: f64,
     ) -> Self {
-        Self::with_options(vs, arch, width, false, false, input, dim, dropout)
+        let options = NetOptions {
+            width,
+            ..Default::default()
+        };
+        Self::with_options(vs, arch, &options, input, dim, dropout)
     }
 
-    /// [`EmbeddingNet::with_width`], and with `squeeze_excite` each residual block of `wide`
-    /// and `slim` rescales its channels by a squeeze-and-excitation gate (Hu et al., 2018)
-    /// before adding its shortcut; with `spatial_head` their embedding layer reads the last
-    /// stage's whole feature map (flattened) instead of its global average and maximum. The
-    /// other architectures ignore both.
-    #[allow(clippy::too_many_arguments)]
+    /// [`EmbeddingNet::new`] with the [`NetOptions`] of `wide` and `slim`; the other
+    /// architectures ignore them.
     pub fn with_options(
         vs: &nn::Path,
         arch: Arch,
-        width: Option<i64>,
-        squeeze_excite: bool,
-        spatial_head: bool,
+        options: &NetOptions,
         input: [i64; 3],
         dim: i64,
         dropout: f64,
@@ -123,16 +135,8 @@ impl EmbeddingNet {
             Arch::Seed => Body::Seed(Box::new(SeedNet::new(vs, input, dim))),
             Arch::Res => Body::Res(Box::new(ResNet::new(vs, input, dim, dropout))),
             Arch::Wide | Arch::Slim => {
-                let w = width.or(arch.default_width()).unwrap_or(24);
-                Body::Res(Box::new(ResNet::wide(
-                    vs,
-                    input,
-                    dim,
-                    dropout,
-                    w,
-                    squeeze_excite,
-                    spatial_head,
-                )))
+                let w = options.width.or(arch.default_width()).unwrap_or(24);
+                Body::Res(Box::new(ResNet::wide(vs, input, dim, dropout, w, options)))
             }
         };
         EmbeddingNet { body }
@@ -524,8 +528,7 @@ impl ResNet {
         dim: i64,
         dropout: f64,
         width: i64,
-        se: bool,
-        flatten: bool,
+        options: &NetOptions,
     ) -> Self {
         let pool = stem_pools(h, w);
         // The stem halves a side when it pools; stages 2 and 3 (3x3, stride 2, padding 1) each
@@ -534,6 +537,7 @@ impl ResNet {
             let s = if pool { s / 2 } else { s };
             (s + 3) / 4
         };
+        let (se, flatten) = (options.squeeze_excite, options.spatial_head);
         let features = if flatten {
             8 * width * after(h) * after(w)
         } else {
@@ -688,16 +692,12 @@ mod tests {
         for [h, w] in [[8, 8], [12, 20], [15, 15], [16, 32], [28, 28], [32, 32]] {
             for arch in [Arch::Wide, Arch::Slim] {
                 let vs = nn::VarStore::new(Device::Cpu);
-                let net = EmbeddingNet::with_options(
-                    &vs.root(),
-                    arch,
-                    None,
-                    false,
-                    true,
-                    [1, h, w],
-                    16,
-                    0.0,
-                );
+                let options = NetOptions {
+                    spatial_head: true,
+                    ..Default::default()
+                };
+                let net =
+                    EmbeddingNet::with_options(&vs.root(), arch, &options, [1, h, w], 16, 0.0);
                 let Body::Res(res) = &net.body else {
                     panic!("{arch} is a ResNet")
                 };
@@ -731,16 +731,12 @@ mod tests {
             (Arch::Slim, 8, true),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let mut net = EmbeddingNet::with_options(
-                &vs.root(),
-                arch,
-                None,
-                se,
-                false,
-                [1, side, side],
-                32,
-                0.0,
-            );
+            let options = NetOptions {
+                squeeze_excite: se,
+                ..Default::default()
+            };
+            let mut net =
+                EmbeddingNet::with_options(&vs.root(), arch, &options, [1, side, side], 32, 0.0);
             // A few training passes give the batch-norms non-trivial running statistics.
             for _ in 0..3 {
                 let _ = net.forward_t(
@@ -770,16 +766,12 @@ mod tests {
     fn squeeze_excite_adds_a_gate_per_block_and_nothing_else() {
         let names = |se: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
-            let _ = EmbeddingNet::with_options(
-                &vs.root(),
-                Arch::Wide,
-                None,
-                se,
-                false,
-                [1, 28, 28],
-                16,
-                0.0,
-            );
+            let options = NetOptions {
+                squeeze_excite: se,
+                ..Default::default()
+            };
+            let _ =
+                EmbeddingNet::with_options(&vs.root(), Arch::Wide, &options, [1, 28, 28], 16, 0.0);
             let mut v: Vec<(String, Vec<i64>)> = vs
                 .variables()
                 .into_iter()

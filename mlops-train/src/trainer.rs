@@ -19,7 +19,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::ema::Ema;
 use crate::optim::{lr_at, Optimizer};
 use crate::parallel::DataParallel;
-use crate::{export, ArcFace, EmbeddingNet, Error, Result, TrainConfig, STAGE};
+use crate::{export, ArcFace, EmbeddingNet, Error, NetOptions, Result, TrainConfig, STAGE};
 use mlops_torch::Precision;
 
 /// The embedding network with its ArcFace head: what is trained.
@@ -36,13 +36,16 @@ impl TrainNet {
     /// `input` (`[channels, height, width]`) in `classes` classes, as `config` describes.
     pub fn new(vs: &nn::Path, config: &TrainConfig, input: [i64; 3], classes: i64) -> Self {
         let dim = config.embedding_dim as i64;
+        let options = NetOptions {
+            width: config.width.map(|w| w as i64),
+            squeeze_excite: config.squeeze_excite,
+            spatial_head: config.spatial_head,
+        };
         TrainNet {
             net: EmbeddingNet::with_options(
                 &(vs / "net"),
                 config.arch,
-                config.width.map(|w| w as i64),
-                config.squeeze_excite,
-                config.spatial_head,
+                &options,
                 input,
                 dim,
                 config.dropout,
